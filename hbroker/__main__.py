@@ -1,0 +1,3 @@
+from hbroker.cli import main
+
+raise SystemExit(main())

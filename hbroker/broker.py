@@ -1,0 +1,420 @@
+"""Routing decisions: sessions, subscriptions, retained messages, wills and expiry.
+
+The broker never touches sockets: it hands bytes to connections (`Connection.write*`), which
+coalesce them and flush once per loop iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from hbroker_ext.codec import MESSAGE_EXPIRY_INTERVAL
+from hbroker_ext.topics import RetainedTree, SubscriptionTree
+
+from hbroker.config import Config
+from hbroker.hooks import Hooks
+from hbroker.reason_codes import ReasonCode
+from hbroker.session import NEVER, Delivery, Message, Session
+from hbroker.stats import Stats
+from hbroker.sys_topics import SysPublisher
+
+if TYPE_CHECKING:
+    from hbroker.connection import Connection
+
+log = logging.getLogger("hbroker.broker")
+
+# Topic -> subscribers cache entries kept at most; cleared whole when full or when the
+# subscription tree changes (its generation counter moves).
+_MATCH_CACHE_LIMIT = 65536
+SWEEP_INTERVAL = 0.5
+
+
+class SubscriptionOptions:
+    """A session's subscription to one topic filter (MQTT 5.0 section 3.8.3.1)."""
+
+    __slots__ = ("qos", "no_local", "retain_as_published", "retain_handling", "sub_id")
+
+    def __init__(self, qos: int, no_local: bool, retain_as_published: bool,
+                 retain_handling: int, sub_id: int) -> None:
+        self.qos = qos
+        self.no_local = no_local
+        self.retain_as_published = retain_as_published
+        self.retain_handling = retain_handling
+        self.sub_id = sub_id
+
+    def __repr__(self) -> str:
+        return (f"SubscriptionOptions(qos={self.qos}, no_local={self.no_local}, "
+                f"rap={self.retain_as_published}, rh={self.retain_handling}, id={self.sub_id})")
+
+
+def _combine(options: list[SubscriptionOptions]) -> tuple[int, bool, tuple[int, ...]]:
+    """Overlapping subscriptions of one client: delivered once, at the highest QoS, with every
+    subscription identifier [MQTT-3.3.4-2, MQTT-3.3.4-3]."""
+    qos = max(o.qos for o in options)
+    rap = any(o.retain_as_published for o in options)
+    sub_ids = tuple(sorted({o.sub_id for o in options if o.sub_id}))
+    return qos, rap, sub_ids
+
+
+def _aggregate(normal: list[tuple[str, SubscriptionOptions]]) -> list[tuple]:
+    """Per client: (client_id, qos, retain_as_published, sub_ids, local) where `local` is the
+    same triple computed without No Local subscriptions (None if all are No Local), used when
+    the publisher is the subscriber itself [MQTT-3.8.3-3]."""
+    by_client: dict[str, list[SubscriptionOptions]] = {}
+    for client_id, opts in normal:
+        by_client.setdefault(client_id, []).append(opts)
+    targets = []
+    for client_id, options in by_client.items():
+        full = _combine(options)
+        local_options = [o for o in options if not o.no_local]
+        if len(local_options) == len(options):
+            local: tuple | None = full
+        else:
+            local = _combine(local_options) if local_options else None
+        targets.append((client_id, full[0], full[1], full[2], local))
+    return targets
+
+
+class Broker:
+    def __init__(self, config: Config, hooks: Hooks | None = None) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.hooks = hooks or Hooks()
+        self.sessions: dict[str, Session] = {}
+        self.subscriptions = SubscriptionTree()
+        self.retained = RetainedTree()
+        self.connections: set[Connection] = set()
+        self.stats = Stats()
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.shutting_down = False
+        self._match_cache: dict[str, tuple] = {}
+        self._match_generation = -1
+        self._shared_next: dict[str, int] = {}
+        self._dirty: list[Connection] = []
+        self._flush_scheduled = False
+        # Disconnected sessions with a deadline (session expiry or a delayed will).
+        self._offline: set[Session] = set()
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self.sys = SysPublisher(self)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        for hook in self.hooks.on_start:
+            hook(self)
+        if self.config.sys.enabled:
+            self.sys.publish_static()
+            self.sys.publish_periodic(time.monotonic())
+        self._sweep_handle = loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def stop(self) -> None:
+        """Stop the sweep and say goodbye to every client: DISCONNECT 0x8B to 5.0 clients,
+        no wills published (the clients did nothing wrong)."""
+        self.shutting_down = True
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+        for conn in list(self.connections):
+            conn.shutdown()
+        self.flush()
+        for hook in self.hooks.on_stop:
+            hook()
+
+    def apply_config(self, config: Config) -> None:
+        """SIGHUP: take the values that can change at run time."""
+        self.config = config
+        self.limits = config.limits
+
+    # -- output coalescing -----------------------------------------------------------
+
+    def mark_dirty(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self.loop is not None
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write everything queued this loop iteration: one writelines per connection."""
+        self._flush_scheduled = False
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = []
+        for conn in dirty:
+            conn.flush()
+
+    # -- connections and sessions ------------------------------------------------------
+
+    def assign_client_id(self) -> str:
+        return f"auto-{uuid.uuid4()}"
+
+    def open_session(self, conn: Connection, client_id: str, clean_start: bool,
+                     protocol_version: int, now: float) -> tuple[Session, bool]:
+        """Attach a session to a connection whose CONNECT was accepted; returns (session,
+        session_present). An existing connection with the same client id is taken over."""
+        session = self.sessions.get(client_id)
+        if session is not None and session.connection is not None:
+            # [MQTT-3.1.4-3] the existing connection is closed; its will follows the usual rules.
+            session.connection.disconnect(ReasonCode.SESSION_TAKEN_OVER, "session taken over",
+                                          publish_will=True)
+            self.stats.takeovers += 1
+            session = self.sessions.get(client_id)  # ended if it had no expiry
+        if session is not None and clean_start:
+            self.end_session(session, publish_will=True, now=now)
+            session = None
+        present = session is not None
+        if session is None:
+            session = Session(client_id, protocol_version,
+                              max_queued_messages=self.limits.max_queued_messages,
+                              max_queued_bytes=self.limits.max_queued_bytes,
+                              queue_qos0=self.config.sessions.queue_qos0_messages,
+                              stats=self.stats)
+            self.sessions[client_id] = session
+        else:
+            # A new connection for the session before the will delay elapsed: no will
+            # [MQTT-3.1.3-9].
+            session.will = None
+            session.will_due = 0
+            self._offline.discard(session)
+        session.protocol_version = protocol_version
+        session.connection = conn
+        session.expires_at = NEVER
+        self.stats.clients_connected += 1
+        self.stats.clients_maximum = max(self.stats.clients_maximum,
+                                         self.stats.clients_connected)
+        return session, present
+
+    def client_gone(self, conn: Connection, publish_will: bool, now: float) -> None:
+        """The connection of a session closed (any reason). Decides the will and expiry."""
+        session = conn.session
+        conn.session = None
+        if session is None or session.connection is not conn:
+            return
+        session.connection = None
+        self.stats.clients_connected -= 1
+        if session.will is not None and not publish_will:
+            session.will = None  # [MQTT-3.1.2-10] removed on normal disconnect
+        self._redistribute_shared(session, now)
+        if session.expiry_interval == 0 or self.shutting_down:
+            if self.shutting_down:
+                session.will = None
+            self.end_session(session, publish_will=True, now=now)
+            return
+        session.expires_at = now + session.expiry_interval
+        if session.will is not None:
+            if session.will_delay <= 0:
+                self._publish_will(session, now)
+            else:
+                session.will_due = now + min(session.will_delay, session.expiry_interval)
+        if session.expires_at != NEVER or session.will is not None:
+            self._offline.add(session)
+
+    def end_session(self, session: Session, publish_will: bool, now: float) -> None:
+        """The session ends: its subscriptions go, and a pending will is published now
+        (the will is sent when the will delay elapses or the session ends, whichever first)."""
+        if publish_will and session.will is not None:
+            self._publish_will(session, now)
+        session.will = None
+        tree = self.subscriptions
+        for topic_filter in session.subscriptions:
+            tree.unsubscribe(topic_filter, session.client_id)
+        session.subscriptions.clear()
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        self._offline.discard(session)
+        if session.queue or session.inflight:
+            self._redistribute_shared(session, now)
+
+    def _publish_will(self, session: Session, now: float) -> None:
+        will = session.will
+        session.will = None
+        session.will_due = 0
+        if will is None:
+            return
+        if will.properties and MESSAGE_EXPIRY_INTERVAL in will.properties:
+            # The will's expiry runs from when it is published.
+            props = dict(will.properties)
+            will.expires_at = now + props.pop(MESSAGE_EXPIRY_INTERVAL)
+            will.properties = props or None
+        self.stats.wills_published += 1
+        self.publish(will, now)
+
+    # -- publish ---------------------------------------------------------------------
+
+    def publish(self, msg: Message, now: float) -> int:
+        """Route one application message; returns the number of subscriptions it reached."""
+        if msg.retain:
+            self._retain(msg)
+        targets = self._targets(msg.topic)
+        normal, shared = targets
+        sender = msg.sender
+        sessions = self.sessions
+        msg_qos = msg.qos
+        reached = 0
+        for client_id, qos, rap, sub_ids, local in normal:
+            if client_id == sender:
+                if local is None:
+                    continue
+                qos, rap, sub_ids = local
+            session = sessions.get(client_id)
+            if session is None:
+                continue
+            reached += 1
+            if qos > msg_qos:
+                qos = msg_qos
+            retain = msg.retain and rap
+            if qos == 0:
+                session.deliver_qos0(msg, retain, sub_ids, now)
+            else:
+                session.deliver(Delivery(msg, qos, retain, sub_ids, None), now)
+        for group_key, members in shared:
+            if self._deliver_shared(msg, group_key, members, now):
+                reached += 1
+        self.stats.publish_routed += 1
+        return reached
+
+    def _targets(self, topic: str) -> tuple:
+        tree = self.subscriptions
+        cache = self._match_cache
+        if tree.generation != self._match_generation:
+            cache.clear()
+            self._match_generation = tree.generation
+        entry = cache.get(topic)
+        if entry is None:
+            normal, shared = tree.match(topic)
+            entry = (_aggregate(normal) if normal else (), shared)
+            if len(cache) >= _MATCH_CACHE_LIMIT:
+                cache.clear()
+            cache[topic] = entry
+        return entry
+
+    def _deliver_shared(self, msg: Message, group_key: str, members: list, now: float,
+                        exclude: Session | None = None) -> bool:
+        """Round robin across the group's members, preferring connected ones."""
+        count = len(members)
+        if not count:
+            return False
+        start = self._shared_next.get(group_key, 0) % count
+        chosen = None
+        fallback = None
+        for i in range(count):
+            client_id, opts = members[(start + i) % count]
+            session = self.sessions.get(client_id)
+            if session is None or session is exclude:
+                continue
+            if session.connection is not None and not session.connection.closing:
+                chosen = (session, opts, (start + i) % count)
+                break
+            if fallback is None:
+                fallback = (session, opts, (start + i) % count)
+        if chosen is None:
+            chosen = fallback
+        if chosen is None:
+            return False
+        session, opts, index = chosen
+        self._shared_next[group_key] = index + 1
+        qos = min(opts.qos, msg.qos)
+        sub_ids = (opts.sub_id,) if opts.sub_id else ()
+        retain = msg.retain and opts.retain_as_published
+        session.deliver(Delivery(msg, qos, retain, sub_ids, group_key), now)
+        return True
+
+    def _redistribute_shared(self, session: Session, now: float) -> None:
+        """Offer a departed member's unacknowledged shared-subscription messages to the rest
+        of its group (MQTT 5.0 section 4.8.2)."""
+        taken = session.take_shared_deliveries()
+        for delivery in taken:
+            members = self._group_members(delivery.group)
+            if not self._deliver_shared(delivery.message, delivery.group, members, now,
+                                        exclude=session):
+                # Nobody else in the group: keep it for the member that had it.
+                session.deliver(delivery, now)
+
+    def _group_members(self, group_key: str) -> list:
+        """The members of a shared group, from the sessions (a rare path: a member left
+        while messages were on their way to it)."""
+        return [(cid, s.subscriptions[group_key]) for cid, s in self.sessions.items()
+                if group_key in s.subscriptions]
+
+    def _retain(self, msg: Message) -> None:
+        """[MQTT-3.3.1-5] store, [MQTT-3.3.1-6/7] an empty payload clears the topic."""
+        if not msg.payload:
+            if self.retained.pop(msg.topic) is not None:
+                self.stats.retained_changes += 1
+            return
+        stored = Message(msg.topic, msg.payload, msg.qos, True, msg.properties, msg.expires_at,
+                         None)
+        self.retained.set(msg.topic, stored)
+        self.stats.retained_changes += 1
+
+    def send_retained(self, session: Session, topic_filter: str, opts: SubscriptionOptions,
+                      now: float) -> None:
+        """Retained messages matching a new subscription, with the retain flag set
+        [MQTT-3.3.1-8]."""
+        sub_ids = (opts.sub_id,) if opts.sub_id else ()
+        for msg in self.retained.match(topic_filter):
+            if msg.expired(now):
+                self.retained.pop(msg.topic)
+                continue
+            qos = opts.qos if opts.qos < msg.qos else msg.qos
+            if qos == 0:
+                session.deliver_qos0(msg, True, sub_ids, now)
+            else:
+                session.deliver(Delivery(msg, qos, True, sub_ids, None), now)
+
+    # -- subscriptions ---------------------------------------------------------------
+
+    def subscribe(self, session: Session, topic_filter: str,
+                  opts: SubscriptionOptions) -> bool:
+        new = self.subscriptions.subscribe(topic_filter, session.client_id, opts)
+        session.subscriptions[topic_filter] = opts
+        return new
+
+    def unsubscribe(self, session: Session, topic_filter: str) -> bool:
+        session.subscriptions.pop(topic_filter, None)
+        return self.subscriptions.unsubscribe(topic_filter, session.client_id)
+
+    # -- the periodic sweep ----------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """One timer for the whole broker: connect timeouts, keepalive, delayed wills,
+        session expiry and $SYS. No task or timer per connection."""
+        now = time.monotonic()
+        try:
+            self.sweep(now)
+        except Exception:  # the sweep must survive anything one client caused
+            log.exception("sweep failed")
+        assert self.loop is not None
+        self._sweep_handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def sweep(self, now: float) -> None:
+        connect_timeout = self.limits.connect_timeout
+        for conn in list(self.connections):
+            if conn.closing:
+                continue
+            if not conn.connected:
+                if now - conn.opened_at > connect_timeout:
+                    conn.abort("no CONNECT within connect_timeout")
+            elif conn.keepalive and now - conn.last_received > conn.keepalive * 1.5:
+                # [MQTT-3.1.2-22] one and a half times the keep alive without a packet.
+                conn.disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive timeout",
+                                publish_will=True)
+        for session in list(self._offline):
+            if session.will is not None and session.will_due and now >= session.will_due:
+                self._publish_will(session, now)
+            if now >= session.expires_at:
+                log.debug("session expired", extra={"client_id": session.client_id})
+                self.stats.sessions_expired += 1
+                self.end_session(session, publish_will=True, now=now)
+            elif session.will is None and session.expires_at == NEVER:
+                self._offline.discard(session)
+        if self.config.sys.enabled:
+            self.sys.maybe_publish(now)
+        self.flush()

@@ -1,0 +1,92 @@
+"""The `hbroker` command: serve, check-config, --version."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import sys
+
+import hbroker
+
+EXTENSIONS = ("hbroker_ext.codec", "hbroker_ext.topics")
+
+
+def compiled_extensions() -> list[str]:
+    """The compiled Cython modules; hbroker does not run without them (no Python fallback)."""
+    found = []
+    for name in EXTENSIONS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise SystemExit(
+                f"hbroker: the compiled extension {name} is missing ({exc}); "
+                "build it with `make build`") from None
+        path = getattr(module, "__file__", "") or ""
+        if not path.endswith((".so", ".pyd")):
+            raise SystemExit(f"hbroker: {name} is not a compiled extension ({path})")
+        found.append(name)
+    return found
+
+
+def version_text() -> str:
+    import uvloop
+
+    return "\n".join([
+        f"hbroker {hbroker.__version__}",
+        f"python {platform.python_version()} ({platform.python_implementation()})",
+        f"event loop: uvloop {uvloop.__version__}",
+        "compiled extensions: " + ", ".join(compiled_extensions()),
+    ])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hbroker", description="MQTT 3.1.1/5.0 broker")
+    parser.add_argument("--version", action="store_true",
+                        help="print version, event loop and compiled extensions")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the broker")
+    serve.add_argument("-c", "--config", help="TOML configuration file (default: embedded, "
+                       "127.0.0.1:1883)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       help="override logging.level")
+    serve.add_argument("--log-format", choices=["text", "json"],
+                       help="override logging.format")
+    check = sub.add_parser("check-config",
+                           help="validate a configuration file and print the effective one")
+    check.add_argument("-c", "--config", required=True, help="TOML configuration file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(version_text())
+        return 0
+    from hbroker.config import ConfigError, load_config
+
+    if args.command == "check-config":
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"hbroker: {exc}", file=sys.stderr)
+            return 2
+        print(config.to_toml(), end="")
+        return 0
+    if args.command in (None, "serve"):
+        compiled_extensions()
+        path = getattr(args, "config", None)
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            print(f"hbroker: {exc}", file=sys.stderr)
+            return 2
+        from hbroker import log as hlog
+
+        level = getattr(args, "log_level", None) or config.logging.level
+        fmt = getattr(args, "log_format", None) or config.logging.format
+        hlog.setup_logging(level, fmt)
+        from hbroker.server import serve
+
+        return serve(config)
+    return 2

@@ -1,0 +1,705 @@
+"""One network connection: framing, the MQTT state machine, and coalesced writes.
+
+`data_received` feeds the Cython framer, which returns every complete packet of the buffer at
+once; they are handled in one loop. Writes are appended to `out` and flushed by the broker once
+per loop iteration with a single `writelines`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from hbroker_ext.codec import (
+    ASSIGNED_CLIENT_IDENTIFIER,
+    AUTH,
+    AUTHENTICATION_DATA,
+    AUTHENTICATION_METHOD,
+    CONNECT,
+    MAXIMUM_PACKET_SIZE,
+    MAXIMUM_QOS,
+    MESSAGE_EXPIRY_INTERVAL,
+    PAYLOAD_FORMAT_INDICATOR,
+    RECEIVE_MAXIMUM,
+    REQUEST_RESPONSE_INFORMATION,
+    RESPONSE_INFORMATION,
+    RETAIN_AVAILABLE,
+    SERVER_KEEP_ALIVE,
+    SESSION_EXPIRY_INTERVAL,
+    SHARED_SUBSCRIPTION_AVAILABLE,
+    SUBSCRIPTION_IDENTIFIER,
+    SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+    TOPIC_ALIAS,
+    TOPIC_ALIAS_MAXIMUM,
+    WILDCARD_SUBSCRIPTION_AVAILABLE,
+    WILL_DELAY_INTERVAL,
+    Auth,
+    Connack,
+    Disconnect,
+    Framer,
+    MQTTError,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Unsuback,
+    encode,
+)
+from hbroker_ext.topics import parse_shared, valid_topic_filter, valid_topic_name
+
+from hbroker.broker import SubscriptionOptions
+from hbroker.hooks import PUBLISH, SUBSCRIBE, ClientInfo
+from hbroker.reason_codes import ReasonCode, connack_code_for, reason_name
+from hbroker.session import NEVER, Message
+
+if TYPE_CHECKING:
+    from hbroker.broker import Broker
+    from hbroker.session import Session
+
+log = logging.getLogger("hbroker.connection")
+
+PROTOCOL_MAX_PACKET_SIZE = 268435460
+SESSION_EXPIRY_NEVER = 0xFFFFFFFF
+# A client that does not ask for a Receive Maximum gets the protocol's default [MQTT-3.1.2-?].
+DEFAULT_RECEIVE_MAXIMUM = 65535
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = (
+        "broker", "listener", "transport", "peer", "framer", "protocol_version", "session",
+        "client_id", "username", "keepalive", "last_received", "opened_at", "connected",
+        "closing", "close_reason", "out", "write_paused", "topic_aliases_in",
+        "topic_aliases_out", "topic_alias_maximum_out", "max_packet_size_out",
+        "session_expiry_requested", "auth_method", "auth_state", "pending_connect",
+        "client_info", "handlers",
+    )
+
+    def __init__(self, broker: Broker, listener: str) -> None:
+        self.broker = broker
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.framer = Framer(broker.limits.max_packet_size)
+        self.protocol_version = 0
+        self.session: Session | None = None
+        self.client_id: str | None = None
+        self.username: str | None = None
+        self.keepalive = 0
+        self.opened_at = self.last_received = time.monotonic()
+        self.connected = False
+        self.closing = False
+        self.close_reason = ""
+        self.out: list[bytes] = []
+        self.write_paused = False
+        self.topic_aliases_in: dict[int, str] = {}
+        self.topic_aliases_out: dict[str, int] | None = None
+        self.topic_alias_maximum_out = 0
+        self.max_packet_size_out = PROTOCOL_MAX_PACKET_SIZE
+        self.session_expiry_requested = 0
+        self.auth_method: str | None = None
+        self.auth_state: Any = None
+        self.pending_connect: Any = None
+        self.client_info: ClientInfo | None = None
+        self.handlers = {
+            CONNECT: self.handle_connect, 3: self.handle_publish, 4: self.handle_puback,
+            5: self.handle_pubrec, 6: self.handle_pubrel, 7: self.handle_pubcomp,
+            8: self.handle_subscribe, 10: self.handle_unsubscribe, 12: self.handle_pingreq,
+            14: self.handle_disconnect, 15: self.handle_auth,
+        }
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = f"{peer[0]}:{peer[1]}"
+        elif peer:
+            self.peer = str(peer)
+        broker = self.broker
+        broker.stats.connections_total += 1
+        if len(broker.connections) >= broker.limits.max_connections:
+            log.warning("connection refused: max_connections reached",
+                        extra={"peer": self.peer, "listener": self.listener})
+            self.closing = True
+            self.close_reason = "max_connections reached"
+            transport.close()
+            return
+        broker.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.last_received = time.monotonic()
+        stats = self.broker.stats
+        stats.bytes_received += len(data)
+        error = None
+        try:
+            packets = self.framer.feed(data)
+        except MQTTError as exc:
+            packets = exc.packets or ()
+            error = exc
+        stats.packets_received += len(packets)
+        handlers = self.handlers
+        for packet in packets:
+            if self.closing:
+                return
+            if not self.connected and packet.packet_type != CONNECT and not (
+                    packet.packet_type == AUTH and self.pending_connect is not None):
+                # [MQTT-3.1.0-1] the first packet must be CONNECT.
+                self.abort("first packet was not CONNECT")
+                return
+            handler = handlers.get(packet.packet_type)
+            if handler is None:
+                # A packet only a server sends (CONNACK, SUBACK, …) is a protocol error.
+                self.protocol_error(ReasonCode.PROTOCOL_ERROR,
+                                    f"unexpected packet type {packet.packet_type} from client")
+                return
+            handler(packet)
+        if error is not None and not self.closing:
+            self.codec_error(error)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        broker = self.broker
+        broker.connections.discard(self)
+        if not self.closing:
+            self.closing = True
+            self.close_reason = f"connection lost: {exc}" if exc else "closed by client"
+            broker.client_gone(self, publish_will=True, now=time.monotonic())
+        self.out.clear()
+        if self.client_info is not None:
+            for hook in broker.hooks.on_disconnected:
+                hook(self.client_info, self.close_reason)
+        log.info("connection closed", extra={
+            "client_id": self.client_id, "peer": self.peer,
+            "protocol": self.protocol_version or None, "reason": self.close_reason})
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+
+    # -- output ----------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.out:
+            self.broker.mark_dirty(self)
+        self.out.append(data)
+
+    def write_publish(self, data: bytes) -> None:
+        if not self.out:
+            self.broker.mark_dirty(self)
+        self.out.append(data)
+        self.broker.stats.publish_sent += 1
+
+    def send(self, packet: Any) -> None:
+        self.write(encode(packet, self.protocol_version or 4))
+
+    def flush(self) -> None:
+        out = self.out
+        if not out or self.transport is None:
+            return
+        self.out = []
+        stats = self.broker.stats
+        stats.packets_sent += len(out)
+        stats.bytes_sent += sum(map(len, out))
+        if self.transport.is_closing():
+            return
+        self.transport.writelines(out)
+
+    def transport_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport else 0
+
+    # -- closing ---------------------------------------------------------------------
+
+    def disconnect(self, reason_code: int, reason: str, publish_will: bool) -> None:
+        """Server-initiated close: DISCONNECT with a reason code to a 5.0 client."""
+        if self.closing:
+            return
+        if self.protocol_version == 5 and self.connected:
+            self.send(Disconnect(reason_code))
+        self._close(reason, publish_will)
+
+    def abort(self, reason: str) -> None:
+        """Close without a word (3.1.1 errors, sockets that never sent CONNECT)."""
+        if not self.closing:
+            self._close(reason, publish_will=True)
+
+    def _close(self, reason: str, publish_will: bool) -> None:
+        self.closing = True
+        self.close_reason = reason
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+        self.broker.client_gone(self, publish_will, time.monotonic())
+
+    def shutdown(self) -> None:
+        """The broker is stopping [SIGTERM]: DISCONNECT 0x8B to 5.0 clients."""
+        if self.closing:
+            return
+        if self.protocol_version == 5 and self.connected:
+            self.send(Disconnect(ReasonCode.SERVER_SHUTTING_DOWN))
+        self._close("server shutting down", publish_will=False)
+
+    def protocol_error(self, reason_code: int, message: str) -> None:
+        self.broker.stats.protocol_errors += 1
+        log.warning("protocol error: %s", message, extra={
+            "client_id": self.client_id, "peer": self.peer,
+            "protocol": self.protocol_version or None, "reason": reason_name(reason_code)})
+        if self.protocol_version == 5 and self.connected:
+            self.disconnect(reason_code, f"{reason_name(reason_code)}: {message}",
+                            publish_will=True)
+        else:
+            self.abort(f"{reason_name(reason_code)}: {message}")
+
+    def codec_error(self, error: MQTTError) -> None:
+        code = error.reason_code
+        if not self.connected:
+            # An error in CONNECT itself: a CONNACK can tell the client what was wrong.
+            version = self.framer.protocol_version
+            if code == ReasonCode.UNSUPPORTED_PROTOCOL_VERSION:
+                # [MQTT-3.1.2-2] 3.1.1 return code 0x01 / 5.0 reason code 0x84.
+                self.protocol_version = 4 if version != 5 else 5
+                self.send(Connack(False, connack_code_for(self.protocol_version, code)))
+            elif version == 5:
+                self.protocol_version = 5
+                self.send(Connack(False, code))
+            self.broker.stats.protocol_errors += 1
+            log.warning("bad CONNECT: %s", error, extra={"peer": self.peer,
+                                                        "reason": reason_name(code)})
+            self.abort(f"{reason_name(code)}: {error}")
+            return
+        self.protocol_error(code, str(error))
+
+    # -- CONNECT -----------------------------------------------------------------------
+
+    def refuse_connect(self, reason_code: int, why: str) -> None:
+        self.send(Connack(False, connack_code_for(self.protocol_version, reason_code)))
+        log.info("connection refused: %s", why, extra={
+            "client_id": self.client_id, "peer": self.peer, "protocol": self.protocol_version,
+            "reason": reason_name(reason_code)})
+        self.abort(f"CONNECT refused: {why}")
+
+    def handle_connect(self, p: Any) -> None:
+        if self.connected or self.pending_connect is not None:
+            # [MQTT-3.1.0-2] a second CONNECT is a protocol error.
+            self.protocol_error(ReasonCode.PROTOCOL_ERROR, "second CONNECT")
+            return
+        broker = self.broker
+        limits = broker.limits
+        sessions_cfg = broker.config.sessions
+        v5 = p.protocol_version == 5
+        self.protocol_version = p.protocol_version
+        self.framer.protocol_version = p.protocol_version
+        props = p.properties or {}
+        client_id = p.client_id
+        self.client_id = client_id or None
+        self.username = p.username
+
+        if len(client_id) > sessions_cfg.max_client_id_length:
+            self.refuse_connect(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
+            return
+        if not client_id:
+            if not v5 and not p.clean_start:
+                # [MQTT-3.1.3-8] a zero-length client id needs clean session 1 in 3.1.1.
+                self.refuse_connect(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                                    "zero-length client id with clean session 0")
+                return
+            if not sessions_cfg.allow_zero_length_client_id:
+                self.refuse_connect(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                                    "zero-length client id not allowed")
+                return
+        will = p.will
+        if will is not None:
+            if will.qos > limits.max_qos:
+                self.refuse_connect(ReasonCode.QOS_NOT_SUPPORTED, "will QoS above maximum")
+                return
+            if will.retain and not limits.retain_available:
+                self.refuse_connect(ReasonCode.RETAIN_NOT_SUPPORTED, "will retain not available")
+                return
+            if not valid_topic_name(will.topic):
+                self.refuse_connect(ReasonCode.TOPIC_NAME_INVALID, "invalid will topic")
+                return
+
+        method = props.get(AUTHENTICATION_METHOD)
+        client_info = ClientInfo(client_id, p.username, self.peer, p.protocol_version,
+                                 self.listener)
+        self.client_info = client_info
+        if method is not None:
+            hook = broker.hooks.auth_method_hooks.get(method)
+            if hook is None:
+                self.refuse_connect(ReasonCode.BAD_AUTHENTICATION_METHOD,
+                                    f"unknown authentication method {method!r}")
+                return
+            self.auth_method = method
+            result = hook.enhanced_auth(client_info, method, props.get(AUTHENTICATION_DATA), None)
+            self.auth_state = result.state
+            if result.reason_code == ReasonCode.CONTINUE_AUTHENTICATION:
+                self.pending_connect = p
+                auth_props: dict[int, Any] = {AUTHENTICATION_METHOD: method}
+                if result.data is not None:
+                    auth_props[AUTHENTICATION_DATA] = result.data
+                self.send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, auth_props))
+                return
+            if result.reason_code != ReasonCode.SUCCESS:
+                self.refuse_connect(result.reason_code, "enhanced authentication failed")
+                return
+        for authenticate in broker.hooks.authenticate:
+            code = authenticate(client_info, p.password)
+            if code:
+                self.refuse_connect(code, "authentication failed")
+                return
+        self.accept_connect(p)
+
+    def accept_connect(self, p: Any) -> None:
+        broker = self.broker
+        limits = broker.limits
+        sessions_cfg = broker.config.sessions
+        v5 = p.protocol_version == 5
+        props = p.properties or {}
+        now = time.monotonic()
+        connack_props: dict[int, Any] = {}
+
+        client_id = p.client_id
+        if not client_id:
+            client_id = broker.assign_client_id()
+            if v5:
+                connack_props[ASSIGNED_CLIENT_IDENTIFIER] = client_id  # [MQTT-3.2.2-16]
+        self.client_id = client_id
+
+        keepalive = p.keepalive
+        max_keepalive = limits.max_keepalive
+        if v5 and (keepalive > max_keepalive or (keepalive == 0 and max_keepalive < 65535)):
+            keepalive = max_keepalive
+            connack_props[SERVER_KEEP_ALIVE] = keepalive  # [MQTT-3.2.2-21]
+        self.keepalive = keepalive
+
+        if v5:
+            requested = props.get(SESSION_EXPIRY_INTERVAL, 0)
+            self.session_expiry_requested = requested
+            granted = min(requested, sessions_cfg.max_session_expiry_interval)
+            if granted != requested:
+                connack_props[SESSION_EXPIRY_INTERVAL] = granted
+            expiry: float = NEVER if granted == SESSION_EXPIRY_NEVER else granted
+            send_window = props.get(RECEIVE_MAXIMUM, DEFAULT_RECEIVE_MAXIMUM)
+            self.max_packet_size_out = props.get(MAXIMUM_PACKET_SIZE, PROTOCOL_MAX_PACKET_SIZE)
+            alias_max = props.get(TOPIC_ALIAS_MAXIMUM, 0)
+            if alias_max:
+                self.topic_alias_maximum_out = alias_max
+                self.topic_aliases_out = {}
+        else:
+            if p.clean_start:
+                expiry = 0
+            else:
+                expiration = sessions_cfg.persistent_client_expiration
+                expiry = expiration if expiration else NEVER
+            send_window = limits.max_inflight
+
+        session, present = broker.open_session(self, client_id, p.clean_start,
+                                               p.protocol_version, now)
+        self.session = session
+        self.connected = True
+        session.expiry_interval = expiry
+        session.send_window = send_window
+        if p.will is not None:
+            will = p.will
+            will_props = dict(will.properties) if will.properties else None
+            delay = 0
+            if will_props:
+                delay = will_props.pop(WILL_DELAY_INTERVAL, 0)
+            session.will = Message(will.topic, will.payload, will.qos, will.retain,
+                                   will_props or None, 0, client_id)
+            session.will_delay = delay
+        else:
+            session.will = None
+
+        if v5:
+            if limits.max_inflight != DEFAULT_RECEIVE_MAXIMUM:
+                connack_props[RECEIVE_MAXIMUM] = limits.max_inflight
+            if limits.max_qos < 2:
+                connack_props[MAXIMUM_QOS] = limits.max_qos
+            if not limits.retain_available:
+                connack_props[RETAIN_AVAILABLE] = 0
+            if limits.max_packet_size < PROTOCOL_MAX_PACKET_SIZE:
+                connack_props[MAXIMUM_PACKET_SIZE] = limits.max_packet_size
+            if limits.topic_alias_maximum:
+                connack_props[TOPIC_ALIAS_MAXIMUM] = limits.topic_alias_maximum
+            if not limits.wildcard_subscription_available:
+                connack_props[WILDCARD_SUBSCRIPTION_AVAILABLE] = 0
+            if not limits.subscription_identifier_available:
+                connack_props[SUBSCRIPTION_IDENTIFIER_AVAILABLE] = 0
+            if not limits.shared_subscription_available:
+                connack_props[SHARED_SUBSCRIPTION_AVAILABLE] = 0
+            if props.get(REQUEST_RESPONSE_INFORMATION):
+                connack_props[RESPONSE_INFORMATION] = f"responses/{client_id}"
+            if self.auth_method is not None:
+                connack_props[AUTHENTICATION_METHOD] = self.auth_method
+        # [MQTT-3.2.2-2] session present is 0 with clean start.
+        self.send(Connack(present, 0, connack_props or None))
+        if present:
+            session.resend_inflight(now)
+            session.drain(now)
+        info = ClientInfo(client_id, p.username, self.peer, p.protocol_version, self.listener)
+        self.client_info = info
+        for hook in broker.hooks.on_connected:
+            hook(info)
+        log.info("client connected", extra={
+            "client_id": client_id, "peer": self.peer, "protocol": p.protocol_version,
+            "clean_start": p.clean_start, "keepalive": keepalive,
+            "session_present": present})
+
+    # -- PUBLISH and its acknowledgements ----------------------------------------------
+
+    def handle_publish(self, p: Any) -> None:
+        broker = self.broker
+        limits = broker.limits
+        session = self.session
+        assert session is not None
+        qos = p.qos
+        broker.stats.publish_received += 1
+        if qos > limits.max_qos:
+            # [MQTT-3.2.2-11]
+            self.protocol_error(ReasonCode.QOS_NOT_SUPPORTED, f"PUBLISH with QoS {qos}")
+            return
+        if p.retain and not limits.retain_available:
+            self.protocol_error(ReasonCode.RETAIN_NOT_SUPPORTED, "retain not available")
+            return
+        topic = p.topic
+        props = p.properties
+        expires_at = 0.0
+        now = self.last_received
+        if props is not None:
+            props = dict(props)
+            alias = props.pop(TOPIC_ALIAS, 0)
+            if alias:
+                if alias > limits.topic_alias_maximum:
+                    # [MQTT-3.3.2-9]
+                    self.protocol_error(ReasonCode.TOPIC_ALIAS_INVALID,
+                                        f"topic alias {alias} above maximum")
+                    return
+                if topic:
+                    self.topic_aliases_in[alias] = topic
+                else:
+                    topic = self.topic_aliases_in.get(alias)
+                    if topic is None:
+                        self.protocol_error(ReasonCode.PROTOCOL_ERROR,
+                                            f"unknown topic alias {alias}")
+                        return
+            if SUBSCRIPTION_IDENTIFIER in props:
+                # [MQTT-3.3.4-6] a client must not send a subscription identifier.
+                self.protocol_error(ReasonCode.PROTOCOL_ERROR,
+                                    "PUBLISH from a client with a subscription identifier")
+                return
+            expiry = props.pop(MESSAGE_EXPIRY_INTERVAL, None)
+            if expiry is not None:
+                expires_at = now + expiry if expiry else now
+            if props.get(PAYLOAD_FORMAT_INDICATOR) == 1:
+                try:
+                    p.payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    self._refuse_publish(p, ReasonCode.PAYLOAD_FORMAT_INVALID,
+                                         "payload is not UTF-8 as its format indicator says")
+                    return
+            if not props:
+                props = None
+        if topic.startswith("$SYS"):
+            self._refuse_publish(p, ReasonCode.NOT_AUTHORIZED, "clients may not publish to $SYS")
+            return
+        if broker.hooks.check_acl and not broker.hooks.allowed(self.client_info, topic,
+                                                                PUBLISH):
+            self._refuse_publish(p, ReasonCode.NOT_AUTHORIZED, "not authorised")
+            return
+        if qos == 2:
+            pid = p.packet_id
+            if pid in session.awaiting_pubrel:
+                # [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is not delivered again.
+                self.send(Pubrec(pid))
+                return
+            if len(session.awaiting_pubrel) >= limits.max_inflight:
+                # [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
+                self.protocol_error(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
+                                    "receive maximum exceeded")
+                return
+        msg = Message(topic, p.payload, qos, p.retain, props, expires_at, self.client_id)
+        reached = broker.publish(msg, now)
+        if qos == 1:
+            code = 0 if reached or self.protocol_version != 5 else \
+                ReasonCode.NO_MATCHING_SUBSCRIBERS
+            self.send(Puback(p.packet_id, code))
+        elif qos == 2:
+            session.awaiting_pubrel.add(p.packet_id)
+            code = 0 if reached or self.protocol_version != 5 else \
+                ReasonCode.NO_MATCHING_SUBSCRIBERS
+            self.send(Pubrec(p.packet_id, code))
+
+    def _refuse_publish(self, p: Any, reason_code: int, why: str) -> None:
+        """A PUBLISH the broker will not route: 5.0 QoS 1/2 get the reason code in the
+        acknowledgement; QoS 0 and 3.1.1 are dropped silently (3.1.1 has no way to say no)."""
+        log.info("publish refused: %s", why, extra={
+            "client_id": self.client_id, "peer": self.peer, "topic": p.topic})
+        broker = self.broker
+        broker.stats.publish_dropped += 1
+        code = reason_code if self.protocol_version == 5 else 0
+        if p.qos == 1:
+            self.send(Puback(p.packet_id, code))
+        elif p.qos == 2:
+            if code:
+                self.send(Pubrec(p.packet_id, code))
+            else:
+                assert self.session is not None
+                self.session.awaiting_pubrel.add(p.packet_id)
+                self.send(Pubrec(p.packet_id))
+
+    def handle_puback(self, p: Any) -> None:
+        assert self.session is not None
+        self.session.on_puback(p.packet_id, self.last_received)
+
+    def handle_pubrec(self, p: Any) -> None:
+        session = self.session
+        assert session is not None
+        if session.on_pubrec(p.packet_id, p.reason_code):
+            if p.reason_code < 0x80:
+                self.send(Pubrel(p.packet_id))
+            elif session.queue:
+                session.drain(self.last_received)
+        else:
+            self.send(Pubrel(p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+                             if self.protocol_version == 5 else 0))
+
+    def handle_pubrel(self, p: Any) -> None:
+        session = self.session
+        assert session is not None
+        if p.packet_id in session.awaiting_pubrel:
+            session.awaiting_pubrel.discard(p.packet_id)
+            self.send(Pubcomp(p.packet_id))
+        else:
+            self.send(Pubcomp(p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+                              if self.protocol_version == 5 else 0))
+
+    def handle_pubcomp(self, p: Any) -> None:
+        assert self.session is not None
+        self.session.on_pubcomp(p.packet_id, self.last_received)
+
+    # -- SUBSCRIBE / UNSUBSCRIBE ---------------------------------------------------------
+
+    def handle_subscribe(self, p: Any) -> None:
+        broker = self.broker
+        limits = broker.limits
+        session = self.session
+        assert session is not None
+        v5 = self.protocol_version == 5
+        props = p.properties or {}
+        sub_id = props.get(SUBSCRIPTION_IDENTIFIER, 0)
+        if sub_id and not limits.subscription_identifier_available:
+            self.protocol_error(ReasonCode.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+                                "subscription identifiers not supported")
+            return
+        failure = ReasonCode.UNSPECIFIED_ERROR  # the only 3.1.1 failure code
+        codes: list[int] = []
+        granted: list[tuple[str, SubscriptionOptions, bool]] = []
+        acl = broker.hooks.check_acl
+        for s in p.subscriptions:
+            topic_filter = s.topic_filter
+            if not valid_topic_filter(topic_filter):
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else failure)
+                continue
+            group, inner = parse_shared(topic_filter)
+            if group is not None:
+                if not limits.shared_subscription_available:
+                    codes.append(ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else failure)
+                    continue
+                if s.no_local:
+                    # [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
+                    self.protocol_error(ReasonCode.PROTOCOL_ERROR,
+                                        "No Local on a shared subscription")
+                    return
+            if not limits.wildcard_subscription_available and ("+" in inner or "#" in inner):
+                codes.append(ReasonCode.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else failure)
+                continue
+            if acl and not broker.hooks.allowed(self.client_info, topic_filter, SUBSCRIBE):
+                codes.append(ReasonCode.NOT_AUTHORIZED if v5 else failure)
+                continue
+            qos = min(s.qos, limits.max_qos)
+            opts = SubscriptionOptions(qos, s.no_local, s.retain_as_published,
+                                       s.retain_handling, sub_id)
+            new = broker.subscribe(session, topic_filter, opts)
+            granted.append((topic_filter, opts, new))
+            codes.append(qos)
+        self.send(Suback(p.packet_id, codes))
+        if not limits.retain_available:
+            return
+        now = self.last_received
+        for topic_filter, opts, new in granted:
+            if topic_filter.startswith("$share/"):
+                continue  # retained messages are not sent to shared subscriptions [4.8.2]
+            rh = opts.retain_handling
+            if rh == 0 or (rh == 1 and new):
+                broker.send_retained(session, topic_filter, opts, now)
+
+    def handle_unsubscribe(self, p: Any) -> None:
+        session = self.session
+        assert session is not None
+        codes = []
+        for topic_filter in p.topic_filters:
+            existed = self.broker.unsubscribe(session, topic_filter)
+            codes.append(0 if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
+        self.send(Unsuback(p.packet_id, codes if self.protocol_version == 5 else None))
+
+    # -- the rest ----------------------------------------------------------------------
+
+    def handle_pingreq(self, p: Any) -> None:
+        self.send(Pingresp())
+
+    def handle_disconnect(self, p: Any) -> None:
+        session = self.session
+        props = p.properties or {}
+        if session is not None and SESSION_EXPIRY_INTERVAL in props:
+            requested = props[SESSION_EXPIRY_INTERVAL]
+            if self.session_expiry_requested == 0 and requested:
+                # [MQTT-3.14.2-2] cannot turn a session without expiry into one with it.
+                self.protocol_error(ReasonCode.PROTOCOL_ERROR,
+                                    "session expiry set in DISCONNECT after 0 in CONNECT")
+                return
+            granted = min(requested, self.broker.config.sessions.max_session_expiry_interval)
+            session.expiry_interval = NEVER if granted == SESSION_EXPIRY_NEVER else granted
+        # [MQTT-3.14.4-3] the will is discarded, except for reason 0x04.
+        publish_will = p.reason_code == ReasonCode.DISCONNECT_WITH_WILL_MESSAGE
+        self._close(f"client disconnected ({reason_name(p.reason_code)})", publish_will)
+
+    def handle_auth(self, p: Any) -> None:
+        props = p.properties or {}
+        method = props.get(AUTHENTICATION_METHOD)
+        if self.auth_method is None or method != self.auth_method:
+            if self.auth_method is None and method is not None:
+                self.protocol_error(ReasonCode.BAD_AUTHENTICATION_METHOD,
+                                    f"unknown authentication method {method!r}")
+            else:
+                self.protocol_error(ReasonCode.PROTOCOL_ERROR, "AUTH without a matching method")
+            return
+        hook = self.broker.hooks.auth_method_hooks[method]
+        assert self.client_info is not None
+        result = hook.enhanced_auth(self.client_info, method, props.get(AUTHENTICATION_DATA), self.auth_state)
+        self.auth_state = result.state
+        if result.reason_code == ReasonCode.CONTINUE_AUTHENTICATION:
+            out: dict[int, Any] = {AUTHENTICATION_METHOD: method}
+            if result.data is not None:
+                out[AUTHENTICATION_DATA] = result.data
+            self.send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, out))
+            return
+        if result.reason_code != ReasonCode.SUCCESS:
+            if self.connected:
+                self.protocol_error(result.reason_code, "re-authentication failed")
+            else:
+                self.refuse_connect(result.reason_code, "enhanced authentication failed")
+            return
+        if self.pending_connect is not None:
+            pending, self.pending_connect = self.pending_connect, None
+            self.accept_connect(pending)
+        else:
+            self.send(Auth(ReasonCode.SUCCESS, {AUTHENTICATION_METHOD: method}))
+

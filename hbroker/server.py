@@ -1,0 +1,103 @@
+"""Starts the listeners, runs the broker under uvloop, handles SIGTERM/SIGINT/SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import time
+
+from hbroker import log as hlog
+from hbroker.broker import Broker
+from hbroker.config import Config, ConfigError, load_config
+from hbroker.connection import Connection
+from hbroker.hooks import Hooks
+
+log = logging.getLogger("hbroker.server")
+
+SHUTDOWN_GRACE = 3.0  # seconds given to transports to flush their DISCONNECTs
+
+
+def listener_name(lc: object) -> str:
+    name = getattr(lc, "name", "")
+    return name or f"{lc.type}://{lc.host}:{lc.port}"  # type: ignore[attr-defined]
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.broker = Broker(config, Hooks())
+        self.servers: list[asyncio.AbstractServer] = []
+        self.stopping: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        broker = self.broker
+        broker.loop = loop
+        for lc in self.config.listeners:
+            name = listener_name(lc)
+            server = await loop.create_server(
+                lambda name=name: Connection(broker, name), lc.host, lc.port,
+                reuse_address=True, backlog=1024)
+            self.servers.append(server)
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                log.info("listening", extra={"listener": name, "address": f"{host}:{port}"})
+        broker.start(loop)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        log.info("hbroker started", extra={"listeners": len(self.servers)})
+        await self.stopping.wait()
+        await self.stop()
+        return 0
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        log.info("stopping", extra={"signal": sig.name})
+        assert self.stopping is not None
+        self.stopping.set()
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        self.broker.stop()
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while self.broker.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        log.info("hbroker stopped")
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration file and apply what can change at run time."""
+        old = self.config
+        if old.source is None:
+            log.info("SIGHUP: no configuration file to reload (embedded default in use)")
+            return
+        try:
+            new = load_config(old.source)
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded: %s", exc)
+            return
+        applied, needs_restart = old.reload_changes(new)
+        kept = {f.name: getattr(old, f.name) for f in dataclasses.fields(old)
+                if any(path.split(".")[0].split("[")[0] == f.name for path in needs_restart)}
+        effective = dataclasses.replace(new, **kept) if kept else new
+        self.config = effective
+        self.broker.apply_config(effective)
+        hlog.set_level(effective.logging.level)
+        log.info("SIGHUP: configuration reloaded", extra={
+            "applied": ", ".join(applied) or "nothing changed"})
+        if needs_restart:
+            log.warning("SIGHUP: these changes need a restart and were not applied: %s",
+                        ", ".join(needs_restart))
+
+
+def serve(config: Config) -> int:
+    import uvloop
+
+    return uvloop.run(Server(config).run())

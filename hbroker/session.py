@@ -1,0 +1,328 @@
+"""Sessions: the state MQTT keeps for a client id across network connections (section 4.1).
+
+A session owns the outgoing flow of its client: the inflight window of QoS 1/2 messages awaiting
+acknowledgement, the bounded queue of messages waiting for the window or for the client to come
+back, and the packet ids of incoming QoS 2 messages awaiting PUBREL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from hbroker_ext.codec import (
+    MESSAGE_EXPIRY_INTERVAL,
+    SUBSCRIPTION_IDENTIFIER,
+    TOPIC_ALIAS,
+    Pubrel,
+    encode,
+    encode_publish,
+    set_packet_id,
+)
+
+if TYPE_CHECKING:
+    from hbroker.connection import Connection
+
+NEVER = math.inf
+
+# Outgoing QoS 1/2 states.
+AWAITING_PUBACK_OR_PUBREC = 1  # PUBLISH sent
+AWAITING_PUBCOMP = 2  # PUBREL sent
+
+# Encodings of one message kept for reuse across its fan-out; a message is rarely delivered
+# in more than a handful of distinct forms.
+_ENCODING_CACHE_LIMIT = 16
+
+
+class Message:
+    """An application message as the broker received it, shared by every delivery of it.
+
+    `properties` holds the 5.0 properties that travel with the message to subscribers (the
+    topic alias, subscription identifiers and message expiry are per delivery, not here).
+    `expires_at` is a monotonic deadline, or 0 when the message does not expire.
+    """
+
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "sender",
+                 "encodings")
+
+    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool,
+                 properties: dict[int, Any] | None, expires_at: float, sender: str | None) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.properties = properties
+        self.expires_at = expires_at
+        self.sender = sender
+        self.encodings: dict[tuple, bytes] | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at != 0 and now >= self.expires_at
+
+    def remaining_expiry(self, now: float) -> int:
+        """Message Expiry Interval to send: the time left, in whole seconds [MQTT-3.3.2-6]."""
+        return max(0, math.ceil(self.expires_at - now))
+
+
+class Delivery:
+    """One message on its way to one session: queued, or inflight with a packet id."""
+
+    __slots__ = ("message", "qos", "retain", "sub_ids", "packet_id", "state", "group")
+
+    def __init__(self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...],
+                 group: str | None) -> None:
+        self.message = message
+        self.qos = qos
+        self.retain = retain
+        self.sub_ids = sub_ids
+        self.packet_id = 0
+        self.state = 0
+        self.group = group
+
+
+def publish_bytes(conn: Connection, msg: Message, qos: int, retain: bool,
+                  sub_ids: tuple[int, ...], packet_id: int, dup: bool, now: float) -> bytes | None:
+    """The PUBLISH packet for one delivery on one connection, or None if it is too large.
+
+    Encodings are cached on the message by everything that shapes them except the packet id, so
+    a fan-out encodes once per distinct form and QoS 1/2 copies only patch the packet id.
+    """
+    version = conn.protocol_version
+    expiry = msg.remaining_expiry(now) if msg.expires_at else -1
+    if conn.topic_aliases_out is not None:
+        data = _encode_with_topic_alias(conn, msg, qos, retain, sub_ids, expiry)
+    else:
+        key = (version, qos, retain, sub_ids, expiry)
+        cache = msg.encodings
+        if cache is None:
+            cache = msg.encodings = {}
+        data = cache.get(key)
+        if data is None:
+            props = _delivery_properties(msg, sub_ids, expiry) if version == 5 else None
+            data = encode_publish(msg.topic, msg.payload, qos, retain, False, 1 if qos else 0,
+                                  props, version)
+            if len(cache) < _ENCODING_CACHE_LIMIT:
+                cache[key] = data
+    if qos:
+        data = set_packet_id(data, packet_id, dup)
+    if len(data) > conn.max_packet_size_out:
+        # [MQTT-3.1.2-25] a message too large for the client is discarded for that client.
+        conn.broker.stats.dropped_too_large += 1
+        return None
+    return data
+
+
+def _delivery_properties(msg: Message, sub_ids: tuple[int, ...],
+                         expiry: int) -> dict[int, Any] | None:
+    if not sub_ids and expiry < 0:
+        return msg.properties
+    props = dict(msg.properties) if msg.properties else {}
+    if sub_ids:
+        props[SUBSCRIPTION_IDENTIFIER] = list(sub_ids)
+    if expiry >= 0:
+        props[MESSAGE_EXPIRY_INTERVAL] = expiry
+    return props
+
+
+def _encode_with_topic_alias(conn: Connection, msg: Message, qos: int, retain: bool,
+                             sub_ids: tuple[int, ...], expiry: int) -> bytes:
+    """Encode for a client that accepts topic aliases: the first topics get an alias each, and
+    later messages on an aliased topic are sent with an empty topic name [MQTT-3.3.2-12]."""
+    props = _delivery_properties(msg, sub_ids, expiry)
+    aliases = conn.topic_aliases_out
+    topic = msg.topic
+    alias = aliases.get(topic)
+    if alias is None:
+        if len(aliases) < conn.topic_alias_maximum_out:
+            alias = aliases[topic] = len(aliases) + 1
+            props = dict(props) if props else {}
+            props[TOPIC_ALIAS] = alias
+    else:
+        props = dict(props) if props else {}
+        props[TOPIC_ALIAS] = alias
+        topic = ""
+    return encode_publish(topic, msg.payload, qos, retain, False, 1 if qos else 0, props, 5)
+
+
+class Session:
+    __slots__ = (
+        "client_id", "protocol_version", "connection", "subscriptions", "expiry_interval",
+        "inflight", "queue", "queued_bytes", "next_packet_id", "awaiting_pubrel", "will",
+        "will_delay", "will_due", "expires_at", "send_window", "max_queued_messages",
+        "max_queued_bytes", "queue_qos0", "dropped", "stats",
+    )
+
+    def __init__(self, client_id: str, protocol_version: int, *, max_queued_messages: int,
+                 max_queued_bytes: int, queue_qos0: bool, stats: Any) -> None:
+        self.client_id = client_id
+        self.protocol_version = protocol_version
+        self.connection: Connection | None = None
+        # topic filter (as subscribed, `$share/...` included) -> SubscriptionOptions
+        self.subscriptions: dict[str, Any] = {}
+        self.expiry_interval: float = 0  # seconds after disconnect; NEVER for no expiry
+        self.inflight: dict[int, Delivery] = {}
+        self.queue: deque[Delivery] = deque()
+        self.queued_bytes = 0
+        self.next_packet_id = 1
+        self.awaiting_pubrel: set[int] = set()  # incoming QoS 2 packet ids [MQTT-4.3.3-9]
+        self.will: Message | None = None
+        self.will_delay: float = 0
+        self.will_due: float = 0  # monotonic time at which a delayed will is published
+        self.expires_at: float = NEVER  # monotonic time at which a disconnected session ends
+        self.send_window = 65535  # the client's Receive Maximum, or max_inflight for 3.1.1
+        self.max_queued_messages = max_queued_messages
+        self.max_queued_bytes = max_queued_bytes
+        self.queue_qos0 = queue_qos0
+        self.dropped = 0
+        self.stats = stats
+
+    def __repr__(self) -> str:
+        return f"<Session {self.client_id!r} v{self.protocol_version}>"
+
+    # -- outgoing flow ---------------------------------------------------------------------
+
+    def deliver(self, delivery: Delivery, now: float) -> None:
+        """Send now if the client is connected and the window allows, otherwise queue."""
+        conn = self.connection
+        if conn is None or conn.closing:
+            if delivery.qos or self.queue_qos0:
+                self._enqueue(delivery)
+            return
+        if delivery.qos == 0:
+            if conn.write_paused and conn.transport_buffer_size() > self.max_queued_bytes:
+                # A slow reader: QoS 0 is dropped within the bound, never buffered without one.
+                self.stats.dropped_qos0_slow += 1
+                return
+            data = publish_bytes(conn, delivery.message, 0, delivery.retain, delivery.sub_ids, 0, False,
+                                     now)
+            if data is not None:
+                conn.write_publish(data)
+            return
+        if self.queue or len(self.inflight) >= self.send_window:
+            self._enqueue(delivery)
+            return
+        self._send_new(delivery, conn, now)
+
+    def deliver_qos0(self, msg: Message, retain: bool, sub_ids: tuple[int, ...],
+                     now: float) -> None:
+        """QoS 0 to a connected, unblocked client: no Delivery object on the way."""
+        conn = self.connection
+        if conn is None or conn.closing or conn.write_paused:
+            self.deliver(Delivery(msg, 0, retain, sub_ids, None), now)
+            return
+        data = publish_bytes(conn, msg, 0, retain, sub_ids, 0, False, now)
+        if data is not None:
+            conn.write_publish(data)
+
+    def _enqueue(self, delivery: Delivery) -> None:
+        size = len(delivery.message.payload)
+        if (len(self.queue) >= self.max_queued_messages
+                or self.queued_bytes + size > self.max_queued_bytes):
+            self.dropped += 1
+            self.stats.dropped_queue_full += 1
+            return
+        self.queue.append(delivery)
+        self.queued_bytes += size
+
+    def _send_new(self, delivery: Delivery, conn: Connection, now: float) -> None:
+        pid = self._allocate_packet_id()
+        data = publish_bytes(conn, delivery.message, delivery.qos, delivery.retain,
+                             delivery.sub_ids, pid, False, now)
+        if data is None:
+            return
+        delivery.packet_id = pid
+        delivery.state = AWAITING_PUBACK_OR_PUBREC
+        self.inflight[pid] = delivery
+        conn.write_publish(data)
+
+    def _allocate_packet_id(self) -> int:
+        pid = self.next_packet_id
+        inflight = self.inflight
+        while pid in inflight:
+            pid = pid % 65535 + 1
+        self.next_packet_id = pid % 65535 + 1
+        return pid
+
+    def drain(self, now: float) -> None:
+        """Move queued messages to the client while its window has room."""
+        conn = self.connection
+        if conn is None or conn.closing:
+            return
+        queue = self.queue
+        while queue and len(self.inflight) < self.send_window:
+            delivery = queue.popleft()
+            self.queued_bytes -= len(delivery.message.payload)
+            if delivery.message.expired(now):
+                # [MQTT-3.3.2-5] an expired message is not delivered.
+                self.stats.dropped_expired += 1
+                continue
+            if delivery.qos == 0:
+                data = publish_bytes(conn, delivery.message, 0, delivery.retain, delivery.sub_ids, 0, False,
+                                     now)
+                if data is not None:
+                    conn.write_publish(data)
+            else:
+                self._send_new(delivery, conn, now)
+
+    def resend_inflight(self, now: float) -> None:
+        """On session resume, re-send unacknowledged PUBLISH with DUP and PUBREL [MQTT-4.4.0-1]."""
+        conn = self.connection
+        assert conn is not None
+        for pid, delivery in list(self.inflight.items()):
+            if delivery.state == AWAITING_PUBCOMP:
+                conn.write(encode(Pubrel(pid), conn.protocol_version))
+                continue
+            data = publish_bytes(conn, delivery.message, delivery.qos, delivery.retain,
+                                 delivery.sub_ids, pid, True, now)
+            if data is None:
+                del self.inflight[pid]
+            else:
+                conn.write_publish(data)
+
+    def on_puback(self, packet_id: int, now: float) -> bool:
+        delivery = self.inflight.get(packet_id)
+        if delivery is None or delivery.qos != 1:
+            return False
+        del self.inflight[packet_id]
+        if self.queue:
+            self.drain(now)
+        return True
+
+    def on_pubrec(self, packet_id: int, reason_code: int) -> bool:
+        """Returns False when the packet id is unknown; the caller answers PUBREL 0x92."""
+        delivery = self.inflight.get(packet_id)
+        if delivery is None or delivery.qos != 2:
+            return False
+        if reason_code >= 0x80:
+            # [MQTT-4.3.3-?] a PUBREC with an error ends the exchange; the id is free again.
+            del self.inflight[packet_id]
+            return True
+        delivery.state = AWAITING_PUBCOMP
+        return True
+
+    def on_pubcomp(self, packet_id: int, now: float) -> bool:
+        delivery = self.inflight.get(packet_id)
+        if delivery is None or delivery.state != AWAITING_PUBCOMP:
+            return False
+        del self.inflight[packet_id]
+        if self.queue:
+            self.drain(now)
+        return True
+
+    def take_shared_deliveries(self) -> list[Delivery]:
+        """Remove and return the shared-subscription messages not yet acknowledged, so the
+        broker can offer them to another member of the group."""
+        taken = [d for d in self.inflight.values()
+                 if d.group is not None and d.state == AWAITING_PUBACK_OR_PUBREC]
+        for d in taken:
+            del self.inflight[d.packet_id]
+        queued = [d for d in self.queue if d.group is not None]
+        if queued:
+            self.queue = deque(d for d in self.queue if d.group is None)
+            self.queued_bytes = sum(len(d.message.payload) for d in self.queue)
+            taken.extend(queued)
+        for d in taken:
+            d.packet_id = 0
+            d.state = 0
+        return taken
