@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hbroker_ext.codec import MESSAGE_EXPIRY_INTERVAL
 from hbroker_ext.topics import RetainedTree, SubscriptionTree

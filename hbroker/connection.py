@@ -18,10 +18,17 @@ from hbroker_ext.codec import (
     AUTHENTICATION_DATA,
     AUTHENTICATION_METHOD,
     CONNECT,
+    DISCONNECT,
     MAXIMUM_PACKET_SIZE,
     MAXIMUM_QOS,
     MESSAGE_EXPIRY_INTERVAL,
     PAYLOAD_FORMAT_INDICATOR,
+    PINGREQ,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
     RECEIVE_MAXIMUM,
     REQUEST_RESPONSE_INFORMATION,
     RESPONSE_INFORMATION,
@@ -29,10 +36,12 @@ from hbroker_ext.codec import (
     SERVER_KEEP_ALIVE,
     SESSION_EXPIRY_INTERVAL,
     SHARED_SUBSCRIPTION_AVAILABLE,
+    SUBSCRIBE,
     SUBSCRIPTION_IDENTIFIER,
     SUBSCRIPTION_IDENTIFIER_AVAILABLE,
     TOPIC_ALIAS,
     TOPIC_ALIAS_MAXIMUM,
+    UNSUBSCRIBE,
     WILDCARD_SUBSCRIPTION_AVAILABLE,
     WILL_DELAY_INTERVAL,
     Auth,
@@ -51,8 +60,9 @@ from hbroker_ext.codec import (
 )
 from hbroker_ext.topics import parse_shared, valid_topic_filter, valid_topic_name
 
+from hbroker import hooks
 from hbroker.broker import SubscriptionOptions
-from hbroker.hooks import PUBLISH, SUBSCRIBE, ClientInfo
+from hbroker.hooks import ClientInfo
 from hbroker.reason_codes import ReasonCode, connack_code_for, reason_name
 from hbroker.session import NEVER, Message
 
@@ -75,7 +85,7 @@ class Connection(asyncio.Protocol):
         "closing", "close_reason", "out", "write_paused", "topic_aliases_in",
         "topic_aliases_out", "topic_alias_maximum_out", "max_packet_size_out",
         "session_expiry_requested", "auth_method", "auth_state", "pending_connect",
-        "client_info", "handlers",
+        "client_info",
     )
 
     def __init__(self, broker: Broker, listener: str) -> None:
@@ -104,12 +114,6 @@ class Connection(asyncio.Protocol):
         self.auth_state: Any = None
         self.pending_connect: Any = None
         self.client_info: ClientInfo | None = None
-        self.handlers = {
-            CONNECT: self.handle_connect, 3: self.handle_publish, 4: self.handle_puback,
-            5: self.handle_pubrec, 6: self.handle_pubrel, 7: self.handle_pubcomp,
-            8: self.handle_subscribe, 10: self.handle_unsubscribe, 12: self.handle_pingreq,
-            14: self.handle_disconnect, 15: self.handle_auth,
-        }
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -144,7 +148,7 @@ class Connection(asyncio.Protocol):
             packets = exc.packets or ()
             error = exc
         stats.packets_received += len(packets)
-        handlers = self.handlers
+        handlers = _HANDLERS
         for packet in packets:
             if self.closing:
                 return
@@ -159,7 +163,7 @@ class Connection(asyncio.Protocol):
                 self.protocol_error(ReasonCode.PROTOCOL_ERROR,
                                     f"unexpected packet type {packet.packet_type} from client")
                 return
-            handler(packet)
+            handler(self, packet)
         if error is not None and not self.closing:
             self.codec_error(error)
 
@@ -511,7 +515,7 @@ class Connection(asyncio.Protocol):
             self._refuse_publish(p, ReasonCode.NOT_AUTHORIZED, "clients may not publish to $SYS")
             return
         if broker.hooks.check_acl and not broker.hooks.allowed(self.client_info, topic,
-                                                                PUBLISH):
+                                                                hooks.PUBLISH):
             self._refuse_publish(p, ReasonCode.NOT_AUTHORIZED, "not authorised")
             return
         if qos == 2:
@@ -621,7 +625,7 @@ class Connection(asyncio.Protocol):
             if not limits.wildcard_subscription_available and ("+" in inner or "#" in inner):
                 codes.append(ReasonCode.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else failure)
                 continue
-            if acl and not broker.hooks.allowed(self.client_info, topic_filter, SUBSCRIBE):
+            if acl and not broker.hooks.allowed(self.client_info, topic_filter, hooks.SUBSCRIBE):
                 codes.append(ReasonCode.NOT_AUTHORIZED if v5 else failure)
                 continue
             qos = min(s.qos, limits.max_qos)
@@ -683,7 +687,8 @@ class Connection(asyncio.Protocol):
             return
         hook = self.broker.hooks.auth_method_hooks[method]
         assert self.client_info is not None
-        result = hook.enhanced_auth(self.client_info, method, props.get(AUTHENTICATION_DATA), self.auth_state)
+        result = hook.enhanced_auth(self.client_info, method, props.get(AUTHENTICATION_DATA),
+                                    self.auth_state)
         self.auth_state = result.state
         if result.reason_code == ReasonCode.CONTINUE_AUTHENTICATION:
             out: dict[int, Any] = {AUTHENTICATION_METHOD: method}
@@ -703,3 +708,19 @@ class Connection(asyncio.Protocol):
         else:
             self.send(Auth(ReasonCode.SUCCESS, {AUTHENTICATION_METHOD: method}))
 
+
+# Incoming packet type -> handler. Packets only a server sends (CONNACK, SUBACK, UNSUBACK,
+# PINGRESP) are absent: receiving one is a protocol error.
+_HANDLERS = {
+    CONNECT: Connection.handle_connect,
+    PUBLISH: Connection.handle_publish,
+    PUBACK: Connection.handle_puback,
+    PUBREC: Connection.handle_pubrec,
+    PUBREL: Connection.handle_pubrel,
+    PUBCOMP: Connection.handle_pubcomp,
+    SUBSCRIBE: Connection.handle_subscribe,
+    UNSUBSCRIBE: Connection.handle_unsubscribe,
+    PINGREQ: Connection.handle_pingreq,
+    DISCONNECT: Connection.handle_disconnect,
+    AUTH: Connection.handle_auth,
+}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import signal
 import time
@@ -84,9 +83,7 @@ class Server:
             log.error("SIGHUP: configuration not reloaded: %s", exc)
             return
         applied, needs_restart = old.reload_changes(new)
-        kept = {f.name: getattr(old, f.name) for f in dataclasses.fields(old)
-                if any(path.split(".")[0].split("[")[0] == f.name for path in needs_restart)}
-        effective = dataclasses.replace(new, **kept) if kept else new
+        effective = old.merge_reload(new)
         self.config = effective
         self.broker.apply_config(effective)
         hlog.set_level(effective.logging.level)

@@ -194,10 +194,7 @@ class Session:
                 # A slow reader: QoS 0 is dropped within the bound, never buffered without one.
                 self.stats.dropped_qos0_slow += 1
                 return
-            data = publish_bytes(conn, delivery.message, 0, delivery.retain, delivery.sub_ids, 0, False,
-                                     now)
-            if data is not None:
-                conn.write_publish(data)
+            self._write_qos0(conn, delivery, now)
             return
         if self.queue or len(self.inflight) >= self.send_window:
             self._enqueue(delivery)
@@ -212,6 +209,13 @@ class Session:
             self.deliver(Delivery(msg, 0, retain, sub_ids, None), now)
             return
         data = publish_bytes(conn, msg, 0, retain, sub_ids, 0, False, now)
+        if data is not None:
+            conn.write_publish(data)
+
+    @staticmethod
+    def _write_qos0(conn: Connection, delivery: Delivery, now: float) -> None:
+        data = publish_bytes(conn, delivery.message, 0, delivery.retain, delivery.sub_ids, 0,
+                             False, now)
         if data is not None:
             conn.write_publish(data)
 
@@ -258,10 +262,7 @@ class Session:
                 self.stats.dropped_expired += 1
                 continue
             if delivery.qos == 0:
-                data = publish_bytes(conn, delivery.message, 0, delivery.retain, delivery.sub_ids, 0, False,
-                                     now)
-                if data is not None:
-                    conn.write_publish(data)
+                self._write_qos0(conn, delivery, now)
             else:
                 self._send_new(delivery, conn, now)
 

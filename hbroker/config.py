@@ -1,0 +1,325 @@
+"""Configuration: one TOML file parsed once into typed, frozen dataclasses and validated here.
+
+Nothing else in hbroker reads TOML. Every option carries its documentation and whether SIGHUP
+applies it (`field(metadata=...)`), so `docs/configuration.md` and `examples/hbroker.toml` are
+generated from this schema (`tools/gen_config_docs.py`) and cannot drift from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the file, the key and what was expected."""
+
+
+def opt(default: Any, doc: str, *, reload: bool = False, choices: tuple = (),
+        minimum: float | None = None, maximum: float | None = None) -> Any:
+    return field(default=default, metadata={
+        "doc": doc, "reload": reload, "choices": choices, "min": minimum, "max": maximum})
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    type: str = opt("tcp", "Transport of the listener. This version provides `tcp`; TLS, "
+                    "WebSocket and Unix-socket listeners come in a later release.",
+                    choices=("tcp",))
+    host: str = opt("127.0.0.1", "Address to listen on (`0.0.0.0` for every IPv4 address, "
+                    "`::` for IPv6).")
+    port: int = opt(1883, "TCP port; 0 picks any free port (useful in tests).",
+                    minimum=0, maximum=65535)
+    name: str = opt("", "Label used in logs; empty means `tcp://HOST:PORT`.")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_connections: int = opt(10000, "Most simultaneous network connections; further "
+                               "connections are closed at once.", reload=True, minimum=1)
+    max_packet_size: int = opt(268435455, "Largest packet accepted from a client, in bytes "
+                               "(fixed header included). A larger packet closes the connection "
+                               "(5.0: DISCONNECT 0x95). Sent to 5.0 clients as Maximum Packet "
+                               "Size when below the protocol maximum. Applies to new "
+                               "connections.", reload=True, minimum=16, maximum=268435460)
+    max_inflight: int = opt(20, "Unacknowledged QoS 1/2 messages per client: the Receive "
+                            "Maximum announced to 5.0 clients (incoming QoS 2) and the "
+                            "outgoing window for 3.1.1 clients (5.0 clients state their own).",
+                            reload=True, minimum=1, maximum=65535)
+    max_queued_messages: int = opt(1000, "Messages queued per session while the client is "
+                                   "offline or its window is full; further messages are dropped "
+                                   "and counted.", reload=True, minimum=0)
+    max_queued_bytes: int = opt(16777216, "Payload bytes queued per session (same rule as "
+                                "max_queued_messages). Also the bound on QoS 0 bytes buffered "
+                                "for a slow reader before QoS 0 messages are dropped.",
+                                reload=True, minimum=0)
+    max_keepalive: int = opt(65535, "Largest keep alive granted, in seconds. A 5.0 client "
+                             "asking for more (or for 0 while this is below 65535) is given "
+                             "this value through Server Keep Alive; 3.1.1 clients cannot be "
+                             "told and keep their own value.", reload=True, minimum=1,
+                             maximum=65535)
+    max_qos: int = opt(2, "Maximum QoS: subscriptions are granted at most this QoS; a 5.0 "
+                       "client publishing above it is disconnected with 0x9B.", reload=True,
+                       minimum=0, maximum=2)
+    retain_available: bool = opt(True, "Whether retained messages are supported (Retain "
+                                 "Available).", reload=True)
+    wildcard_subscription_available: bool = opt(True, "Whether `+` and `#` may be used in "
+                                                "subscriptions.", reload=True)
+    shared_subscription_available: bool = opt(True, "Whether `$share/<group>/<filter>` "
+                                              "subscriptions are supported.", reload=True)
+    subscription_identifier_available: bool = opt(True, "Whether 5.0 Subscription Identifiers "
+                                                  "are supported.", reload=True)
+    topic_alias_maximum: int = opt(10, "Topic aliases a 5.0 client may use towards the broker "
+                                   "(Topic Alias Maximum); 0 disables them.", reload=True,
+                                   minimum=0, maximum=65535)
+    connect_timeout: float = opt(10.0, "Seconds a new connection may stay open without sending "
+                                 "CONNECT.", reload=True, minimum=0.1)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsConfig:
+    max_session_expiry_interval: int = opt(4294967295, "Cap on the Session Expiry Interval a "
+                                           "5.0 client may ask for, in seconds; 4294967295 "
+                                           "means sessions may never expire.", reload=True,
+                                           minimum=0, maximum=4294967295)
+    persistent_client_expiration: int = opt(0, "Seconds an idle 3.1.1 persistent session "
+                                            "(clean session 0) is kept after its client "
+                                            "disconnects; 0 keeps it forever (Mosquitto's "
+                                            "option of the same name).", reload=True,
+                                            minimum=0, maximum=4294967295)
+    queue_qos0_messages: bool = opt(False, "Queue QoS 0 messages for offline persistent "
+                                    "sessions too (Mosquitto's option of the same name).",
+                                    reload=True)
+    allow_zero_length_client_id: bool = opt(True, "Accept an empty client id and assign one "
+                                            "(5.0: returned as Assigned Client Identifier; "
+                                            "3.1.1: only with clean session 1).", reload=True)
+    max_client_id_length: int = opt(65535, "Longest client id accepted, in characters.",
+                                    reload=True, minimum=1, maximum=65535)
+
+
+@dataclass(frozen=True, slots=True)
+class SysConfig:
+    enabled: bool = opt(True, "Publish broker statistics under `$SYS/broker/...` (Mosquitto's "
+                        "topic names), as retained messages.")
+    interval: int = opt(10, "Seconds between `$SYS` updates (each value is published only when "
+                        "it changed).", reload=True, minimum=1, maximum=86400)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = opt("info", "Least severe level logged.", reload=True,
+                     choices=("debug", "info", "warning", "error"))
+    format: str = opt("text", "`text`: one human-readable line per event; `json`: one JSON "
+                      "object per line. `--log-format` on the command line overrides it.",
+                      choices=("text", "json"))
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    backend: str = opt("memory", "Where broker state lives. This version provides `memory` "
+                       "(state is lost on restart); SQLite and PostgreSQL backends come in a "
+                       "later release.", choices=("memory",))
+
+
+SECTIONS: dict[str, type] = {
+    "limits": LimitsConfig,
+    "sessions": SessionsConfig,
+    "sys": SysConfig,
+    "logging": LoggingConfig,
+    "storage": StorageConfig,
+}
+
+SECTION_DOCS = {
+    "listeners": "Network listeners. Repeat `[[listeners]]` for several; without any, one "
+                 "tcp listener on 127.0.0.1:1883.",
+    "limits": "Protocol limits and resource bounds, per client unless said otherwise.",
+    "sessions": "Session lifetime and client identifiers.",
+    "sys": "The `$SYS/broker/...` statistics topics.",
+    "logging": "Logging to standard error.",
+    "storage": "Storage of broker state.",
+}
+
+_UNAVAILABLE = {
+    ("listeners", "type"): "tls, ws, wss and unix listeners are not available in this version",
+    ("storage", "backend"): "sqlite and postgres backends are not available in this version",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
+    limits: LimitsConfig = LimitsConfig()
+    sessions: SessionsConfig = SessionsConfig()
+    sys: SysConfig = SysConfig()
+    logging: LoggingConfig = LoggingConfig()
+    storage: StorageConfig = StorageConfig()
+    source: str | None = field(default=None, compare=False)
+
+    def to_toml(self) -> str:
+        """The effective configuration as TOML; loading it gives an equal Config."""
+        lines: list[str] = []
+        for lc in self.listeners:
+            lines.append("[[listeners]]")
+            lines += [f"{f.name} = {_toml_value(getattr(lc, f.name))}"
+                      for f in dataclasses.fields(lc)]
+            lines.append("")
+        for name in SECTIONS:
+            section = getattr(self, name)
+            lines.append(f"[{name}]")
+            lines += [f"{f.name} = {_toml_value(getattr(section, f.name))}"
+                      for f in dataclasses.fields(section)]
+            lines.append("")
+        return "\n".join(lines)
+
+    def reload_changes(self, new: Config) -> tuple[list[str], list[str]]:
+        """Key paths that differ: (applied on SIGHUP, needing a restart)."""
+        applied: list[str] = []
+        restart: list[str] = []
+        if self.listeners != new.listeners:
+            restart.append("listeners")
+        for name in SECTIONS:
+            old_s, new_s = getattr(self, name), getattr(new, name)
+            for f in dataclasses.fields(old_s):
+                if getattr(old_s, f.name) != getattr(new_s, f.name):
+                    (applied if f.metadata["reload"] else restart).append(f"{name}.{f.name}")
+        return applied, restart
+
+    def merge_reload(self, new: Config) -> Config:
+        """`new` with every value that needs a restart kept as it is in `self`."""
+        _, restart = self.reload_changes(new)
+        merged = new
+        for path in restart:
+            if path == "listeners":
+                merged = dataclasses.replace(merged, listeners=self.listeners)
+                continue
+            section, key = path.split(".")
+            kept = dataclasses.replace(getattr(merged, section),
+                                       **{key: getattr(getattr(self, section), key)})
+            merged = dataclasses.replace(merged, **{section: kept})
+        return dataclasses.replace(merged, source=new.source)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _type_name(tp: Any) -> str:
+    return {"int": "an integer", "float": "a number", "bool": "true or false",
+            "str": "a string"}.get(str(tp), str(tp))
+
+
+def _check_value(where: str, path: str, f: dataclasses.Field, value: Any) -> Any:
+    tp = str(f.type)
+    meta = f.metadata
+    got = f"got {value!r}" if not isinstance(value, str) else f'got "{value}"'
+    if tp == "bool":
+        ok = isinstance(value, bool)
+    elif tp == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+        if ok:
+            value = float(value)
+    else:
+        ok = isinstance(value, str)
+    lo, hi = meta.get("min"), meta.get("max")
+    if not ok:
+        expected = _type_name(tp)
+        if lo is not None and hi is not None and tp in ("int", "float"):
+            expected += f" from {_num(lo)} to {_num(hi)}"
+        raise ConfigError(f"{where}: {path}: expected {expected}, {got}")
+    if tp in ("int", "float"):
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            if lo is not None and hi is not None:
+                rng = f"from {_num(lo)} to {_num(hi)}"
+            elif lo is not None:
+                rng = f"of at least {_num(lo)}"
+            else:
+                rng = f"of at most {_num(hi)}"
+            raise ConfigError(f"{where}: {path}: expected {_type_name(tp)} {rng}, {got}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        expected = " or ".join(f"'{c}'" for c in choices)
+        section, _, key = path.partition(".")
+        note = _UNAVAILABLE.get((section.split("[")[0], key))
+        raise ConfigError(f"{where}: {path}: expected {expected}"
+                          f"{f' ({note})' if note else ''}, {got}")
+    return value
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _unknown(where: str, path: str, key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"{where}: unknown key '{path}'{hint}")
+
+
+def _build(cls: type, where: str, prefix: str, table: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: {prefix}: expected a table, got {table!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in table.items():
+        path = f"{prefix}.{key}"
+        f = fields.get(key)
+        if f is None:
+            raise _unknown(where, path, key, list(fields))
+        values[key] = _check_value(where, path, f, value)
+    return cls(**values)
+
+
+def parse_config(data: dict[str, Any], where: str) -> Config:
+    values: dict[str, Any] = {}
+    known = ["listeners", *SECTIONS]
+    for key in data:
+        if key not in known:
+            raise _unknown(where, key, key, known)
+    if "listeners" in data:
+        raw = data["listeners"]
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError(f"{where}: listeners: expected one or more [[listeners]] tables")
+        listeners = tuple(_build(ListenerConfig, where, f"listeners[{i}]", t)
+                          for i, t in enumerate(raw))
+        seen: dict[tuple[str, int], int] = {}
+        for i, lc in enumerate(listeners):
+            addr = (lc.host, lc.port)
+            if lc.port and addr in seen:
+                raise ConfigError(f"{where}: listeners[{i}]: port {lc.port} on {lc.host} is "
+                                  f"already used by listeners[{seen[addr]}]")
+            seen[addr] = i
+        values["listeners"] = listeners
+    for name, cls in SECTIONS.items():
+        if name in data:
+            values[name] = _build(cls, where, name, data[name])
+    return Config(**values, source=where if where != "<default>" else None)
+
+
+def load_config(path: str | os.PathLike | None) -> Config:
+    """The configuration from a TOML file, or the embedded default when `path` is None."""
+    if path is None:
+        return Config()
+    where = os.fspath(path)
+    try:
+        with open(where, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    return parse_config(data, where)

@@ -1,0 +1,1 @@
+"""Cython modules of hbroker: pure computation, no I/O."""
