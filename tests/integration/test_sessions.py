@@ -1,0 +1,155 @@
+"""Sessions: clean session / clean start, expiry, offline queues (MQTT 5.0 section 4.1)."""
+
+import time
+
+from clients import QUIET, PahoClient, RawClient
+from hbroker_ext.codec import SESSION_EXPIRY_INTERVAL, Disconnect, Puback
+
+
+def test_clean_session_1_discards_previous_session_in_v311(broker, uid):
+    c = PahoClient(broker.host, broker.port, uid, version=4, clean=False)
+    c.subscribe(f"{uid}/t", 1)
+    c.disconnect()
+    c2 = PahoClient(broker.host, broker.port, uid, version=4, clean=True)
+    assert not c2.session_present  # [MQTT-3.2.2-1]
+    pub = PahoClient(broker.host, broker.port, f"{uid}-p")
+    pub.publish(f"{uid}/t", b"x", 1)
+    c2.expect_none()
+
+
+def test_persistent_v311_session_is_resumed_with_session_present(broker, uid):
+    # [MQTT-3.2.2-2]
+    c = PahoClient(broker.host, broker.port, uid, version=4, clean=False)
+    c.subscribe(f"{uid}/t", 1)
+    c.disconnect()
+    c2 = PahoClient(broker.host, broker.port, uid, version=4, clean=False)
+    assert c2.session_present
+
+
+def test_offline_qos1_messages_are_queued_for_persistent_session(broker, uid):
+    c = PahoClient(broker.host, broker.port, uid, version=4, clean=False)
+    c.subscribe(f"{uid}/t", 1)
+    c.disconnect()
+    pub = PahoClient(broker.host, broker.port, f"{uid}-p")
+    for i in range(5):
+        pub.publish(f"{uid}/t", f"m{i}".encode(), 1)
+    c2 = PahoClient(broker.host, broker.port, uid, version=4, clean=False)
+    assert [c2.expect().payload for _ in range(5)] == [f"m{i}".encode() for i in range(5)]
+
+
+def test_offline_qos0_messages_are_not_queued_by_default(broker, uid):
+    c = PahoClient(broker.host, broker.port, uid, version=4, clean=False)
+    c.subscribe(f"{uid}/t", 0)
+    c.disconnect()
+    pub = PahoClient(broker.host, broker.port, f"{uid}-p")
+    pub.publish(f"{uid}/t", b"q0", 0)
+    time.sleep(0.2)
+    c2 = PahoClient(broker.host, broker.port, uid, version=4, clean=False)
+    c2.expect_none()
+
+
+def test_offline_qos0_messages_are_queued_when_configured(make_broker, uid):
+    b = make_broker(sessions={"queue_qos0_messages": True})
+    c = PahoClient(b.host, b.port, uid, version=4, clean=False)
+    c.subscribe(f"{uid}/t", 0)
+    c.disconnect()
+    pub = PahoClient(b.host, b.port, f"{uid}-p")
+    pub.publish(f"{uid}/t", b"q0", 0)
+    time.sleep(0.2)
+    c2 = PahoClient(b.host, b.port, uid, version=4, clean=False)
+    assert c2.expect().payload == b"q0"
+
+
+def test_offline_queue_is_bounded_by_max_queued_messages(make_broker, uid):
+    b = make_broker(limits={"max_queued_messages": 3})
+    c = PahoClient(b.host, b.port, uid, version=4, clean=False)
+    c.subscribe(f"{uid}/t", 1)
+    c.disconnect()
+    pub = PahoClient(b.host, b.port, f"{uid}-p")
+    for i in range(6):
+        pub.publish(f"{uid}/t", f"m{i}".encode(), 1)
+    c2 = PahoClient(b.host, b.port, uid, version=4, clean=False)
+    assert [c2.expect().payload for _ in range(3)] == [b"m0", b"m1", b"m2"]
+    c2.expect_none()
+
+
+def test_v5_session_with_zero_expiry_ends_at_disconnect(broker, uid):
+    c = PahoClient(broker.host, broker.port, uid, session_expiry=0)
+    c.subscribe(f"{uid}/t", 1)
+    c.disconnect()
+    c2 = PahoClient(broker.host, broker.port, uid, clean=False, session_expiry=0)
+    assert not c2.session_present
+
+
+def test_v5_session_is_resumed_with_clean_start_0_within_expiry(broker, uid):
+    c = PahoClient(broker.host, broker.port, uid, session_expiry=60)
+    c.subscribe(f"{uid}/t", 1)
+    c.disconnect()
+    pub = PahoClient(broker.host, broker.port, f"{uid}-p")
+    pub.publish(f"{uid}/t", b"waiting", 1)
+    c2 = PahoClient(broker.host, broker.port, uid, clean=False, session_expiry=60)
+    assert c2.session_present
+    assert c2.expect().payload == b"waiting"
+
+
+def test_v5_clean_start_1_discards_existing_session(broker, uid):
+    c = PahoClient(broker.host, broker.port, uid, session_expiry=60)
+    c.subscribe(f"{uid}/t", 1)
+    c.disconnect()
+    c2 = PahoClient(broker.host, broker.port, uid, clean=True, session_expiry=60)
+    assert not c2.session_present
+
+
+def test_session_expires_after_session_expiry_interval(broker, uid):
+    c = RawClient(broker.host, broker.port, 5)
+    c.connect(uid, properties={SESSION_EXPIRY_INTERVAL: 1})
+    c.subscribe(f"{uid}/t", 1)
+    c.close()
+    time.sleep(2.2)
+    c2 = RawClient(broker.host, broker.port, 5)
+    assert not c2.connect(uid, clean_start=False,
+                          properties={SESSION_EXPIRY_INTERVAL: 1}).session_present
+
+
+def test_session_expiry_can_be_changed_in_disconnect(broker, uid):
+    c = RawClient(broker.host, broker.port, 5)
+    c.connect(uid, properties={SESSION_EXPIRY_INTERVAL: 60})
+    c.send(Disconnect(0, {SESSION_EXPIRY_INTERVAL: 0}))
+    c.closed_by_broker()
+    c2 = RawClient(broker.host, broker.port, 5)
+    assert not c2.connect(uid, clean_start=False).session_present
+
+
+def test_session_expiry_set_in_disconnect_after_zero_is_a_protocol_error(broker, uid):
+    # [MQTT-3.14.2-2]
+    c = RawClient(broker.host, broker.port, 5)
+    c.connect(uid)
+    c.send(Disconnect(0, {SESSION_EXPIRY_INTERVAL: 30}))
+    got = c.closed_by_broker()
+    assert [(p.packet_type, p.reason_code) for p in got] == [(14, 0x82)]
+
+
+def test_persistent_client_expiration_ends_idle_v311_sessions(make_broker, uid):
+    b = make_broker(sessions={"persistent_client_expiration": 1})
+    c = RawClient(b.host, b.port, 4)
+    c.connect(uid, clean_start=False)
+    c.close()
+    time.sleep(2.2)
+    c2 = RawClient(b.host, b.port, 4)
+    assert not c2.connect(uid, clean_start=False).session_present
+
+
+def test_subscriptions_survive_in_resumed_session(broker, uid):
+    c = RawClient(broker.host, broker.port, 5)
+    c.connect(uid, properties={SESSION_EXPIRY_INTERVAL: 60})
+    c.subscribe(f"{uid}/t", 1)
+    c.close()
+    c2 = RawClient(broker.host, broker.port, 5)
+    c2.connect(uid, clean_start=False, properties={SESSION_EXPIRY_INTERVAL: 60})
+    pub = RawClient(broker.host, broker.port, 5)
+    pub.connect(f"{uid}-p")
+    assert pub.publish(f"{uid}/t", b"still here", 1).reason_code == 0
+    msg = c2.recv_type(3)
+    assert msg.payload == b"still here"
+    c2.send(Puback(msg.packet_id))
+    assert c2.recv_or_none(QUIET) is None
