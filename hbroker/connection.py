@@ -635,6 +635,9 @@ class Connection(asyncio.Protocol):
             granted.append((topic_filter, opts, new))
             codes.append(qos)
         self.send(Suback(p.packet_id, codes))
+        log.debug("subscribed", extra={
+            "client_id": self.client_id, "filters": ",".join(f for f, _, _ in granted),
+            "codes": ",".join(f"{c:#04x}" for c in codes)})
         if not limits.retain_available:
             return
         now = self.last_received
