@@ -13,9 +13,6 @@ import time
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from hbroker_ext.codec import (
     Connect,
     Framer,
@@ -29,6 +26,8 @@ from hbroker_ext.codec import (
     Subscription,
     encode,
 )
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 WAIT = 5.0  # seconds for something that must happen
 QUIET = 0.7  # seconds to wait when proving that something does not happen

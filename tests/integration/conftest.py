@@ -1,91 +1,16 @@
-"""Integration harness: the real broker as a process, talked to by real clients."""
+"""Integration fixtures: the real broker as a process, talked to by real clients."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from broker_process import ROOT, BrokerProcess
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return repr(value)
-
-
-class BrokerProcess:
-    """One `hbroker serve` process on a free port, with its own configuration file."""
-
-    def __init__(self, workdir: Path, sections: dict[str, dict[str, Any]]) -> None:
-        self.host = "127.0.0.1"
-        self.port = free_port()
-        self.workdir = workdir
-        self.config_path = workdir / "hbroker.toml"
-        lines = ["[[listeners]]", 'type = "tcp"', f'host = "{self.host}"', f"port = {self.port}",
-                 ""]
-        sections = {"logging": {"level": "debug"}, **sections}
-        for name, values in sections.items():
-            lines.append(f"[{name}]")
-            lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
-            lines.append("")
-        self.config_path.write_text("\n".join(lines))
-        self.log_path = workdir / "broker.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hbroker", "serve", "-c", str(self.config_path)],
-            cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"broker did not listen within 15 s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 10) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"broker did not stop on SIGTERM:\n{self.log()}") from None
-        self._log.close()
-        return self.proc.returncode
+__all__ = ["ROOT", "BrokerProcess"]
 
 
 @pytest.fixture(scope="session")

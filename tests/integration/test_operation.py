@@ -6,8 +6,8 @@ import subprocess
 import sys
 import time
 
+from broker_process import ROOT
 from clients import PahoClient, RawClient
-from conftest import ROOT
 
 HBROKER = [sys.executable, "-m", "hbroker"]
 

@@ -2,9 +2,6 @@
 
 import time
 
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from clients import QUIET, PahoClient, RawClient
 from hbroker_ext.codec import (
     AUTHENTICATION_METHOD,
@@ -19,6 +16,8 @@ from hbroker_ext.codec import (
     Publish,
     Will,
 )
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 # -- keepalive ------------------------------------------------------------------------------
 

@@ -2,9 +2,6 @@
 
 import time
 
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from clients import QUIET, PahoClient, RawClient
 from hbroker_ext.codec import (
     SESSION_EXPIRY_INTERVAL,
@@ -12,6 +9,8 @@ from hbroker_ext.codec import (
     Disconnect,
     Will,
 )
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 
 def test_will_is_published_when_client_vanishes(broker, uid):
