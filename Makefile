@@ -22,7 +22,8 @@ test: build test-deps
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench,dev]'
+	$(PY) -m pip install -q "Cython>=3.0.10" "setuptools>=77" wheel
+	$(PY) -m pip install -q --no-build-isolation -e '.[test,bench,dev]'
 	touch $@
 
 deps: $(STAMP)
