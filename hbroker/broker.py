@@ -24,6 +24,7 @@ from hbroker.sys_topics import SysPublisher
 
 if TYPE_CHECKING:
     from hbroker.connection import Connection
+    from hbroker.storage.journal import Journal
 
 log = logging.getLogger("hbroker.broker")
 
@@ -97,7 +98,9 @@ class Broker:
         self._match_generation = -1
         self._shared_next: dict[str, int] = {}
         self._dirty: list[Connection] = []
-        self._flush_scheduled = False
+        self.flush_scheduled = False
+        # Durable state (None with the memory backend): see hbroker.storage.journal.
+        self.journal: Journal | None = None
         # Disconnected sessions with a deadline (session expiry or a delayed will).
         self._offline: set[Session] = set()
         self._sweep_handle: asyncio.TimerHandle | None = None
@@ -120,6 +123,8 @@ class Broker:
         self.shutting_down = True
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
+        if self.journal is not None:
+            self.journal.stopping = True  # goodbyes go out at once
         for conn in list(self.connections):
             conn.shutdown()
         self.flush()
@@ -135,22 +140,39 @@ class Broker:
 
     def mark_dirty(self, conn: Connection) -> None:
         self._dirty.append(conn)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            assert self.loop is not None
-            self.loop.call_soon(self.flush)
+        if not self.flush_scheduled:
+            self.schedule_flush()
+
+    def schedule_flush(self) -> None:
+        self.flush_scheduled = True
+        assert self.loop is not None
+        self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write everything queued this loop iteration: one writelines per connection."""
-        self._flush_scheduled = False
+        """Write everything queued this loop iteration: one writelines per connection. With
+        durable storage in sync mode, the output waits for the commit of what this iteration
+        changed (the journal holds it) and that commit starts now."""
+        self.flush_scheduled = False
         dirty = self._dirty
-        if not dirty:
-            return
         self._dirty = []
+        journal = self.journal
+        if journal is not None:
+            if journal.holds_output():
+                for conn in dirty:
+                    journal.hold(conn)
+                dirty = []
+            journal.kick()
         for conn in dirty:
             conn.flush()
 
     # -- connections and sessions ------------------------------------------------------
+
+    def new_session(self, client_id: str, protocol_version: int) -> Session:
+        return Session(client_id, protocol_version,
+                       max_queued_messages=self.limits.max_queued_messages,
+                       max_queued_bytes=self.limits.max_queued_bytes,
+                       queue_qos0=self.config.sessions.queue_qos0_messages,
+                       stats=self.stats, journal=self.journal)
 
     def assign_client_id(self) -> str:
         return f"auto-{uuid.uuid4()}"
@@ -171,11 +193,7 @@ class Broker:
             session = None
         present = session is not None
         if session is None:
-            session = Session(client_id, protocol_version,
-                              max_queued_messages=self.limits.max_queued_messages,
-                              max_queued_bytes=self.limits.max_queued_bytes,
-                              queue_qos0=self.config.sessions.queue_qos0_messages,
-                              stats=self.stats)
+            session = self.new_session(client_id, protocol_version)
             self.sessions[client_id] = session
         else:
             # A new connection for the session before the will delay elapsed: no will
@@ -202,9 +220,11 @@ class Broker:
         if session.will is not None and not publish_will:
             session.will = None  # [MQTT-3.1.2-10] removed on normal disconnect
         self._redistribute_shared(session, now)
-        if session.expiry_interval == 0 or self.shutting_down:
-            if self.shutting_down:
-                session.will = None
+        if self.shutting_down:
+            # The clients did nothing wrong: no wills. Sessions that outlive their
+            # connection are kept (and stored) for after the restart.
+            session.will = None
+        if session.expiry_interval == 0:
             self.end_session(session, publish_will=True, now=now)
             return
         session.expires_at = now + session.expiry_interval
@@ -215,6 +235,8 @@ class Broker:
                 session.will_due = now + min(session.will_delay, session.expiry_interval)
         if session.expires_at != NEVER or session.will is not None:
             self._offline.add(session)
+        if self.journal is not None:
+            self.journal.session_changed(session)
 
     def end_session(self, session: Session, publish_will: bool, now: float) -> None:
         """The session ends: its subscriptions go, and a pending will is published now
@@ -231,6 +253,9 @@ class Broker:
         self._offline.discard(session)
         if session.queue or session.inflight:
             self._redistribute_shared(session, now)
+        session.ended = True
+        if self.journal is not None:
+            self.journal.session_ended(session)
 
     def _publish_will(self, session: Session, now: float) -> None:
         will = session.will
@@ -238,6 +263,8 @@ class Broker:
         session.will_due = 0
         if will is None:
             return
+        if self.journal is not None and not session.ended:
+            self.journal.session_changed(session)
         if will.properties and MESSAGE_EXPIRY_INTERVAL in will.properties:
             # The will's expiry runs from when it is published.
             props = dict(will.properties)
@@ -348,11 +375,16 @@ class Broker:
         if not msg.payload:
             if self.retained.pop(msg.topic) is not None:
                 self.stats.retained_changes += 1
+                if self.journal is not None:
+                    self.journal.retained_changed(msg.topic)
             return
         stored = Message(msg.topic, msg.payload, msg.qos, True, msg.properties, msg.expires_at,
                          None)
         self.retained.set(msg.topic, stored)
         self.stats.retained_changes += 1
+        if self.journal is not None and not msg.topic.startswith("$SYS/"):
+            # $SYS values are the broker's own, published anew after a start.
+            self.journal.retained_changed(msg.topic)
 
     def send_retained(self, session: Session, topic_filter: str, opts: SubscriptionOptions,
                       now: float) -> None:
@@ -362,6 +394,8 @@ class Broker:
         for msg in self.retained.match(topic_filter):
             if msg.expired(now):
                 self.retained.pop(msg.topic)
+                if self.journal is not None:
+                    self.journal.retained_changed(msg.topic)
                 continue
             qos = opts.qos if opts.qos < msg.qos else msg.qos
             if qos == 0:
@@ -375,11 +409,31 @@ class Broker:
                   opts: SubscriptionOptions) -> bool:
         new = self.subscriptions.subscribe(topic_filter, session.client_id, opts)
         session.subscriptions[topic_filter] = opts
+        if self.journal is not None and session.expiry_interval:
+            self.journal.subscription_changed(session, topic_filter)
         return new
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
-        session.subscriptions.pop(topic_filter, None)
+        if session.subscriptions.pop(topic_filter, None) is not None \
+                and self.journal is not None and session.expiry_interval:
+            self.journal.subscription_changed(session, topic_filter)
         return self.subscriptions.unsubscribe(topic_filter, session.client_id)
+
+    def has_durable_target(self, topic: str) -> bool:
+        """Whether a message on `topic` would reach a session that outlives its connection
+        (and so must be stored before it is acknowledged)."""
+        normal, shared = self._targets(topic)
+        sessions = self.sessions
+        for target in normal:
+            session = sessions.get(target[0])
+            if session is not None and session.expiry_interval:
+                return True
+        for _group, members in shared:
+            for client_id, _opts in members:
+                session = sessions.get(client_id)
+                if session is not None and session.expiry_interval:
+                    return True
+        return False
 
     # -- the periodic sweep ----------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The `hbroker` command: serve, check-config, --version."""
+"""The `hbroker` command: serve, check-config, storage inspect, --version."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import importlib
 import platform
 import sys
+from typing import Any
 
 import hbroker
 
@@ -55,7 +56,63 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config",
                            help="validate a configuration file and print the effective one")
     check.add_argument("-c", "--config", required=True, help="TOML configuration file")
+    storage = sub.add_parser("storage", help="look at the stored broker state")
+    storage_sub = storage.add_subparsers(dest="storage_command", required=True)
+    inspect = storage_sub.add_parser(
+        "inspect", help="sessions (subscriptions, queued and inflight messages), retained "
+        "and stored message counts")
+    inspect.add_argument("-c", "--config", help="TOML configuration file (default: embedded)")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def _storage_inspect(config: Any, as_json: bool) -> int:
+    import asyncio
+    import json
+    import time
+
+    from hbroker.storage import StorageError, open_backend
+
+    backend = open_backend(config.storage)
+    if backend is None:
+        print("hbroker: storage.backend is \"memory\": nothing is stored", file=sys.stderr)
+        return 2
+
+    async def run() -> dict[str, Any]:
+        await backend.open()
+        try:
+            return await backend.inspect()
+        finally:
+            await backend.close()
+
+    try:
+        info = asyncio.run(run())
+    except StorageError as exc:
+        print(f"hbroker: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return 0
+    sessions = info["sessions"]
+    print(f"backend:   {info['backend']} ({info['location']}), schema {info['schema_version']}")
+    print(f"retained:  {info['retained']}")
+    print(f"messages:  {info['messages']} stored for delivery")
+    print(f"sessions:  {len(sessions)}")
+    if sessions:
+        print(f"  {'client id':<32} {'ver':>3} {'subs':>5} {'queued':>7} {'inflight':>8} "
+              f"{'qos2-in':>7}  expiry")
+        now = time.time()
+        for x in sessions:
+            if x["expiry_interval"] is None:
+                expiry = "never"
+            elif x["expires_at"] is None:
+                expiry = f"{x['expiry_interval']:g} s after disconnect (connected at stop)"
+            else:
+                expiry = f"in {max(0, x['expires_at'] - now):.0f} s"
+            print(f"  {x['client_id']:<32} {x['protocol_version']:>3} {x['subscriptions']:>5} "
+                  f"{x['queued']:>7} {x['inflight']:>8} {x['incoming_qos2']:>7}  {expiry}"
+                  f"{'  (will)' if x['will'] else ''}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +130,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(config.to_toml(), end="")
         return 0
+    if args.command == "storage":
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"hbroker: {exc}", file=sys.stderr)
+            return 2
+        return _storage_inspect(config, args.json)
     if args.command in (None, "serve"):
         compiled_extensions()
         path = getattr(args, "config", None)

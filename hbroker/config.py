@@ -121,9 +121,29 @@ class LoggingConfig:
 
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
-    backend: str = opt("memory", "Where broker state lives. This version provides `memory` "
-                       "(state is lost on restart); SQLite and PostgreSQL backends come in a "
-                       "later release.", choices=("memory",))
+    backend: str = opt("sqlite", "Where broker state lives: `sqlite` (a file, the default), "
+                       "`postgres` (a PostgreSQL server) or `memory` (nothing survives a "
+                       "restart). Retained messages, persistent sessions with their "
+                       "subscriptions, queued and inflight messages are stored.",
+                       choices=("sqlite", "postgres", "memory"))
+    path: str = opt("data/hbroker.db", "SQLite database file, relative to the working "
+                    "directory; its directory is created if missing.")
+    dsn: str = opt("", "PostgreSQL connection string for `backend = \"postgres\"`, e.g. "
+                   "`postgresql://hbroker:secret@db.example:5432/hbroker`.")
+    mode: str = opt("sync", "`sync`: a QoS 1/2 PUBLISH is acknowledged (PUBACK/PUBREC) only "
+                    "after the message, its retained update and its queued deliveries are "
+                    "committed; commits are grouped so throughput holds. `periodic`: changes "
+                    "are committed every `flush_interval_ms`; acknowledgements do not wait, so "
+                    "a crash loses what was acknowledged in the last interval (fewer writes, "
+                    "for flash-wear-sensitive gateways).", choices=("sync", "periodic"))
+    flush_interval_ms: int = opt(1000, "In `periodic` mode, milliseconds between commits: "
+                                 "the most a crash can lose.", minimum=1, maximum=3600000)
+    fsync: bool = opt(True, "SQLite: flush every commit to the disk, so it survives a power "
+                      "loss too. `false` still survives a crash of the broker process, but the "
+                      "last commits can be lost if the machine loses power.")
+    max_size: int = opt(0, "SQLite: largest database size in bytes (0: no limit). When it is "
+                        "reached the broker stops acknowledging what it cannot store (5.0 "
+                        "clients get 0x97 Quota exceeded) until space is freed.", minimum=0)
 
 
 SECTIONS: dict[str, type] = {
@@ -146,7 +166,6 @@ SECTION_DOCS = {
 
 _UNAVAILABLE = {
     ("listeners", "type"): "tls, ws, wss and unix listeners are not available in this version",
-    ("storage", "backend"): "sqlite and postgres backends are not available in this version",
 }
 
 
@@ -305,6 +324,10 @@ def parse_config(data: dict[str, Any], where: str) -> Config:
     for name, cls in SECTIONS.items():
         if name in data:
             values[name] = _build(cls, where, name, data[name])
+    storage = values.get("storage")
+    if storage is not None and storage.backend == "postgres" and not storage.dsn:
+        raise ConfigError(f"{where}: storage.dsn: expected a PostgreSQL connection string "
+                          "(backend is \"postgres\"), got nothing")
     return Config(**values, source=where if where != "<default>" else None)
 
 

@@ -85,7 +85,7 @@ class Connection(asyncio.Protocol):
         "closing", "close_reason", "out", "write_paused", "topic_aliases_in",
         "topic_aliases_out", "topic_alias_maximum_out", "max_packet_size_out",
         "session_expiry_requested", "auth_method", "auth_state", "pending_connect",
-        "client_info",
+        "client_info", "deferred",
     )
 
     def __init__(self, broker: Broker, listener: str) -> None:
@@ -114,6 +114,7 @@ class Connection(asyncio.Protocol):
         self.auth_state: Any = None
         self.pending_connect: Any = None
         self.client_info: ClientInfo | None = None
+        self.deferred = 0  # PUBLISHes waiting for a storage commit before their ack
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -206,15 +207,30 @@ class Connection(asyncio.Protocol):
 
     def flush(self) -> None:
         out = self.out
-        if not out or self.transport is None:
+        if not out:
             return
         self.out = []
+        self.write_output(out)
+
+    def take_output(self) -> list[bytes]:
+        """What is queued for this loop iteration, for the journal to hold behind a commit."""
+        out = self.out
+        self.out = []
+        return out
+
+    def write_output(self, out: list[bytes]) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
         stats = self.broker.stats
         stats.packets_sent += len(out)
         stats.bytes_sent += sum(map(len, out))
-        if self.transport.is_closing():
-            return
-        self.transport.writelines(out)
+        transport.writelines(out)
+
+    def write_now(self, data: bytes) -> None:
+        """Write one packet at once, ahead of anything held (acknowledgements of committed
+        PUBLISHes, PINGRESP)."""
+        self.write_output([data])
 
     def transport_buffer_size(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport else 0
@@ -421,6 +437,8 @@ class Connection(asyncio.Protocol):
             session.will_delay = delay
         else:
             session.will = None
+        if broker.journal is not None:
+            broker.journal.session_changed(session)
 
         if v5:
             if limits.max_inflight != DEFAULT_RECEIVE_MAXIMUM:
@@ -530,6 +548,20 @@ class Connection(asyncio.Protocol):
                                     "receive maximum exceeded")
                 return
         msg = Message(topic, p.payload, qos, p.retain, props, expires_at, self.client_id)
+        journal = broker.journal
+        if qos and journal is not None and (
+                self.deferred or p.retain or broker.has_durable_target(topic)):
+            # The message must outlive a crash before it is acknowledged.
+            if journal.degraded:
+                self.refuse_unstored(msg, p.packet_id, journal.full)
+                return
+            if journal.sync:
+                if qos == 2:
+                    session.awaiting_pubrel.add(p.packet_id)
+                    if session.expiry_interval:
+                        journal.qos2_changed(session, p.packet_id)
+                journal.defer(self, msg, p.packet_id)
+                return
         reached = broker.publish(msg, now)
         if qos == 1:
             code = 0 if reached or self.protocol_version != 5 else \
@@ -537,9 +569,27 @@ class Connection(asyncio.Protocol):
             self.send(Puback(p.packet_id, code))
         elif qos == 2:
             session.awaiting_pubrel.add(p.packet_id)
+            if journal is not None and session.expiry_interval:
+                journal.qos2_changed(session, p.packet_id)
             code = 0 if reached or self.protocol_version != 5 else \
                 ReasonCode.NO_MATCHING_SUBSCRIBERS
             self.send(Pubrec(p.packet_id, code))
+
+    def refuse_unstored(self, msg: Message, packet_id: int, full: bool) -> None:
+        """A QoS 1/2 PUBLISH that storage could not take: never acknowledged as a success.
+        5.0 clients are told (0x97 Quota exceeded when storage is full, else 0x80); 3.1.1 has
+        no way to say no, so the connection is closed and the client will send it again."""
+        self.broker.stats.publish_dropped += 1
+        if self.closing:
+            return
+        if self.protocol_version != 5:
+            log.warning("publish not stored: closing the 3.1.1 connection", extra={
+                "client_id": self.client_id, "peer": self.peer, "topic": msg.topic})
+            self.abort("storage failure: publish could not be stored")
+            return
+        code = ReasonCode.QUOTA_EXCEEDED if full else ReasonCode.UNSPECIFIED_ERROR
+        ack = Puback(packet_id, code) if msg.qos == 1 else Pubrec(packet_id, code)
+        self.write_now(encode(ack, 5))
 
     def _refuse_publish(self, p: Any, reason_code: int, why: str) -> None:
         """A PUBLISH the broker will not route: 5.0 QoS 1/2 get the reason code in the
@@ -555,8 +605,11 @@ class Connection(asyncio.Protocol):
             if code:
                 self.send(Pubrec(p.packet_id, code))
             else:
-                assert self.session is not None
-                self.session.awaiting_pubrel.add(p.packet_id)
+                session = self.session
+                assert session is not None
+                session.awaiting_pubrel.add(p.packet_id)
+                if broker.journal is not None and session.expiry_interval:
+                    broker.journal.qos2_changed(session, p.packet_id)
                 self.send(Pubrec(p.packet_id))
 
     def handle_puback(self, p: Any) -> None:
@@ -580,6 +633,9 @@ class Connection(asyncio.Protocol):
         assert session is not None
         if p.packet_id in session.awaiting_pubrel:
             session.awaiting_pubrel.discard(p.packet_id)
+            journal = self.broker.journal
+            if journal is not None and session.expiry_interval:
+                journal.qos2_changed(session, p.packet_id)
             self.send(Pubcomp(p.packet_id))
         else:
             self.send(Pubcomp(p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
@@ -660,7 +716,7 @@ class Connection(asyncio.Protocol):
     # -- the rest ----------------------------------------------------------------------
 
     def handle_pingreq(self, p: Any) -> None:
-        self.send(Pingresp())
+        self.write_now(encode(Pingresp(), self.protocol_version))
 
     def handle_disconnect(self, p: Any) -> None:
         session = self.session

@@ -12,6 +12,9 @@ from hbroker.broker import Broker
 from hbroker.config import Config, ConfigError, load_config
 from hbroker.connection import Connection
 from hbroker.hooks import Hooks
+from hbroker.storage import StorageError, open_backend
+from hbroker.storage.journal import Journal
+from hbroker.storage.restore import restore
 
 log = logging.getLogger("hbroker.server")
 
@@ -30,10 +33,29 @@ class Server:
         self.servers: list[asyncio.AbstractServer] = []
         self.stopping: asyncio.Event | None = None
 
+    async def open_storage(self) -> None:
+        """Open the storage backend and restore the state it holds, before any listener
+        accepts a connection."""
+        cfg = self.config.storage
+        backend = open_backend(cfg)
+        if backend is None:
+            log.info("storage: memory (nothing survives a restart)")
+            return
+        await backend.open()
+        state = await backend.load()
+        broker = self.broker
+        broker.journal = Journal(broker, backend, sync=cfg.mode == "sync",
+                                 flush_interval=cfg.flush_interval_ms / 1000)
+        counts = restore(broker, state)
+        broker.journal.start()
+        log.info("storage opened", extra={"backend": cfg.backend, "location": backend.describe(),
+                                          "mode": cfg.mode, **counts})
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         broker = self.broker
         broker.loop = loop
+        await self.open_storage()
         for lc in self.config.listeners:
             name = listener_name(lc)
             server = await loop.create_server(
@@ -48,7 +70,11 @@ class Server:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        await self.start()
+        try:
+            await self.start()
+        except StorageError as exc:
+            log.error("cannot start: %s", exc)
+            return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -69,6 +95,8 @@ class Server:
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while self.broker.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        if self.broker.journal is not None:
+            await self.broker.journal.close()
         log.info("hbroker stopped")
 
     def reload(self) -> None:

@@ -23,6 +23,7 @@ from hbroker_ext.codec import (
 
 if TYPE_CHECKING:
     from hbroker.connection import Connection
+    from hbroker.storage.journal import Journal
 
 NEVER = math.inf
 
@@ -44,7 +45,7 @@ class Message:
     """
 
     __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "sender",
-                 "encodings")
+                 "encodings", "store_id", "store_refs", "routed")
 
     def __init__(self, topic: str, payload: bytes, qos: int, retain: bool,
                  properties: dict[int, Any] | None, expires_at: float, sender: str | None) -> None:
@@ -56,6 +57,11 @@ class Message:
         self.expires_at = expires_at
         self.sender = sender
         self.encodings: dict[tuple, bytes] | None = None
+        # Durable storage: the row id, the stored deliveries (and deferred routing) that need
+        # the row, and whether the message has been routed (see hbroker.storage.journal).
+        self.store_id = 0
+        self.store_refs = 0
+        self.routed = True
 
     def expired(self, now: float) -> bool:
         return self.expires_at != 0 and now >= self.expires_at
@@ -68,7 +74,7 @@ class Message:
 class Delivery:
     """One message on its way to one session: queued, or inflight with a packet id."""
 
-    __slots__ = ("message", "qos", "retain", "sub_ids", "packet_id", "state", "group")
+    __slots__ = ("message", "qos", "retain", "sub_ids", "packet_id", "state", "group", "seq")
 
     def __init__(self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...],
                  group: str | None) -> None:
@@ -79,6 +85,7 @@ class Delivery:
         self.packet_id = 0
         self.state = 0
         self.group = group
+        self.seq = 0  # non-zero while stored for a durable session
 
 
 def publish_bytes(conn: Connection, msg: Message, qos: int, retain: bool,
@@ -150,11 +157,12 @@ class Session:
         "client_id", "protocol_version", "connection", "subscriptions", "expiry_interval",
         "inflight", "queue", "queued_bytes", "next_packet_id", "awaiting_pubrel", "will",
         "will_delay", "will_due", "expires_at", "send_window", "max_queued_messages",
-        "max_queued_bytes", "queue_qos0", "dropped", "stats",
+        "max_queued_bytes", "queue_qos0", "dropped", "stats", "journal", "ended",
     )
 
     def __init__(self, client_id: str, protocol_version: int, *, max_queued_messages: int,
-                 max_queued_bytes: int, queue_qos0: bool, stats: Any) -> None:
+                 max_queued_bytes: int, queue_qos0: bool, stats: Any,
+                 journal: Journal | None = None) -> None:
         self.client_id = client_id
         self.protocol_version = protocol_version
         self.connection: Connection | None = None
@@ -176,9 +184,25 @@ class Session:
         self.queue_qos0 = queue_qos0
         self.dropped = 0
         self.stats = stats
+        self.journal: Journal | None = journal
+        self.ended = False
 
     def __repr__(self) -> str:
         return f"<Session {self.client_id!r} v{self.protocol_version}>"
+
+    # -- durable storage -------------------------------------------------------------------
+
+    def _stored(self, delivery: Delivery) -> None:
+        """A delivery was queued or changed state: recorded if this session outlives its
+        connection (a session without expiry is gone after a crash anyway)."""
+        journal = self.journal
+        if journal is not None and self.expiry_interval:
+            journal.delivery_changed(self, delivery)
+
+    def _unstored(self, delivery: Delivery) -> None:
+        if delivery.seq:
+            assert self.journal is not None
+            self.journal.delivery_removed(self, delivery)
 
     # -- outgoing flow ---------------------------------------------------------------------
 
@@ -228,16 +252,19 @@ class Session:
             return
         self.queue.append(delivery)
         self.queued_bytes += size
+        self._stored(delivery)
 
     def _send_new(self, delivery: Delivery, conn: Connection, now: float) -> None:
         pid = self._allocate_packet_id()
         data = publish_bytes(conn, delivery.message, delivery.qos, delivery.retain,
                              delivery.sub_ids, pid, False, now)
         if data is None:
+            self._unstored(delivery)
             return
         delivery.packet_id = pid
         delivery.state = AWAITING_PUBACK_OR_PUBREC
         self.inflight[pid] = delivery
+        self._stored(delivery)
         conn.write_publish(data)
 
     def _allocate_packet_id(self) -> int:
@@ -260,8 +287,10 @@ class Session:
             if delivery.message.expired(now):
                 # [MQTT-3.3.2-5] an expired message is not delivered.
                 self.stats.dropped_expired += 1
+                self._unstored(delivery)
                 continue
             if delivery.qos == 0:
+                self._unstored(delivery)
                 self._write_qos0(conn, delivery, now)
             else:
                 self._send_new(delivery, conn, now)
@@ -278,6 +307,7 @@ class Session:
                                  delivery.sub_ids, pid, True, now)
             if data is None:
                 del self.inflight[pid]
+                self._unstored(delivery)
             else:
                 conn.write_publish(data)
 
@@ -286,6 +316,7 @@ class Session:
         if delivery is None or delivery.qos != 1:
             return False
         del self.inflight[packet_id]
+        self._unstored(delivery)
         if self.queue:
             self.drain(now)
         return True
@@ -298,8 +329,10 @@ class Session:
         if reason_code >= 0x80:
             # [MQTT-4.3.3-?] a PUBREC with an error ends the exchange; the id is free again.
             del self.inflight[packet_id]
+            self._unstored(delivery)
             return True
         delivery.state = AWAITING_PUBCOMP
+        self._stored(delivery)
         return True
 
     def on_pubcomp(self, packet_id: int, now: float) -> bool:
@@ -307,6 +340,7 @@ class Session:
         if delivery is None or delivery.state != AWAITING_PUBCOMP:
             return False
         del self.inflight[packet_id]
+        self._unstored(delivery)
         if self.queue:
             self.drain(now)
         return True
@@ -324,6 +358,7 @@ class Session:
             self.queued_bytes = sum(len(d.message.payload) for d in self.queue)
             taken.extend(queued)
         for d in taken:
+            self._unstored(d)
             d.packet_id = 0
             d.state = 0
         return taken

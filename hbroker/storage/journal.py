@@ -1,0 +1,422 @@
+"""The journal: what the broker changed, committed in groups, before anyone is told.
+
+The broker and its sessions report changes as they happen (a delivery queued, sent or
+acknowledged; a subscription; a retained message; a session connecting or going away). The
+journal only remembers *which* objects changed; when it commits, it reads their state at that
+moment and turns it into one `Batch` of rows. A delivery created and acknowledged between two
+commits therefore costs nothing, and one commit covers everything of a loop iteration.
+
+In `sync` mode:
+- An incoming QoS 1/2 PUBLISH that must outlive a crash (retained, or routed to a session that
+  outlives its connection) is *deferred*: written as an unrouted message, and only when that
+  commit is done is the PUBACK/PUBREC sent and the message routed. A message acknowledged is
+  therefore on disk; after a crash an unrouted message is routed again at start.
+- Every byte the broker would write to a client while a commit is pending is held and written
+  when the commit it follows is done, so a client never sees a packet id, a PUBREL or a delivery
+  that a crash could take back (this is what keeps QoS 2 exactly once across a restart).
+- When nothing is pending, writes go out at once: brokers without durable traffic pay nothing.
+
+In `periodic` mode nothing waits: the journal commits every `flush_interval_ms`.
+
+When the backend fails, the journal enters a *degraded* state: deferred PUBLISHes of the failed
+commit are refused (5.0: reason code 0x97 if storage is full, else 0x80; 3.1.1: the connection is
+closed, there is no way to say no), new PUBLISHes that need storage are refused the same way,
+held output is released (the broker stays responsive), and the failed changes are retried with
+backoff until the backend takes them. The cause is logged once per incident, and the recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+from hbroker_ext.codec import USER_PROPERTY, Puback, Pubrec, encode
+
+from hbroker.reason_codes import ReasonCode
+from hbroker.storage.base import Batch, Storage, StorageError
+
+if TYPE_CHECKING:
+    from hbroker.broker import Broker
+    from hbroker.connection import Connection
+    from hbroker.session import Delivery, Message, Session
+
+log = logging.getLogger("hbroker.storage")
+
+RETRY_FIRST = 0.1  # seconds before the first retry after a failed commit
+RETRY_MAX = 5.0
+
+
+def pack_properties(props: dict[int, Any] | None) -> bytes | None:
+    return msgpack.packb(props, use_bin_type=True) if props else None
+
+
+def unpack_properties(data: bytes | None) -> dict[int, Any] | None:
+    if not data:
+        return None
+    props = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    if USER_PROPERTY in props:
+        props[USER_PROPERTY] = [tuple(pair) for pair in props[USER_PROPERTY]]
+    return props
+
+
+class Pending:
+    """The changes of one commit: which objects changed, the output held behind it and the
+    PUBLISHes waiting for it."""
+
+    __slots__ = ("sessions", "subscriptions", "deliveries", "messages", "retained", "qos2",
+                 "outputs", "deferred")
+
+    def __init__(self) -> None:
+        self.sessions: dict[Session, None] = {}
+        self.subscriptions: dict[tuple[Session, str], None] = {}
+        # (client_id, seq) -> (session, delivery) to write, or (session, None) to delete
+        self.deliveries: dict[tuple[str, int], tuple[Session, Delivery | None]] = {}
+        self.messages: dict[Message, None] = {}
+        self.retained: dict[str, None] = {}
+        self.qos2: dict[tuple[Session, int], None] = {}
+        self.outputs: list[tuple[Connection, list[bytes]]] = []
+        # (connection, message, packet id) of PUBLISHes acknowledged after this commit
+        self.deferred: list[tuple[Connection, Message, int]] = []
+
+    def has_changes(self) -> bool:
+        return bool(self.sessions or self.subscriptions or self.deliveries or self.messages
+                    or self.retained or self.qos2 or self.deferred)
+
+    def absorb(self, later: Pending) -> None:
+        """Add the changes of `later` (a failed commit's changes come first, newer ones after)."""
+        for name in ("sessions", "subscriptions", "deliveries", "messages", "retained", "qos2"):
+            mine = getattr(self, name)
+            for key, value in getattr(later, name).items():
+                mine.pop(key, None)
+                mine[key] = value
+        self.outputs.extend(later.outputs)
+        self.deferred.extend(later.deferred)
+
+
+class Journal:
+    def __init__(self, broker: Broker, backend: Storage, *, sync: bool,
+                 flush_interval: float) -> None:
+        self.broker = broker
+        self.backend = backend
+        self.sync = sync
+        self.flush_interval = flush_interval
+        self.current = Pending()
+        self.committing: Pending | None = None
+        self.degraded = False
+        self.full = False  # the last failure was for lack of space
+        self.stopping = False
+        self.next_seq = 1
+        self.next_message_id = 1
+        self.commits = 0
+        self.failures = 0
+        self._retry_delay = RETRY_FIRST
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self._periodic_handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task | None = None
+        self._idle: asyncio.Event | None = None
+
+    # -- what the broker reports -----------------------------------------------------------
+
+    def _touch(self) -> None:
+        """Make sure a commit starts at the end of this loop iteration (sync mode)."""
+        broker = self.broker
+        if self.sync and not broker.flush_scheduled:
+            broker.schedule_flush()
+
+    def session_changed(self, session: Session) -> None:
+        self.current.sessions[session] = None
+        self._touch()
+
+    def subscription_changed(self, session: Session, topic_filter: str) -> None:
+        self.current.subscriptions[(session, topic_filter)] = None
+        self._touch()
+
+    def retained_changed(self, topic: str) -> None:
+        self.current.retained[topic] = None
+        self._touch()
+
+    def qos2_changed(self, session: Session, packet_id: int) -> None:
+        self.current.qos2[(session, packet_id)] = None
+        self._touch()
+
+    def delivery_changed(self, session: Session, delivery: Delivery) -> None:
+        """A delivery of a durable session was queued, sent, or changed state."""
+        seq = delivery.seq
+        if not seq:
+            seq = delivery.seq = self.next_seq
+            self.next_seq += 1
+            self._reference(delivery.message)
+        self.current.deliveries[(session.client_id, seq)] = (session, delivery)
+        self._touch()
+
+    def delivery_removed(self, session: Session, delivery: Delivery) -> None:
+        """A stored delivery left its session (acknowledged, expired, dropped, moved)."""
+        seq = delivery.seq
+        delivery.seq = 0
+        self.current.deliveries[(session.client_id, seq)] = (session, None)
+        self._release(delivery.message)
+        self._touch()
+
+    def session_ended(self, session: Session) -> None:
+        """The session is gone; its rows go with it. Its deliveries no longer hold their
+        messages."""
+        for delivery in (*session.inflight.values(), *session.queue):
+            if delivery.seq:
+                delivery.seq = 0
+                self._release(delivery.message)
+        self.current.sessions[session] = None
+        self._touch()
+
+    def _reference(self, msg: Message) -> None:
+        if not msg.store_id:
+            msg.store_id = self.next_message_id
+            self.next_message_id += 1
+        msg.store_refs += 1
+        self.current.messages[msg] = None
+
+    def _release(self, msg: Message) -> None:
+        msg.store_refs -= 1
+        self.current.messages[msg] = None
+
+    # -- deferred PUBLISH --------------------------------------------------------------------
+
+    def defer(self, conn: Connection, msg: Message, packet_id: int) -> None:
+        """Acknowledge and route `msg` once it is committed (sync mode)."""
+        msg.routed = False
+        self._reference(msg)
+        conn.deferred += 1
+        self.current.deferred.append((conn, msg, packet_id))
+        self._touch()
+
+    def _route_committed(self, conn: Connection, msg: Message, packet_id: int,
+                         now: float) -> None:
+        conn.deferred -= 1
+        broker = self.broker
+        reached = broker.publish(msg, now)
+        msg.routed = True
+        self._release(msg)
+        if conn.closing:
+            return
+        code = 0 if reached or conn.protocol_version != 5 else \
+            ReasonCode.NO_MATCHING_SUBSCRIBERS
+        ack = Puback(packet_id, code) if msg.qos == 1 else Pubrec(packet_id, code)
+        conn.write_now(encode(ack, conn.protocol_version))
+
+    def _refuse(self, conn: Connection, msg: Message, packet_id: int, full: bool) -> None:
+        conn.deferred -= 1
+        self._release(msg)
+        if msg.qos == 2 and conn.session is not None:
+            conn.session.awaiting_pubrel.discard(packet_id)
+            if conn.session.expiry_interval:
+                self.qos2_changed(conn.session, packet_id)
+        conn.refuse_unstored(msg, packet_id, full)
+
+    # -- output held behind a commit ---------------------------------------------------------
+
+    def holds_output(self) -> bool:
+        """Whether output written now must wait for a commit (sync mode, something pending)."""
+        if not self.sync or self.degraded or self.stopping:
+            return False
+        return self.committing is not None or self.current.has_changes() \
+            or bool(self.current.outputs)
+
+    def hold(self, conn: Connection) -> None:
+        out = conn.take_output()
+        if out:
+            self.current.outputs.append((conn, out))
+
+    # -- committing --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self.sync:
+            self._schedule_periodic()
+
+    def _schedule_periodic(self) -> None:
+        loop = self.broker.loop
+        assert loop is not None
+        self._periodic_handle = loop.call_later(self.flush_interval, self._periodic)
+
+    def _periodic(self) -> None:
+        self.kick()
+        if not self.stopping:
+            self._schedule_periodic()
+
+    def kick(self) -> None:
+        """Start a commit of what is pending, unless one is running or a retry is due."""
+        if self.committing is not None or self._retry_handle is not None:
+            return
+        pending = self.current
+        if not pending.has_changes():
+            if pending.outputs:
+                self.current = Pending()
+                self._release_output(pending)
+            return
+        self.current = Pending()
+        self.committing = pending
+        batch = self.serialize(pending)
+        loop = self.broker.loop
+        assert loop is not None
+        self._task = loop.create_task(self._commit(pending, batch))
+
+    async def _commit(self, pending: Pending, batch: Batch) -> None:
+        try:
+            await self.backend.commit(batch)
+        except StorageError as exc:
+            self.committing = None
+            self._failed(pending, exc)
+        except Exception as exc:  # a bug in a backend must not stop the broker
+            log.exception("storage commit failed unexpectedly")
+            self.committing = None
+            self._failed(pending, StorageError(str(exc)))
+        else:
+            self.committing = None
+            self.commits += 1
+            self._committed(pending)
+        finally:
+            # Output written while routing is held behind the next commit, which starts now.
+            self.broker.flush()
+            if self._idle is not None and self.committing is None \
+                    and not self.current.has_changes():
+                self._idle.set()
+
+    def _committed(self, pending: Pending) -> None:
+        if self.degraded:
+            self.degraded = False
+            self._retry_delay = RETRY_FIRST
+            log.warning("storage recovered", extra={"backend": self.backend.describe()})
+        self._release_output(pending)
+        if pending.deferred:
+            now = time.monotonic()
+            for conn, msg, packet_id in pending.deferred:
+                self._route_committed(conn, msg, packet_id, now)
+
+    def _failed(self, pending: Pending, exc: StorageError) -> None:
+        self.failures += 1
+        self.full = exc.full
+        if not self.degraded:
+            self.degraded = True
+            log.error("storage failed; not acknowledging what cannot be stored until it "
+                      "recovers: %s", exc, extra={"backend": self.backend.describe()})
+        # Degraded: held output goes out now, so that the broker stays responsive.
+        self._release_output(pending)
+        self._release_output(self.current)
+        self.current.outputs = []
+        deferred, pending.deferred = pending.deferred, []
+        pending.outputs = []
+        for conn, msg, packet_id in deferred:
+            self._refuse(conn, msg, packet_id, exc.full)
+        # The failed changes are tried again, before anything newer.
+        pending.absorb(self.current)
+        self.current = pending
+        loop = self.broker.loop
+        assert loop is not None
+        if self.stopping:
+            return
+        self._retry_handle = loop.call_later(self._retry_delay, self._retry)
+        self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+
+    def _retry(self) -> None:
+        self._retry_handle = None
+        self.kick()
+
+    @staticmethod
+    def _release_output(pending: Pending) -> None:
+        for conn, out in pending.outputs:
+            conn.write_output(out)
+
+    # -- rows --------------------------------------------------------------------------------
+
+    def serialize(self, pending: Pending) -> Batch:
+        """The rows for what `pending` says changed, read from the objects as they are now."""
+        batch = Batch()
+        to_wall = time.time() - time.monotonic()
+
+        def wall(t: float) -> float | None:
+            return None if t == math.inf or not t else t + to_wall
+
+        for session in pending.sessions:
+            if session.ended or not session.expiry_interval:
+                batch.sessions_deleted.append((session.client_id,))
+                continue
+            will = session.will
+            batch.sessions.append((
+                session.client_id, session.protocol_version,
+                None if session.expiry_interval == math.inf else session.expiry_interval,
+                None if session.connection is not None else wall(session.expires_at),
+                None if will is None else msgpack.packb(
+                    [will.topic, will.payload, will.qos, will.retain,
+                     pack_properties(will.properties)], use_bin_type=True),
+                session.will_delay, wall(session.will_due), session.next_packet_id))
+        for session, topic_filter in pending.subscriptions:
+            if session.ended or not session.expiry_interval:
+                continue
+            opts = session.subscriptions.get(topic_filter)
+            if opts is None:
+                batch.subscriptions_deleted.append((session.client_id, topic_filter))
+            else:
+                batch.subscriptions.append((
+                    session.client_id, topic_filter, opts.qos, int(opts.no_local),
+                    int(opts.retain_as_published), opts.retain_handling, opts.sub_id))
+        for msg in pending.messages:
+            if msg.store_refs > 0:
+                batch.messages.append((
+                    msg.store_id, msg.topic, msg.payload, msg.qos, int(msg.retain),
+                    pack_properties(msg.properties), wall(msg.expires_at), msg.sender,
+                    int(msg.routed)))
+            elif msg.store_id:
+                batch.messages_deleted.append((msg.store_id,))
+        for (client_id, seq), (session, d) in pending.deliveries.items():
+            if session.ended:
+                continue
+            if d is None or d.seq != seq:
+                batch.deliveries_deleted.append((client_id, seq))
+            else:
+                batch.deliveries.append((
+                    client_id, seq, d.message.store_id, d.qos, int(d.retain),
+                    msgpack.packb(list(d.sub_ids)) if d.sub_ids else None, d.packet_id,
+                    d.state, d.group))
+        for session, packet_id in pending.qos2:
+            if session.ended:
+                continue
+            if packet_id in session.awaiting_pubrel:
+                batch.incoming_qos2.append((session.client_id, packet_id))
+            else:
+                batch.incoming_qos2_deleted.append((session.client_id, packet_id))
+        retained = self.broker.retained
+        for topic in pending.retained:
+            msg = retained.get(topic)
+            if msg is None:
+                batch.retained_deleted.append((topic,))
+            else:
+                batch.retained.append((topic, msg.payload, msg.qos,
+                                       pack_properties(msg.properties), wall(msg.expires_at)))
+        return batch
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Commit what is pending (one last try if the backend is failing) and close."""
+        self.stopping = True
+        for handle in (self._periodic_handle, self._retry_handle):
+            if handle is not None:
+                handle.cancel()
+        self._retry_handle = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.committing is not None and self._task is not None:
+                await asyncio.wait({self._task}, timeout=max(0.0, deadline - time.monotonic()))
+                continue
+            if not self.current.has_changes():
+                break
+            failures = self.failures
+            self.kick()
+            if self._task is not None:
+                await asyncio.wait({self._task}, timeout=max(0.0, deadline - time.monotonic()))
+            if self.failures != failures:
+                log.error("storage: changes of the last moments could not be stored")
+                break
+        await self.backend.close()

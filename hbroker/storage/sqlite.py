@@ -1,0 +1,285 @@
+"""SQLite backend: the embedded default. WAL mode, one writer thread, schema versioned.
+
+SQLite's driver blocks, so every statement runs in one thread of the backend's own; the event
+loop only hands batches over and awaits their completion. A batch is one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from hbroker.storage.base import SCHEMA_VERSION, Batch, Storage, StorageError, StoredState
+
+log = logging.getLogger("hbroker.storage")
+
+# Schema migrations: MIGRATIONS[n] takes a database at version n to version n + 1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE sessions (
+        client_id TEXT PRIMARY KEY,
+        protocol_version INTEGER NOT NULL,
+        expiry_interval REAL,
+        expires_at REAL,
+        will BLOB,
+        will_delay REAL NOT NULL,
+        will_due REAL,
+        next_packet_id INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE subscriptions (
+        client_id TEXT NOT NULL,
+        topic_filter TEXT NOT NULL,
+        qos INTEGER NOT NULL,
+        no_local INTEGER NOT NULL,
+        retain_as_published INTEGER NOT NULL,
+        retain_handling INTEGER NOT NULL,
+        subscription_identifier INTEGER NOT NULL,
+        PRIMARY KEY (client_id, topic_filter)
+    ) WITHOUT ROWID;
+    CREATE TABLE retained (
+        topic TEXT PRIMARY KEY,
+        payload BLOB NOT NULL,
+        qos INTEGER NOT NULL,
+        properties BLOB,
+        expires_at REAL
+    ) WITHOUT ROWID;
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        qos INTEGER NOT NULL,
+        retain INTEGER NOT NULL,
+        properties BLOB,
+        expires_at REAL,
+        sender TEXT,
+        routed INTEGER NOT NULL
+    );
+    CREATE TABLE deliveries (
+        client_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        qos INTEGER NOT NULL,
+        retain INTEGER NOT NULL,
+        subscription_ids BLOB,
+        packet_id INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        share_group TEXT,
+        PRIMARY KEY (client_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE incoming_qos2 (
+        client_id TEXT NOT NULL,
+        packet_id INTEGER NOT NULL,
+        PRIMARY KEY (client_id, packet_id)
+    ) WITHOUT ROWID;
+    """,
+]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+# The statements of a batch, in the order Batch documents.
+_APPLY: tuple[tuple[str, str], ...] = (
+    ("sessions_deleted", "DELETE FROM subscriptions WHERE client_id = ?"),
+    ("sessions_deleted", "DELETE FROM deliveries WHERE client_id = ?"),
+    ("sessions_deleted", "DELETE FROM incoming_qos2 WHERE client_id = ?"),
+    ("sessions_deleted", "DELETE FROM sessions WHERE client_id = ?"),
+    ("sessions", "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("subscriptions", "INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?, ?, ?, ?)"),
+    ("subscriptions_deleted",
+     "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?"),
+    ("messages", "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("deliveries", "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("deliveries_deleted", "DELETE FROM deliveries WHERE client_id = ? AND seq = ?"),
+    ("messages_deleted", "DELETE FROM messages WHERE id = ?"),
+    ("incoming_qos2", "INSERT OR IGNORE INTO incoming_qos2 VALUES (?, ?)"),
+    ("incoming_qos2_deleted", "DELETE FROM incoming_qos2 WHERE client_id = ? AND packet_id = ?"),
+    ("retained", "INSERT OR REPLACE INTO retained VALUES (?, ?, ?, ?, ?)"),
+    ("retained_deleted", "DELETE FROM retained WHERE topic = ?"),
+)
+
+_PAGE_SIZE = 4096
+
+
+def _is_full(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "full" in str(exc).lower()
+
+
+class SQLiteStorage(Storage):
+    name = "sqlite"
+
+    def __init__(self, path: str, *, fsync: bool = True, max_size: int = 0) -> None:
+        self.path = path
+        self.fsync = fsync
+        self.max_size = max_size
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._db: sqlite3.Connection | None = None
+
+    def describe(self) -> str:
+        return os.path.abspath(self.path)
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            fn, loop, future = job
+            try:
+                result = fn()
+            except BaseException as exc:  # handed to the awaiting coroutine
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(_set_exception, future, exc)
+            else:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(_set_result, future, result)
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put((fn, loop, future))
+        return await future
+
+    # -- Storage -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="hbroker-sqlite", daemon=True)
+        self._thread.start()
+        try:
+            await self._call(self._open)
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite {self.describe()}: cannot open: {exc}",
+                               full=_is_full(exc)) from exc
+        except OSError as exc:
+            raise StorageError(f"sqlite {self.describe()}: cannot open: {exc.strerror}") from exc
+
+    def _open(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
+        db.execute("PRAGMA foreign_keys=OFF")
+        if self.max_size:
+            page_size = db.execute("PRAGMA page_size").fetchone()[0] or _PAGE_SIZE
+            db.execute(f"PRAGMA max_page_count={max(16, self.max_size // page_size)}")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"schema version {version} is newer than this hbroker ({SCHEMA_VERSION})")
+        for target in range(version, SCHEMA_VERSION):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={target + 1}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            log.info("storage schema migrated", extra={"path": self.describe(),
+                                                       "version": target + 1})
+        self._db = db
+
+    async def load(self) -> StoredState:
+        try:
+            return await self._call(self._load)
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite {self.describe()}: cannot read: {exc}") from exc
+
+    def _load(self) -> StoredState:
+        db = self._db
+        assert db is not None
+        return StoredState(
+            sessions=db.execute("SELECT * FROM sessions").fetchall(),
+            subscriptions=db.execute("SELECT * FROM subscriptions").fetchall(),
+            retained=db.execute("SELECT * FROM retained").fetchall(),
+            messages=db.execute("SELECT * FROM messages ORDER BY id").fetchall(),
+            deliveries=db.execute(
+                "SELECT * FROM deliveries ORDER BY client_id, seq").fetchall(),
+            incoming_qos2=db.execute("SELECT * FROM incoming_qos2").fetchall(),
+        )
+
+    async def commit(self, batch: Batch) -> None:
+        try:
+            await self._call(lambda: self._commit(batch))
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite {self.describe()}: {exc}", full=_is_full(exc)) from exc
+        except OSError as exc:
+            raise StorageError(f"sqlite {self.describe()}: {exc.strerror}") from exc
+
+    def _commit(self, batch: Batch) -> None:
+        db = self._db
+        if db is None:
+            raise sqlite3.OperationalError("storage is closed")
+        db.execute("BEGIN")
+        try:
+            for part, sql in _APPLY:
+                rows = getattr(batch, part)
+                if rows:
+                    db.executemany(sql, rows)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    async def inspect(self) -> dict[str, Any]:
+        return await self._call(self._inspect)
+
+    def _inspect(self) -> dict[str, Any]:
+        db = self._db
+        assert db is not None
+        sessions = []
+        for row in db.execute(
+                "SELECT client_id, protocol_version, expiry_interval, expires_at, will, "
+                "(SELECT count(*) FROM subscriptions s WHERE s.client_id = x.client_id), "
+                "(SELECT count(*) FROM deliveries d WHERE d.client_id = x.client_id "
+                " AND d.packet_id = 0), "
+                "(SELECT count(*) FROM deliveries d WHERE d.client_id = x.client_id "
+                " AND d.packet_id != 0), "
+                "(SELECT count(*) FROM incoming_qos2 q WHERE q.client_id = x.client_id) "
+                "FROM sessions x ORDER BY client_id"):
+            sessions.append(dict(zip(
+                ("client_id", "protocol_version", "expiry_interval", "expires_at", "will",
+                 "subscriptions", "queued", "inflight", "incoming_qos2"), row, strict=True)))
+            sessions[-1]["will"] = row[4] is not None
+        return {
+            "backend": self.name,
+            "location": self.describe(),
+            "schema_version": db.execute("PRAGMA user_version").fetchone()[0],
+            "retained": db.execute("SELECT count(*) FROM retained").fetchone()[0],
+            "messages": db.execute("SELECT count(*) FROM messages").fetchone()[0],
+            "sessions": sessions,
+        }
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        if self._db is not None:
+            db = self._db
+            self._db = None
+            try:
+                await self._call(db.close)
+            except sqlite3.Error as exc:
+                log.warning("closing storage: %s", exc)
+        self._jobs.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5)
+        self._thread = None
+
+
+def _set_result(future: asyncio.Future, result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
