@@ -141,6 +141,8 @@ class SQLiteStorage(Storage):
                     loop.call_soon_threadsafe(_set_result, future, result)
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
+        if self._thread is None:  # closed (or never opened): no thread would ever answer
+            raise sqlite3.OperationalError("storage is closed")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._jobs.put((fn, loop, future))
@@ -171,6 +173,7 @@ class SQLiteStorage(Storage):
             db.execute(f"PRAGMA max_page_count={max(16, self.max_size // page_size)}")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
+            db.close()
             raise sqlite3.DatabaseError(
                 f"schema version {version} is newer than this hbroker ({SCHEMA_VERSION})")
         for target in range(version, SCHEMA_VERSION):
@@ -198,13 +201,15 @@ class SQLiteStorage(Storage):
         db = self._db
         assert db is not None
         return StoredState(
-            sessions=db.execute("SELECT * FROM sessions").fetchall(),
-            subscriptions=db.execute("SELECT * FROM subscriptions").fetchall(),
-            retained=db.execute("SELECT * FROM retained").fetchall(),
+            sessions=db.execute("SELECT * FROM sessions ORDER BY client_id").fetchall(),
+            subscriptions=db.execute(
+                "SELECT * FROM subscriptions ORDER BY client_id, topic_filter").fetchall(),
+            retained=db.execute("SELECT * FROM retained ORDER BY topic").fetchall(),
             messages=db.execute("SELECT * FROM messages ORDER BY id").fetchall(),
             deliveries=db.execute(
                 "SELECT * FROM deliveries ORDER BY client_id, seq").fetchall(),
-            incoming_qos2=db.execute("SELECT * FROM incoming_qos2").fetchall(),
+            incoming_qos2=db.execute(
+                "SELECT * FROM incoming_qos2 ORDER BY client_id, packet_id").fetchall(),
         )
 
     async def commit(self, batch: Batch) -> None:
@@ -232,7 +237,10 @@ class SQLiteStorage(Storage):
             raise
 
     async def inspect(self) -> dict[str, Any]:
-        return await self._call(self._inspect)
+        try:
+            return await self._call(self._inspect)
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite {self.describe()}: cannot read: {exc}") from exc
 
     def _inspect(self) -> dict[str, Any]:
         db = self._db

@@ -46,11 +46,33 @@ class BrokerProcess:
         self.config_path.write_text("\n".join(lines))
         self.log_path = workdir / "broker.log"
         self._log = open(self.log_path, "wb")
+        self._spawn()
+
+    def _spawn(self) -> None:
+        if self._log.closed:
+            self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hbroker", "serve", "-c", str(self.config_path)],
-            cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         self._wait_ready()
+
+    def kill(self) -> None:
+        """kill -9: no goodbye, no last commit."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self) -> None:
+        """Start the broker again with the same configuration, port and working directory."""
+        assert self.proc.poll() is not None, "the broker is still running"
+        self._spawn()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """Run `hbroker ARGS -c <this broker's config>` in its working directory."""
+        return subprocess.run(
+            [sys.executable, "-m", "hbroker", *args, "-c", str(self.config_path)],
+            cwd=self.workdir, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 15
@@ -65,7 +87,8 @@ class BrokerProcess:
         raise RuntimeError(f"broker did not listen within 15 s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def signal(self, sig: int) -> None:
