@@ -371,3 +371,24 @@ def test_postgres_outage_is_never_acknowledged_and_recovers_by_itself(
     assert sub.payloads() == [p for p in pub.acked]
     sub.disconnect()
     pub.disconnect()
+
+
+def test_periodic_mode_commits_every_flush_interval(make_durable_broker, uid):
+    """`mode = "periodic"`: acknowledgements do not wait, and what was acknowledged more than
+    one flush interval before a kill -9 is there after the restart."""
+    b = make_durable_broker(storage={"mode": "periodic", "flush_interval_ms": 200})
+    sub = SessionClient(b.host, b.port, f"{uid}-s")
+    sub.connect(clean_start=True)
+    sub.subscribe(f"{uid}/#", 1)
+    sub.disconnect()
+    pub = SessionClient(b.host, b.port, f"{uid}-p", session_expiry=0)
+    pub.connect(clean_start=True)
+    pub.publish_many(f"{uid}/t", [b"%03d" % i for i in range(100)], 1, window=20)
+    assert pub.wait_until(lambda: len(pub.acked) == 100)
+    time.sleep(1.0)  # five flush intervals
+    b.kill()
+    b.restart()
+    assert sub.connect(clean_start=False)
+    sub.wait_quiet()
+    assert sorted(sub.payloads()) == sorted(pub.acked)
+    sub.disconnect()
