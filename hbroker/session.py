@@ -45,7 +45,7 @@ class Message:
     """
 
     __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "sender",
-                 "encodings", "store_id", "store_refs", "routed")
+                 "encodings", "store_id", "store_refs", "store_written")
 
     def __init__(self, topic: str, payload: bytes, qos: int, retain: bool,
                  properties: dict[int, Any] | None, expires_at: float, sender: str | None) -> None:
@@ -57,11 +57,11 @@ class Message:
         self.expires_at = expires_at
         self.sender = sender
         self.encodings: dict[tuple, bytes] | None = None
-        # Durable storage: the row id, the stored deliveries (and deferred routing) that need
-        # the row, and whether the message has been routed (see hbroker.storage.journal).
+        # Durable storage: the row id, the stored deliveries (and a deferred routing) that
+        # need the row, and whether the row was written (see hbroker.storage.journal).
         self.store_id = 0
         self.store_refs = 0
-        self.routed = True
+        self.store_written = False
 
     def expired(self, now: float) -> bool:
         return self.expires_at != 0 and now >= self.expires_at

@@ -27,9 +27,11 @@ SCHEMA_VERSION = 1
 # subscriptions:  (client_id, topic_filter, qos, no_local, retain_as_published,
 #                  retain_handling, subscription_identifier)
 # retained:       (topic, payload, qos, properties, expires_at)
-# messages:       (id, topic, payload, qos, retain, properties, expires_at, sender, routed)
+# messages:       (id, topic, payload, qos, retain, properties, expires_at, sender)
 #   A message referenced by queued or inflight deliveries, or received and acknowledged but
-#   not yet routed (routed = 0: routed again after a restart).
+#   not yet routed. A row is written once and never changed; it is deleted with the last
+#   delivery that needs it. A message without deliveries is one whose routing did not happen
+#   before a crash: it is routed again at start.
 # deliveries:     (client_id, seq, message_id, qos, retain, subscription_ids, packet_id,
 #                  state, share_group)
 #   One message on its way to one session. packet_id 0: queued; otherwise inflight, with

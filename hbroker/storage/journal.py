@@ -8,9 +8,10 @@ commits therefore costs nothing, and one commit covers everything of a loop iter
 
 In `sync` mode:
 - An incoming QoS 1/2 PUBLISH that must outlive a crash (retained, or routed to a session that
-  outlives its connection) is *deferred*: written as an unrouted message, and only when that
+  outlives its connection) is *deferred*: its message row is written, and only when that
   commit is done is the PUBACK/PUBREC sent and the message routed. A message acknowledged is
-  therefore on disk; after a crash an unrouted message is routed again at start.
+  therefore on disk; after a crash a message row without deliveries (its routing was not
+  committed) is routed again at start.
 - Every byte the broker would write to a client while a commit is pending is held and written
   when the commit it follows is done, so a client never sees a packet id, a PUBREL or a delivery
   that a crash could take back (this is what keeps QoS 2 exactly once across a restart).
@@ -68,7 +69,7 @@ class Pending:
     PUBLISHes waiting for it."""
 
     __slots__ = ("sessions", "subscriptions", "deliveries", "messages", "retained", "qos2",
-                 "outputs", "deferred")
+                 "outputs", "deferred", "written")
 
     def __init__(self) -> None:
         self.sessions: dict[Session, None] = {}
@@ -81,6 +82,7 @@ class Pending:
         self.outputs: list[tuple[Connection, list[bytes]]] = []
         # (connection, message, packet id) of PUBLISHes acknowledged after this commit
         self.deferred: list[tuple[Connection, Message, int]] = []
+        self.written: list[Message] = []  # message rows this commit inserts
 
     def has_changes(self) -> bool:
         return bool(self.sessions or self.subscriptions or self.deliveries or self.messages
@@ -186,7 +188,6 @@ class Journal:
 
     def defer(self, conn: Connection, msg: Message, packet_id: int) -> None:
         """Acknowledge and route `msg` once it is committed (sync mode)."""
-        msg.routed = False
         self._reference(msg)
         conn.deferred += 1
         self.current.deferred.append((conn, msg, packet_id))
@@ -197,7 +198,6 @@ class Journal:
         conn.deferred -= 1
         broker = self.broker
         reached = broker.publish(msg, now)
-        msg.routed = True
         self._release(msg)
         if conn.closing:
             return
@@ -297,6 +297,9 @@ class Journal:
     def _failed(self, pending: Pending, exc: StorageError) -> None:
         self.failures += 1
         self.full = exc.full
+        for msg in pending.written:  # not written after all
+            msg.store_written = False
+        pending.written = []
         if not self.degraded:
             self.degraded = True
             log.error("storage failed; not acknowledging what cannot be stored until it "
@@ -363,11 +366,14 @@ class Journal:
                     int(opts.retain_as_published), opts.retain_handling, opts.sub_id))
         for msg in pending.messages:
             if msg.store_refs > 0:
-                batch.messages.append((
-                    msg.store_id, msg.topic, msg.payload, msg.qos, int(msg.retain),
-                    pack_properties(msg.properties), wall(msg.expires_at), msg.sender,
-                    int(msg.routed)))
-            elif msg.store_id:
+                if not msg.store_written:  # rows never change: written once
+                    msg.store_written = True
+                    pending.written.append(msg)
+                    batch.messages.append((
+                        msg.store_id, msg.topic, msg.payload, msg.qos, int(msg.retain),
+                        pack_properties(msg.properties), wall(msg.expires_at), msg.sender))
+            elif msg.store_written:
+                msg.store_written = False
                 batch.messages_deleted.append((msg.store_id,))
         for (client_id, seq), (session, d) in pending.deliveries.items():
             if session.ended:

@@ -68,8 +68,7 @@ MIGRATIONS: list[str] = [
         retain SMALLINT NOT NULL,
         properties BYTEA,
         expires_at DOUBLE PRECISION,
-        sender TEXT,
-        routed SMALLINT NOT NULL
+        sender TEXT
     );
     CREATE TABLE deliveries (
         client_id TEXT COLLATE "C" NOT NULL,
@@ -100,7 +99,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
                       "retain_handling", "subscription_identifier"),
     "retained": ("topic", "payload", "qos", "properties", "expires_at"),
     "messages": ("id", "topic", "payload", "qos", "retain", "properties", "expires_at",
-                 "sender", "routed"),
+                 "sender"),
     "deliveries": ("client_id", "seq", "message_id", "qos", "retain", "subscription_ids",
                    "packet_id", "state", "share_group"),
     "incoming_qos2": ("client_id", "packet_id"),

@@ -4,7 +4,8 @@ Wall-clock times in rows become the broker's monotonic deadlines, so expiry cont
 time left. A session whose client was connected when the broker stopped without a word (a
 crash) is disconnected from now on: its expiry and its will delay start now, and its will is
 published like any will of a connection that closed without DISCONNECT [MQTT-3.1.2-8].
-Messages that were acknowledged but not yet routed are routed now.
+Messages that were acknowledged but whose routing was not committed (rows without deliveries)
+are routed now.
 """
 
 from __future__ import annotations
@@ -46,17 +47,13 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
         broker.retained.set(topic, msg)
 
     messages: dict[int, Message] = {}
-    unrouted: list[Message] = []
-    for (msg_id, topic, payload, qos, retain, props, expires_at, sender,
-         routed) in state.messages:
+    for (msg_id, topic, payload, qos, retain, props, expires_at,
+         sender) in state.messages:
         msg = Message(topic, payload, qos, bool(retain), unpack_properties(props),
                       0.0 if expires_at is None else mono(expires_at), sender)
         msg.store_id = msg_id
-        msg.routed = bool(routed)
+        msg.store_written = True
         messages[msg_id] = msg
-        if not routed:
-            msg.store_refs = 1  # held until routed, like a deferred PUBLISH
-            unrouted.append(msg)
         journal.next_message_id = max(journal.next_message_id, msg_id + 1)
 
     sessions = broker.sessions
@@ -115,16 +112,13 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
         if session is not None:
             session.awaiting_pubrel.add(packet_id)
 
-    # Messages no delivery needs any more (should not happen, but never keep garbage).
-    for msg in messages.values():
-        if msg.store_refs == 0:
-            journal.current.messages[msg] = None
-
+    # Messages without deliveries: acknowledged, but their routing was not committed. Routed
+    # now (a message row goes when nothing needs it any more).
+    unrouted = [msg for msg in messages.values() if msg.store_refs == 0]
     for msg in unrouted:
+        msg.store_refs = 1
         broker.publish(msg, now)
-        msg.routed = True
-        msg.store_refs -= 1
-        journal.current.messages[msg] = None
+        journal._release(msg)
 
     # Wills of sessions whose client was connected at a crash, with no delay: due now.
     for session in list(broker._offline):

@@ -57,8 +57,7 @@ MIGRATIONS: list[str] = [
         retain INTEGER NOT NULL,
         properties BLOB,
         expires_at REAL,
-        sender TEXT,
-        routed INTEGER NOT NULL
+        sender TEXT
     );
     CREATE TABLE deliveries (
         client_id TEXT NOT NULL,
@@ -91,7 +90,7 @@ _APPLY: tuple[tuple[str, str], ...] = (
     ("subscriptions", "INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?, ?, ?, ?)"),
     ("subscriptions_deleted",
      "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?"),
-    ("messages", "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("messages", "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
     ("deliveries", "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
     ("deliveries_deleted", "DELETE FROM deliveries WHERE client_id = ? AND seq = ?"),
     ("messages_deleted", "DELETE FROM messages WHERE id = ?"),

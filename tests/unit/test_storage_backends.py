@@ -154,8 +154,8 @@ FULL = Batch(
         ("b", "$share/g/t", 1, 0, 0, 0, 0),
     ],
     messages=[
-        (BIG, "t/1", b"\x00\xffpayload", 2, True, b"\x01\x02", 1700000200.0, "a", False),
-        (7, "t/2", b"", 0, 0, None, None, None, 1),
+        (BIG, "t/1", b"\x00\xffpayload", 2, True, b"\x01\x02", 1700000200.0, "a"),
+        (7, "t/2", b"", 0, 0, None, None, None),
     ],
     deliveries=[
         ("b", 2**33, 7, 1, False, b"\x91\x05", 0, 0, "g"),
@@ -192,8 +192,8 @@ FULL_STATE = StoredState(
         ("\u00e9/t", b"x", 2, None, 5.0),
     ],
     messages=[
-        (7, "t/2", b"", 0, 0, None, None, None, 1),
-        (BIG, "t/1", b"\x00\xffpayload", 2, 1, b"\x01\x02", 1700000200.0, "a", 0),
+        (7, "t/2", b"", 0, 0, None, None, None),
+        (BIG, "t/1", b"\x00\xffpayload", 2, 1, b"\x01\x02", 1700000200.0, "a"),
     ],
     deliveries=[
         ("a", 3, BIG, 0, 0, None, 0, 0, None),
@@ -216,7 +216,7 @@ def failing_batch(retained_topic: str, payload: bytes = b"v") -> Batch:
         sessions_deleted=[("s",)],
         sessions=[("f", 5, None, None, None, 0, None, 1)],
         subscriptions=[("f", "f/#", 1, 0, 0, 0, 0)],
-        messages=[(99, "f", b"m", 1, 0, None, None, "f", 1)],
+        messages=[(99, "f", b"m", 1, 0, None, None, "f")],
         deliveries=[("f", 1, 99, 1, 0, None, 0, 0, None)],
         incoming_qos2=[("f", 3)],
         retained_deleted=[("r",)],
@@ -284,7 +284,7 @@ def test_a_batch_of_every_row_kind_reads_back_exactly(backend: Backend) -> None:
 def test_many_rows_come_back_in_order(backend: Backend) -> None:
     n = 1500
     batch = Batch(
-        messages=[(i, f"t/{i}", bytes([i % 256]), 1, 0, None, None, "c", 1)
+        messages=[(i, f"t/{i}", bytes([i % 256]), 1, 0, None, None, "c")
                   for i in range(n, 0, -1)],
         deliveries=[(f"c{i % 3}", i, i, 1, 0, None, i % 2, i % 2, None)
                     for i in range(n, 0, -1)],
@@ -296,7 +296,7 @@ def test_many_rows_come_back_in_order(backend: Backend) -> None:
         return await reopened_load(backend)
 
     state = run(scenario())
-    assert state.messages == [(i, f"t/{i}", bytes([i % 256]), 1, 0, None, None, "c", 1)
+    assert state.messages == [(i, f"t/{i}", bytes([i % 256]), 1, 0, None, None, "c")
                               for i in range(1, n + 1)]
     assert state.deliveries == sorted(
         (f"c{i % 3}", i, i, 1, 0, None, i % 2, i % 2, None) for i in range(1, n + 1))
@@ -354,8 +354,8 @@ def test_parts_apply_in_batch_order_deletes_after_upserts(backend: Backend) -> N
         sessions=[("k", 5, None, None, None, 0, None, 1)],
         subscriptions=[("k", "gone", 0, 0, 0, 0, 0), ("k", "kept", 1, 0, 0, 0, 0)],
         subscriptions_deleted=[("k", "gone")],
-        messages=[(1, "t", b"", 0, 0, None, None, None, 1), (2, "t", b"", 0, 0, None, None,
-                                                              None, 1)],
+        messages=[(1, "t", b"", 0, 0, None, None, None), (2, "t", b"", 0, 0, None, None,
+                                                              None)],
         deliveries=[("k", 1, 1, 0, 0, None, 0, 0, None), ("k", 2, 2, 0, 0, None, 0, 0, None)],
         deliveries_deleted=[("k", 1)],
         messages_deleted=[(1,)],
@@ -374,7 +374,7 @@ def test_parts_apply_in_batch_order_deletes_after_upserts(backend: Backend) -> N
         sessions=[("k", 5, None, None, None, 0.0, None, 1)],
         subscriptions=[("k", "kept", 1, 0, 0, 0, 0)],
         retained=[("kept", b"y", 0, None, None)],
-        messages=[(2, "t", b"", 0, 0, None, None, None, 1)],
+        messages=[(2, "t", b"", 0, 0, None, None, None)],
         deliveries=[("k", 2, 2, 0, 0, None, 0, 0, None)],
         incoming_qos2=[("k", 1)],
     ))
@@ -384,7 +384,7 @@ def test_upserts_replace_rows_with_the_same_key(backend: Backend) -> None:
     update = Batch(
         sessions=[("a", 4, None, 1700000999.5, b"w2", 30, 1700001029.5, 9)],
         subscriptions=[("a", "z", 2, 1, 0, 2, 77)],
-        messages=[(7, "t/2b", b"new", 1, 1, b"\x03", 1700000400.0, "b", 0)],
+        messages=[(7, "t/2b", b"new", 1, 1, b"\x03", 1700000400.0, "b")],
         deliveries=[("a", 3, 7, 1, 1, b"\x91\x01", 4, 1, "grp")],
         incoming_qos2=[("a", 9), ("a", 9)],  # already there: ignored
         retained=[("z/last", b"r2", 2, b"\x01", 1700000500.5)],
@@ -404,7 +404,7 @@ def test_upserts_replace_rows_with_the_same_key(backend: Backend) -> None:
                        *FULL_STATE.subscriptions[2:]],
         retained=[FULL_STATE.retained[0], ("z/last", b"r2", 2, b"\x01", 1700000500.5),
                   FULL_STATE.retained[2]],
-        messages=[(7, "t/2b", b"new", 1, 1, b"\x03", 1700000400.0, "b", 0),
+        messages=[(7, "t/2b", b"new", 1, 1, b"\x03", 1700000400.0, "b"),
                   FULL_STATE.messages[1]],
         deliveries=[("a", 3, 7, 1, 1, b"\x91\x01", 4, 1, "grp"), *FULL_STATE.deliveries[1:]],
         incoming_qos2=FULL_STATE.incoming_qos2,
@@ -712,7 +712,7 @@ def test_postgres_recovers_on_the_next_commit_after_the_server_comes_back(
         own_server: PostgresServer, mode: str) -> None:
     backend = PostgresBackend(own_server, "postgres")
     batch = Batch(sessions=[("late", 5, None, None, None, 0, None, 1)],
-                  messages=[(5, "t", b"p", 1, 0, None, None, "late", 1)],
+                  messages=[(5, "t", b"p", 1, 0, None, None, "late")],
                   retained=[("r", b"updated", 1, None, None)])
 
     async def scenario() -> dict[str, Any]:
@@ -753,7 +753,7 @@ def test_postgres_recovers_on_the_next_commit_after_the_server_comes_back(
     assert_state(results["after_restart"], SMALL_STATE)
     expected = StoredState(sessions=[("late", 5, None, None, None, 0.0, None, 1),
                                      ("s", 5, 10.0, None, None, 0.0, None, 1)],
-                           messages=[(5, "t", b"p", 1, 0, None, None, "late", 1)],
+                           messages=[(5, "t", b"p", 1, 0, None, None, "late")],
                            retained=[("r", b"updated", 1, None, None)])
     assert_state(results["recovered"], expected)
     assert_state(results["reopened"], expected)
