@@ -228,8 +228,20 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    return '"' + "".join(_toml_char(c) for c in str(value)) + '"'
+
+
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n",
+                 "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_char(c: str) -> str:
+    """One character of a TOML basic string: control characters must be escaped."""
+    if c in _TOML_ESCAPES:
+        return _TOML_ESCAPES[c]
+    if c < " " or c == "\x7f":
+        return f"\\u{ord(c):04x}"
+    return c
 
 
 def _type_name(tp: Any) -> str:
@@ -283,7 +295,10 @@ def _num(x: float) -> str:
 
 def _unknown(where: str, path: str, key: str, known: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    if close:
+        hint = f" (did you mean '{close[0]}'?)"
+    else:
+        hint = f" (expected one of: {', '.join(known)})"
     return ConfigError(f"{where}: unknown key '{path}'{hint}")
 
 
@@ -345,4 +360,6 @@ def load_config(path: str | os.PathLike | None) -> Config:
         raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: not UTF-8 (byte {exc.start})") from None
     return parse_config(data, where)

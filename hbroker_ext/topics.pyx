@@ -7,11 +7,19 @@ Pure computation: strings in, lists out. See docs/architecture.md, "The topics s
 SHARE_PREFIX = "$share/"
 
 
+cdef bint _fits_utf8_string(str s):
+    """At most 65535 bytes as UTF-8; a lone surrogate cannot be encoded [MQTT-1.5.4-1]."""
+    try:
+        return len(s.encode("utf-8")) <= 65535
+    except UnicodeEncodeError:
+        return False
+
+
 def valid_topic_name(str name) -> bool:
     """[MQTT-4.7.3-1] at least one character; [MQTT-4.7.1-1] no wildcards; no U+0000."""
     if not name or "+" in name or "#" in name or "\x00" in name:
         return False
-    return len(name.encode("utf-8")) <= 65535
+    return _fits_utf8_string(name)
 
 
 def parse_shared(str topic_filter):
@@ -47,9 +55,7 @@ cdef bint _valid_plain_filter(str f):
 
 def valid_topic_filter(str topic_filter) -> bool:
     """A filter a client may subscribe to, the shared form included [MQTT-4.8.2-1, -2]."""
-    if not topic_filter or "\x00" in topic_filter:
-        return False
-    if len(topic_filter.encode("utf-8")) > 65535:
+    if not topic_filter or "\x00" in topic_filter or not _fits_utf8_string(topic_filter):
         return False
     if topic_filter.startswith(SHARE_PREFIX):
         group, inner = parse_shared(topic_filter)
