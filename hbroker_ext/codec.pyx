@@ -674,7 +674,9 @@ cdef Subscribe _decode_subscribe(Reader* r, int version):
         elif opts & 0xFC:
             _fail(RC_MALFORMED, "reserved bits in requested QoS")  # [MQTT-3-8.3-4]
         if opts & 0x03 == 3:
-            _fail(RC_MALFORMED, "subscription with QoS 3")
+            # 5.0 (3.8.3.1): "It is a Protocol Error if the Maximum QoS field has the value 3";
+            # 3.1.1: malformed [MQTT-3-8.3-4].
+            _fail(RC_PROTOCOL if version == 5 else RC_MALFORMED, "subscription with QoS 3")
         subs.append(Subscription(topic_filter, opts & 0x03, bool(opts & 0x04),
                                  bool(opts & 0x08), (opts >> 4) & 0x03))
     if not subs:

@@ -118,6 +118,7 @@ class SQLiteStorage(Storage):
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
 
     def describe(self) -> str:
         return os.path.abspath(self.path)
@@ -192,7 +193,8 @@ class SQLiteStorage(Storage):
 
     async def load(self) -> StoredState:
         try:
-            return await self._call(self._load)
+            async with self._lock:
+                return await self._call(self._load)
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite {self.describe()}: cannot read: {exc}") from exc
 
@@ -212,23 +214,39 @@ class SQLiteStorage(Storage):
         )
 
     async def commit(self, batch: Batch) -> None:
+        """The statements run on the caller's (event loop) thread, the COMMIT, which writes
+        and syncs the WAL, in the writer thread. Python's sqlite3 gives up the GIL around every
+        step of every row: run from a second thread while the loop is busy, each row would
+        wait for the loop to hand the GIL back (up to the 5 ms switch interval), so a batch
+        of a few hundred rows took a hundred times longer than its work. The statements are
+        CPU work that could not run in parallel anyway; the sync is the part worth moving."""
+        async with self._lock:  # one transaction at a time, in call order
+            await self._commit(batch)
+
+    async def _commit(self, batch: Batch) -> None:
+        db = self._db
         try:
-            await self._call(lambda: self._commit(batch))
+            if db is None or self._thread is None:
+                raise sqlite3.OperationalError("storage is closed")
+            db.execute("BEGIN")
+            try:
+                for part, sql in _APPLY:
+                    rows = getattr(batch, part)
+                    if rows:
+                        db.executemany(sql, rows)
+            except BaseException:
+                if db.in_transaction:  # SQLITE_FULL may have rolled it back already
+                    db.execute("ROLLBACK")
+                raise
+            await self._call(lambda: self._finish(db))
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite {self.describe()}: {exc}", full=_is_full(exc)) from exc
         except OSError as exc:
             raise StorageError(f"sqlite {self.describe()}: {exc.strerror}") from exc
 
-    def _commit(self, batch: Batch) -> None:
-        db = self._db
-        if db is None:
-            raise sqlite3.OperationalError("storage is closed")
-        db.execute("BEGIN")
+    @staticmethod
+    def _finish(db: sqlite3.Connection) -> None:
         try:
-            for part, sql in _APPLY:
-                rows = getattr(batch, part)
-                if rows:
-                    db.executemany(sql, rows)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -237,7 +255,8 @@ class SQLiteStorage(Storage):
 
     async def inspect(self) -> dict[str, Any]:
         try:
-            return await self._call(self._inspect)
+            async with self._lock:
+                return await self._call(self._inspect)
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite {self.describe()}: cannot read: {exc}") from exc
 
