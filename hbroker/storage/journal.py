@@ -193,18 +193,27 @@ class Journal:
         self.current.deferred.append((conn, msg, packet_id))
         self._touch()
 
-    def _route_committed(self, conn: Connection, msg: Message, packet_id: int,
-                         now: float) -> None:
-        conn.deferred -= 1
-        broker = self.broker
-        reached = broker.publish(msg, now)
-        self._release(msg)
-        if conn.closing:
-            return
-        code = 0 if reached or conn.protocol_version != 5 else \
-            ReasonCode.NO_MATCHING_SUBSCRIBERS
-        ack = Puback(packet_id, code) if msg.qos == 1 else Pubrec(packet_id, code)
-        conn.write_now(encode(ack, conn.protocol_version))
+    def _route_committed(self, deferred: list[tuple[Connection, Message, int]]) -> None:
+        """The PUBLISHes of a commit just done: acknowledged (one write per connection, ahead
+        of anything held) and routed."""
+        now = time.monotonic()
+        publish = self.broker.publish
+        acks: dict[Connection, list[bytes]] = {}
+        for conn, msg, packet_id in deferred:
+            conn.deferred -= 1
+            reached = publish(msg, now)
+            self._release(msg)
+            if conn.closing:
+                continue
+            code = 0 if reached or conn.protocol_version != 5 else \
+                ReasonCode.NO_MATCHING_SUBSCRIBERS
+            ack = Puback(packet_id, code) if msg.qos == 1 else Pubrec(packet_id, code)
+            out = acks.get(conn)
+            if out is None:
+                out = acks[conn] = []
+            out.append(encode(ack, conn.protocol_version))
+        for conn, out in acks.items():
+            conn.write_output(out)
 
     def _refuse(self, conn: Connection, msg: Message, packet_id: int, full: bool) -> None:
         conn.deferred -= 1
@@ -290,9 +299,7 @@ class Journal:
             log.warning("storage recovered", extra={"backend": self.backend.describe()})
         self._release_output(pending)
         if pending.deferred:
-            now = time.monotonic()
-            for conn, msg, packet_id in pending.deferred:
-                self._route_committed(conn, msg, packet_id, now)
+            self._route_committed(pending.deferred)
 
     def _failed(self, pending: Pending, exc: StorageError) -> None:
         self.failures += 1
