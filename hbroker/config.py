@@ -138,9 +138,14 @@ class StorageConfig:
                     "for flash-wear-sensitive gateways).", choices=("sync", "periodic"))
     flush_interval_ms: int = opt(1000, "In `periodic` mode, milliseconds between commits: "
                                  "the most a crash can lose.", minimum=1, maximum=3600000)
-    fsync: bool = opt(True, "SQLite: flush every commit to the disk, so it survives a power "
-                      "loss too. `false` still survives a crash of the broker process, but the "
-                      "last commits can be lost if the machine loses power.")
+    fsync: bool = opt(False, "Wait for every commit to reach the disk before acknowledging "
+                      "(SQLite `synchronous=FULL`; PostgreSQL `synchronous_commit=on`). With "
+                      "`false` a commit is in the operating system's (or the database "
+                      "server's) hands when the broker acknowledges: a crash of the broker, "
+                      "even `kill -9`, loses nothing, but a power loss or a crash of the "
+                      "operating system (or of the PostgreSQL server) can lose the last "
+                      "seconds of commits. Set `true` on gateways that lose power; it costs "
+                      "one disk flush per group commit (see bench/RESULTS.md).")
     max_size: int = opt(0, "SQLite: largest database size in bytes (0: no limit). When it is "
                         "reached the broker stops acknowledging what it cannot store (5.0 "
                         "clients get 0x97 Quota exceeded) until space is freed.", minimum=0)

@@ -26,5 +26,5 @@ def open_backend(config: StorageConfig) -> Storage | None:
     if config.backend == "postgres":
         from hbroker.storage.postgres import PostgresStorage
 
-        return PostgresStorage(config.dsn)
+        return PostgresStorage(config.dsn, fsync=config.fsync)
     raise ValueError(f"unknown storage backend {config.backend!r}")

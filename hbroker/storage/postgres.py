@@ -242,9 +242,10 @@ class PostgresStorage(Storage):
 
     name = "postgres"
 
-    def __init__(self, dsn: str, *, connect_timeout: float = 5.0,
+    def __init__(self, dsn: str, *, fsync: bool = True, connect_timeout: float = 5.0,
                  command_timeout: float = 60.0) -> None:
         self.dsn = dsn
+        self.fsync = fsync
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self._conn: asyncpg.Connection | None = None
@@ -279,8 +280,12 @@ class PostgresStorage(Storage):
             return conn
         self._conn = None
         try:
-            conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout,
-                                         command_timeout=self.command_timeout)
+            # fsync = false: the server acknowledges a commit before its WAL reaches the disk
+            # (synchronous_commit = off): a crash of the broker loses nothing, a crash of the
+            # database server can lose its last moments (3 × wal_writer_delay).
+            conn = await asyncpg.connect(
+                self.dsn, timeout=self.connect_timeout, command_timeout=self.command_timeout,
+                server_settings={"synchronous_commit": "on" if self.fsync else "off"})
         except _ERRORS as exc:
             raise self._error("cannot connect", exc) from None
         self._conn = conn
