@@ -161,7 +161,8 @@ class Broker:
                 for conn in dirty:
                     journal.hold(conn)
                 dirty = []
-            journal.kick()
+            if journal.sync:
+                journal.kick()  # periodic mode commits on its own timer
         for conn in dirty:
             conn.flush()
 
@@ -275,8 +276,9 @@ class Broker:
 
     # -- publish ---------------------------------------------------------------------
 
-    def publish(self, msg: Message, now: float) -> int:
-        """Route one application message; returns the number of subscriptions it reached."""
+    def publish(self, msg: Message, now: float, skip: set[str] | None = None) -> int:
+        """Route one application message; returns the number of subscriptions it reached.
+        `skip`: client ids that have it already (routing again after a restart)."""
         if msg.retain:
             self._retain(msg)
         targets = self._targets(msg.topic)
@@ -286,6 +288,8 @@ class Broker:
         msg_qos = msg.qos
         reached = 0
         for client_id, qos, rap, sub_ids, local in normal:
+            if skip is not None and client_id in skip:
+                continue
             if client_id == sender:
                 if local is None:
                     continue
@@ -302,6 +306,8 @@ class Broker:
             else:
                 session.deliver(Delivery(msg, qos, retain, sub_ids, None), now)
         for group_key, members in shared:
+            if skip is not None and any(member[0] in skip for member in members):
+                continue
             if self._deliver_shared(msg, group_key, members, now):
                 reached += 1
         self.stats.publish_routed += 1

@@ -74,7 +74,8 @@ class Message:
 class Delivery:
     """One message on its way to one session: queued, or inflight with a packet id."""
 
-    __slots__ = ("message", "qos", "retain", "sub_ids", "packet_id", "state", "group", "seq")
+    __slots__ = ("message", "qos", "retain", "sub_ids", "packet_id", "state", "group", "seq",
+                 "written")
 
     def __init__(self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...],
                  group: str | None) -> None:
@@ -85,7 +86,8 @@ class Delivery:
         self.packet_id = 0
         self.state = 0
         self.group = group
-        self.seq = 0  # non-zero while stored for a durable session
+        self.seq = 0  # non-zero while tracked by the journal for a durable session
+        self.written = False  # whether its row has been written
 
 
 def publish_bytes(conn: Connection, msg: Message, qos: int, retain: bool,

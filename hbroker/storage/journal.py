@@ -69,7 +69,7 @@ class Pending:
     PUBLISHes waiting for it."""
 
     __slots__ = ("sessions", "subscriptions", "deliveries", "messages", "retained", "qos2",
-                 "outputs", "deferred", "written")
+                 "outputs", "deferred", "written", "young")
 
     def __init__(self) -> None:
         self.sessions: dict[Session, None] = {}
@@ -83,14 +83,17 @@ class Pending:
         # (connection, message, packet id) of PUBLISHes acknowledged after this commit
         self.deferred: list[tuple[Connection, Message, int]] = []
         self.written: list[Message] = []  # message rows this commit inserts
+        # QoS 0/1 deliveries whose rows wait (with the number of the commit they were born in)
+        self.young: dict[tuple[str, int], tuple[Session, Delivery, int]] = {}
 
     def has_changes(self) -> bool:
         return bool(self.sessions or self.subscriptions or self.deliveries or self.messages
-                    or self.retained or self.qos2 or self.deferred)
+                    or self.retained or self.qos2 or self.deferred or self.young)
 
     def absorb(self, later: Pending) -> None:
         """Add the changes of `later` (a failed commit's changes come first, newer ones after)."""
-        for name in ("sessions", "subscriptions", "deliveries", "messages", "retained", "qos2"):
+        for name in ("sessions", "subscriptions", "deliveries", "messages", "retained", "qos2",
+                     "young"):
             mine = getattr(self, name)
             for key, value in getattr(later, name).items():
                 mine.pop(key, None)
@@ -114,6 +117,7 @@ class Journal:
         self.next_seq = 1
         self.next_message_id = 1
         self.commits = 0
+        self.serial = 0  # commits started: the one being gathered is serial + 1
         self.failures = 0
         self._retry_delay = RETRY_FIRST
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -146,20 +150,40 @@ class Journal:
         self._touch()
 
     def delivery_changed(self, session: Session, delivery: Delivery) -> None:
-        """A delivery of a durable session was queued, sent, or changed state."""
+        """A delivery of a durable session was queued, sent, or changed state.
+
+        The row of a QoS 0/1 message's delivery is written late, with the third commit after
+        the delivery was made, if it is still there: the PUBLISH goes out after the first,
+        the PUBACK usually arrives before the third, and then the delivery costs no row at
+        all. The message row, written at once, covers the gap: after a crash, a QoS 0/1
+        message is routed again to the sessions that have no delivery row for it (at worst a
+        duplicate, which QoS 1 allows). Deliveries of QoS 2 messages are written at once
+        (exactly once needs their packet ids)."""
         seq = delivery.seq
         if not seq:
             seq = delivery.seq = self.next_seq
             self.next_seq += 1
             self._reference(delivery.message)
-        self.current.deliveries[(session.client_id, seq)] = (session, delivery)
+        key = (session.client_id, seq)
+        current = self.current
+        if not delivery.written and delivery.message.qos < 2 and key not in current.deliveries:
+            young = current.young.get(key)
+            current.young[key] = (session, delivery, young[2] if young else self.serial + 1)
+        else:
+            current.deliveries[key] = (session, delivery)
         self._touch()
 
     def delivery_removed(self, session: Session, delivery: Delivery) -> None:
-        """A stored delivery left its session (acknowledged, expired, dropped, moved)."""
-        seq = delivery.seq
+        """A tracked delivery left its session (acknowledged, expired, dropped, moved)."""
+        key = (session.client_id, delivery.seq)
         delivery.seq = 0
-        self.current.deliveries[(session.client_id, seq)] = (session, None)
+        current = self.current
+        current.young.pop(key, None)
+        if delivery.written:
+            delivery.written = False
+            current.deliveries[key] = (session, None)
+        else:
+            current.deliveries.pop(key, None)
         self._release(delivery.message)
         self._touch()
 
@@ -169,6 +193,7 @@ class Journal:
         for delivery in (*session.inflight.values(), *session.queue):
             if delivery.seq:
                 delivery.seq = 0
+                delivery.written = False
                 self._release(delivery.message)
         self.current.sessions[session] = None
         self._touch()
@@ -266,6 +291,7 @@ class Journal:
             return
         self.current = Pending()
         self.committing = pending
+        self.serial += 1
         batch = self.serialize(pending)
         loop = self.broker.loop
         assert loop is not None
@@ -382,12 +408,27 @@ class Journal:
             elif msg.store_written:
                 msg.store_written = False
                 batch.messages_deleted.append((msg.store_id,))
+        # Young deliveries still there in their third commit are written; the others wait.
+        if pending.young:
+            serial = self.serial
+            young = self.current.young
+            for key, (session, d, born) in pending.young.items():
+                if d.seq != key[1] or session.ended:
+                    continue
+                if serial - born >= 2:
+                    pending.deliveries[key] = (session, d)
+                else:
+                    young[key] = (session, d, born)
+            pending.young = {}
+            if young:
+                self._touch()
         for (client_id, seq), (session, d) in pending.deliveries.items():
             if session.ended:
                 continue
             if d is None or d.seq != seq:
                 batch.deliveries_deleted.append((client_id, seq))
             else:
+                d.written = True
                 batch.deliveries.append((
                     client_id, seq, d.message.store_id, d.qos, int(d.retain),
                     msgpack.packb(list(d.sub_ids)) if d.sub_ids else None, d.packet_id,

@@ -87,6 +87,7 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
         session.subscriptions[topic_filter] = opts
 
     deliveries = 0
+    holders: dict[int, set[str]] = {}  # message id -> sessions with a delivery row for it
     for (client_id, seq, msg_id, qos, retain, sub_ids, packet_id, st,
          group) in state.deliveries:
         session = sessions.get(client_id)
@@ -97,7 +98,9 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
         d = Delivery(msg, qos, bool(retain), tuple(msgpack.unpackb(sub_ids)) if sub_ids else (),
                      group)
         d.seq = seq
+        d.written = True
         msg.store_refs += 1
+        holders.setdefault(msg_id, set()).add(client_id)
         deliveries += 1
         if packet_id:
             d.packet_id = packet_id
@@ -112,13 +115,17 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
         if session is not None:
             session.awaiting_pubrel.add(packet_id)
 
-    # Messages without deliveries: acknowledged, but their routing was not committed. Routed
-    # now (a message row goes when nothing needs it any more).
-    unrouted = [msg for msg in messages.values() if msg.store_refs == 0]
-    for msg in unrouted:
-        msg.store_refs = 1
-        broker.publish(msg, now)
-        journal._release(msg)
+    # Routed again: a message without deliveries (acknowledged, but its routing was not
+    # committed), and a QoS 0/1 message to the sessions without a delivery row for it (rows
+    # of QoS 0/1 deliveries are written one commit late, see Journal.delivery_changed).
+    unrouted = []
+    for msg_id, msg in messages.items():
+        have = holders.get(msg_id)
+        if have is None or msg.qos < 2:
+            unrouted.append(msg)
+            msg.store_refs += 1
+            broker.publish(msg, now, skip=have)
+            journal._release(msg)
 
     # Wills of sessions whose client was connected at a crash, with no delay: due now.
     for session in list(broker._offline):

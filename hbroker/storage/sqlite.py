@@ -100,6 +100,19 @@ _APPLY: tuple[tuple[str, str], ...] = (
     ("retained_deleted", "DELETE FROM retained WHERE topic = ?"),
 )
 
+# The high-volume parts go as multi-row statements: a few statement executions per batch
+# instead of one per row (see SQLiteStorage.commit).
+_MULTI: dict[str, tuple[str, str, str]] = {
+    # part: (statement head, one row's placeholders, separator / tail)
+    "messages": ("INSERT OR REPLACE INTO messages VALUES ", "(?, ?, ?, ?, ?, ?, ?, ?)", ""),
+    "deliveries": ("INSERT OR REPLACE INTO deliveries VALUES ",
+                   "(?, ?, ?, ?, ?, ?, ?, ?, ?)", ""),
+    "deliveries_deleted": ("DELETE FROM deliveries WHERE (client_id, seq) IN (VALUES ",
+                           "(?, ?)", ")"),
+    "messages_deleted": ("DELETE FROM messages WHERE id IN (", "?", ")"),
+}
+_CHUNKS = (256, 64, 16, 4, 1)  # few distinct statement texts, so they stay prepared
+
 _PAGE_SIZE = 4096
 
 
@@ -214,42 +227,44 @@ class SQLiteStorage(Storage):
         )
 
     async def commit(self, batch: Batch) -> None:
-        """The statements run on the caller's (event loop) thread, the COMMIT, which writes
-        and syncs the WAL, in the writer thread. Python's sqlite3 gives up the GIL around every
-        step of every row: run from a second thread while the loop is busy, each row would
-        wait for the loop to hand the GIL back (up to the 5 ms switch interval), so a batch
-        of a few hundred rows took a hundred times longer than its work. The statements are
-        CPU work that could not run in parallel anyway; the sync is the part worth moving."""
+        """The whole transaction runs in the writer thread. Python's sqlite3 gives up the GIL
+        around every statement step and takes it back after: with `executemany`, that is
+        once per row, and while the event loop is busy each of those waits for the loop to
+        hand the GIL back (up to the 5 ms switch interval), which made a batch of a few
+        hundred rows take a hundred times its work. The high-volume parts therefore go as
+        multi-row statements (`_MULTI`): a handful of GIL hand-overs per batch, and the row
+        work itself runs beside the loop, on the other core."""
         async with self._lock:  # one transaction at a time, in call order
             await self._commit(batch)
 
     async def _commit(self, batch: Batch) -> None:
-        db = self._db
         try:
-            if db is None or self._thread is None:
+            if self._db is None or self._thread is None:
                 raise sqlite3.OperationalError("storage is closed")
-            db.execute("BEGIN")
-            try:
-                for part, sql in _APPLY:
-                    rows = getattr(batch, part)
-                    if rows:
-                        db.executemany(sql, rows)
-            except BaseException:
-                if db.in_transaction:  # SQLITE_FULL may have rolled it back already
-                    db.execute("ROLLBACK")
-                raise
-            await self._call(lambda: self._finish(db))
+            await self._call(lambda: self._apply(batch))
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite {self.describe()}: {exc}", full=_is_full(exc)) from exc
         except OSError as exc:
             raise StorageError(f"sqlite {self.describe()}: {exc.strerror}") from exc
 
-    @staticmethod
-    def _finish(db: sqlite3.Connection) -> None:
+    def _apply(self, batch: Batch) -> None:
+        db = self._db
+        if db is None:
+            raise sqlite3.OperationalError("storage is closed")
+        db.execute("BEGIN")
         try:
+            for part, sql in _APPLY:
+                rows = getattr(batch, part)
+                if not rows:
+                    continue
+                multi = _MULTI.get(part)
+                if multi is None:
+                    db.executemany(sql, rows)
+                else:
+                    _execute_multi(db, multi, rows)
             db.execute("COMMIT")
         except BaseException:
-            if db.in_transaction:
+            if db.in_transaction:  # SQLITE_FULL may have rolled it back already
                 db.execute("ROLLBACK")
             raise
 
@@ -309,3 +324,19 @@ def _set_result(future: asyncio.Future, result: Any) -> None:
 def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
+
+
+def _execute_multi(db: sqlite3.Connection, multi: tuple[str, str, str],
+                   rows: list[tuple]) -> None:
+    """`rows` through statements of 256, 64, 16, 4 or 1 rows each, in order."""
+    head, one, tail = multi
+    i = 0
+    n = len(rows)
+    for size in _CHUNKS:
+        if n - i < size:
+            continue
+        sql = head + ", ".join([one] * size) + tail
+        while n - i >= size:
+            params = [value for row in rows[i:i + size] for value in row]
+            db.execute(sql, params)
+            i += size
