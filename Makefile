@@ -45,3 +45,13 @@ lint: $(STAMP)
 
 clean:
 	rm -rf build dist *.egg-info hbroker_ext/*.c hbroker_ext/*.so hbroker_ext/*.html
+
+# Benchmarks (bench/README.md). `bench` writes bench/results/ and bench/RESULTS.md (8-9
+# minutes); `bench-quick` is a one-minute smoke test that leaves them alone.
+.PHONY: bench bench-quick
+
+bench: build
+	$(PY) bench/storage_qos1.py
+
+bench-quick: build
+	$(PY) bench/storage_qos1.py --quick

@@ -122,21 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from hbroker.config import ConfigError, load_config
 
-    if args.command == "check-config":
+    if args.command in ("check-config", "storage"):
         try:
             config = load_config(args.config)
         except ConfigError as exc:
             print(f"hbroker: {exc}", file=sys.stderr)
             return 2
+        if args.command == "storage":
+            return _storage_inspect(config, args.json)
         print(config.to_toml(), end="")
         return 0
-    if args.command == "storage":
-        try:
-            config = load_config(args.config)
-        except ConfigError as exc:
-            print(f"hbroker: {exc}", file=sys.stderr)
-            return 2
-        return _storage_inspect(config, args.json)
     if args.command in (None, "serve"):
         compiled_extensions()
         path = getattr(args, "config", None)

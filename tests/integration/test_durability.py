@@ -24,6 +24,23 @@ KILL_POINTS = [random.Random(seed).randint(50, MESSAGES - 200) for seed in (1, 2
 DURABLE_LIMITS = {"max_queued_messages": 20000, "max_inflight": 100}
 
 
+def offline_subscriber(broker, uid: str) -> SessionClient:
+    """A persistent session (expiry 3600 s) subscribed to `uid/#` at QoS 1, disconnected."""
+    sub = SessionClient(broker.host, broker.port, f"{uid}-s")
+    sub.connect(clean_start=True)
+    sub.subscribe(f"{uid}/#", 1)
+    sub.disconnect()
+    return sub
+
+
+def offline_subscriber_and_publisher(broker, uid: str) -> tuple[SessionClient, SessionClient]:
+    """offline_subscriber(), and a connected 5.0 publisher with a clean session."""
+    pub = SessionClient(broker.host, broker.port, f"{uid}-p", session_expiry=0)
+    sub = offline_subscriber(broker, uid)
+    pub.connect(clean_start=True)
+    return sub, pub
+
+
 def kill_when(broker, predicate, client: SessionClient) -> threading.Thread:
     """Kill the broker as soon as `predicate()` holds (checked on every client event)."""
     def run() -> None:
@@ -48,10 +65,7 @@ def publish_in_thread(client: SessionClient, topic: str, count: int, qos: int,
 def test_qos1_messages_acknowledged_before_kill_reach_offline_subscriber_after_restart(
         make_durable_broker, uid, kill_after):
     b = make_durable_broker(limits=DURABLE_LIMITS)
-    sub = SessionClient(b.host, b.port, f"{uid}-s")
-    sub.connect(clean_start=True)
-    sub.subscribe(f"{uid}/#", 1)
-    sub.disconnect()
+    sub = offline_subscriber(b, uid)
 
     pub = SessionClient(b.host, b.port, f"{uid}-p", session_expiry=0)
     pub.connect(clean_start=True)
@@ -264,10 +278,7 @@ def test_clean_shutdown_keeps_sessions_without_publishing_wills(make_durable_bro
 
 def test_storage_inspect_shows_sessions_queued_messages_and_retained(make_durable_broker, uid):
     b = make_durable_broker()
-    sub = SessionClient(b.host, b.port, f"{uid}-s")
-    sub.connect(clean_start=True)
-    sub.subscribe(f"{uid}/#", 1)
-    sub.disconnect()
+    offline_subscriber(b, uid)
     pub = PahoClient(b.host, b.port, f"{uid}-p")
     for i in range(7):
         pub.publish(f"{uid}/q", f"m{i}", qos=1)
@@ -296,12 +307,7 @@ def test_storage_full_is_never_acknowledged_and_recovers_when_space_is_freed(sta
     acknowledged with success is delivered, also after a kill -9."""
     b = start_broker("sqlite", storage={"max_size": 256 * 1024},
                     limits={"max_queued_messages": 100000, "max_queued_bytes": 10**8})
-    sub = SessionClient(b.host, b.port, f"{uid}-s")
-    sub.connect(clean_start=True)
-    sub.subscribe(f"{uid}/#", 1)
-    sub.disconnect()
-    pub = SessionClient(b.host, b.port, f"{uid}-p", session_expiry=0)
-    pub.connect(clean_start=True)
+    sub, pub = offline_subscriber_and_publisher(b, uid)
     payloads = [b"%06d" % i + b"x" * 1000 for i in range(600)]
     pub.publish_many(f"{uid}/t", payloads, 1, window=20)
     assert pub.wait_until(lambda: len(pub.acked) + len(pub.refused) == 600)
@@ -342,12 +348,7 @@ def test_postgres_outage_is_never_acknowledged_and_recovers_by_itself(
         start_broker, uid, postgres_server):
     server = postgres_server
     b = start_broker("postgres")
-    sub = SessionClient(b.host, b.port, f"{uid}-s")
-    sub.connect(clean_start=True)
-    sub.subscribe(f"{uid}/#", 1)
-    sub.disconnect()
-    pub = SessionClient(b.host, b.port, f"{uid}-p", session_expiry=0)
-    pub.connect(clean_start=True)
+    sub, pub = offline_subscriber_and_publisher(b, uid)
     pub.publish_many(f"{uid}/t", [b"before"], 1, window=1)
     assert pub.wait_until(lambda: pub.acked == [b"before"])
 
@@ -380,12 +381,7 @@ def test_periodic_mode_commits_every_flush_interval(make_durable_broker, uid):
     """`mode = "periodic"`: acknowledgements do not wait, and what was acknowledged more than
     one flush interval before a kill -9 is there after the restart."""
     b = make_durable_broker(storage={"mode": "periodic", "flush_interval_ms": 200})
-    sub = SessionClient(b.host, b.port, f"{uid}-s")
-    sub.connect(clean_start=True)
-    sub.subscribe(f"{uid}/#", 1)
-    sub.disconnect()
-    pub = SessionClient(b.host, b.port, f"{uid}-p", session_expiry=0)
-    pub.connect(clean_start=True)
+    sub, pub = offline_subscriber_and_publisher(b, uid)
     pub.publish_many(f"{uid}/t", [b"%03d" % i for i in range(100)], 1, window=20)
     assert pub.wait_until(lambda: len(pub.acked) == 100)
     time.sleep(1.0)  # five flush intervals
