@@ -549,19 +549,19 @@ class Connection(asyncio.Protocol):
                 return
         msg = Message(topic, p.payload, qos, p.retain, props, expires_at, self.client_id)
         journal = broker.journal
-        if qos and journal is not None and (
+        # A message that must outlive a crash is acknowledged once it is stored (sync mode),
+        # and refused while storage is failing. Periodic mode needs no look at the targets.
+        if qos and journal is not None and (journal.sync or journal.degraded) and (
                 self.deferred or p.retain or broker.has_durable_target(topic)):
-            # The message must outlive a crash before it is acknowledged.
             if journal.degraded:
                 self.refuse_unstored(msg, p.packet_id, journal.full)
                 return
-            if journal.sync:
-                if qos == 2:
-                    session.awaiting_pubrel.add(p.packet_id)
-                    if session.expiry_interval:
-                        journal.qos2_changed(session, p.packet_id)
-                journal.defer(self, msg, p.packet_id)
-                return
+            if qos == 2:
+                session.awaiting_pubrel.add(p.packet_id)
+                if session.expiry_interval:
+                    journal.qos2_changed(session, p.packet_id)
+            journal.defer(self, msg, p.packet_id)
+            return
         reached = broker.publish(msg, now)
         if qos == 1:
             code = 0 if reached or self.protocol_version != 5 else \

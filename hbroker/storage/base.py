@@ -10,6 +10,7 @@ across a restart from where it was; `None` means "never" or "not set".
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,35 +87,35 @@ class StoredState:
     incoming_qos2: list[tuple] = field(default_factory=list)
 
 
-class Storage:
+class Storage(ABC):
     """A storage backend. All methods are coroutines run on the broker's event loop; a backend
     whose driver blocks (SQLite) runs it in a thread of its own."""
 
     name = "storage"
 
+    @abstractmethod
     async def open(self) -> None:
         """Connect, create or migrate the schema. Raises StorageError."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def load(self) -> StoredState:
         """Everything stored, for the broker to restore at start."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def commit(self, batch: Batch) -> None:
         """Apply `batch` atomically. Raises StorageError if it was not stored; then nothing of
         it may be visible after a restart."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def inspect(self) -> dict[str, Any]:
         """A summary for `hbroker storage inspect`: `{"backend", "location", "schema_version",
         "retained": count, "messages": count, "sessions": [{"client_id", "protocol_version",
         "expiry_interval", "expires_at", "will", "subscriptions", "queued", "inflight",
         "incoming_qos2"}, ...]}` with sessions ordered by client id."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def close(self) -> None:
         """Finish and release the connection."""
-        raise NotImplementedError
 
     def describe(self) -> str:
         """Where the state lives, for logs (a path, or a DSN without its password)."""

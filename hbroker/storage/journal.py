@@ -123,7 +123,6 @@ class Journal:
         self._retry_handle: asyncio.TimerHandle | None = None
         self._periodic_handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
-        self._idle: asyncio.Event | None = None
 
     # -- what the broker reports -----------------------------------------------------------
 
@@ -314,9 +313,6 @@ class Journal:
         finally:
             # Output written while routing is held behind the next commit, which starts now.
             self.broker.flush()
-            if self._idle is not None and self.committing is None \
-                    and not self.current.has_changes():
-                self._idle.set()
 
     def _committed(self, pending: Pending) -> None:
         if self.degraded:

