@@ -20,6 +20,7 @@ test: build test-deps
 
 # Virtualenv plus the package and its dependencies (editable install).
 $(STAMP): pyproject.toml setup.py
+	bash tools/install-build-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "Cython>=3.0.10" "setuptools>=77" wheel
@@ -30,6 +31,7 @@ deps: $(STAMP)
 
 # The Cython extensions are required; this rebuilds them in place when a .pyx/.pxd changes.
 build: $(STAMP) $(EXT_SOURCES)
+	bash tools/install-build-deps.sh
 	$(PY) setup.py -q build_ext --inplace
 	$(PY) -m hbroker --version
 

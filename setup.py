@@ -2,10 +2,13 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["codec", "topics"]
+MODULES = ["codec", "topics", "sqlite_writer"]
+# Libraries a module links with (the SQLite writer calls libsqlite3 directly).
+LIBRARIES = {"sqlite_writer": ["sqlite3"]}
 
 extensions = [
-    Extension(f"hbroker_ext.{name}", [f"hbroker_ext/{name}.pyx"], extra_compile_args=["-O2"])
+    Extension(f"hbroker_ext.{name}", [f"hbroker_ext/{name}.pyx"], extra_compile_args=["-O2"],
+              libraries=LIBRARIES.get(name, []))
     for name in MODULES
 ]
 

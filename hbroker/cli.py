@@ -10,7 +10,7 @@ from typing import Any
 
 import hbroker
 
-EXTENSIONS = ("hbroker_ext.codec", "hbroker_ext.topics")
+EXTENSIONS = ("hbroker_ext.codec", "hbroker_ext.topics", "hbroker_ext.sqlite_writer")
 
 
 def compiled_extensions() -> list[str]:

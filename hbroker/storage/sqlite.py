@@ -1,7 +1,10 @@
 """SQLite backend: the embedded default. WAL mode, one writer thread, schema versioned.
 
-SQLite's driver blocks, so every statement runs in one thread of the backend's own; the event
-loop only hands batches over and awaits their completion. A batch is one transaction.
+Commits go through `hbroker_ext.sqlite_writer`: the event loop turns a batch into C values
+and a thread of the writer's own runs the transaction without the GIL, so the broker keeps
+routing while SQLite writes. Opening (schema migrations), loading and `inspect` are rare and
+use Python's `sqlite3` module on a second thread. A batch is one transaction; batches are
+applied in the order they were committed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from hbroker_ext.sqlite_writer import Writer, WriterError
 
 from hbroker.storage.base import SCHEMA_VERSION, Batch, Storage, StorageError, StoredState
 
@@ -100,19 +105,6 @@ _APPLY: tuple[tuple[str, str], ...] = (
     ("retained_deleted", "DELETE FROM retained WHERE topic = ?"),
 )
 
-# The high-volume parts go as multi-row statements: a few statement executions per batch
-# instead of one per row (see SQLiteStorage.commit).
-_MULTI: dict[str, tuple[str, str, str]] = {
-    # part: (statement head, one row's placeholders, separator / tail)
-    "messages": ("INSERT OR REPLACE INTO messages VALUES ", "(?, ?, ?, ?, ?, ?, ?, ?)", ""),
-    "deliveries": ("INSERT OR REPLACE INTO deliveries VALUES ",
-                   "(?, ?, ?, ?, ?, ?, ?, ?, ?)", ""),
-    "deliveries_deleted": ("DELETE FROM deliveries WHERE (client_id, seq) IN (VALUES ",
-                           "(?, ?)", ")"),
-    "messages_deleted": ("DELETE FROM messages WHERE id IN (", "?", ")"),
-}
-_CHUNKS = (256, 64, 16, 4, 1)  # few distinct statement texts, so they stay prepared
-
 _PAGE_SIZE = 4096
 
 
@@ -132,6 +124,13 @@ class SQLiteStorage(Storage):
         self._thread: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+        # Commits: the writer, its thread, and the transactions it has not finished yet
+        # (job id -> the future to resolve and the rows, kept alive for the writer).
+        self._writer: Writer | None = None
+        self._writer_thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._commits: dict[int, tuple[asyncio.Future, list]] = {}
+        self._next_job = 1
 
     def describe(self) -> str:
         return os.path.abspath(self.path)
@@ -167,23 +166,33 @@ class SQLiteStorage(Storage):
         self._thread = threading.Thread(target=self._run, name="hbroker-sqlite", daemon=True)
         self._thread.start()
         try:
-            await self._call(self._open)
+            page_size = await self._call(self._open)
+            pragmas = [f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}",
+                       "PRAGMA foreign_keys=OFF"]
+            if self.max_size:
+                pragmas.append(
+                    f"PRAGMA max_page_count={max(16, self.max_size // page_size)}")
+            writer = Writer(self.path, pragmas, [sql for _, sql in _APPLY])
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite {self.describe()}: cannot open: {exc}",
                                full=_is_full(exc)) from exc
+        except WriterError as exc:
+            raise StorageError(f"sqlite {self.describe()}: cannot open: {exc}",
+                               full=exc.full) from exc
         except OSError as exc:
             raise StorageError(f"sqlite {self.describe()}: cannot open: {exc.strerror}") from exc
+        self._writer = writer
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(writer.fileno(), self._collect)
+        self._writer_thread = threading.Thread(target=writer.run, name="hbroker-sqlite-writer",
+                                               daemon=True)
+        self._writer_thread.start()
 
-    def _open(self) -> None:
+    def _open(self) -> int:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
-        db.execute("PRAGMA foreign_keys=OFF")
-        if self.max_size:
-            page_size = db.execute("PRAGMA page_size").fetchone()[0] or _PAGE_SIZE
-            db.execute(f"PRAGMA max_page_count={max(16, self.max_size // page_size)}")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             db.close()
@@ -203,6 +212,7 @@ class SQLiteStorage(Storage):
             log.info("storage schema migrated", extra={"path": self.describe(),
                                                        "version": target + 1})
         self._db = db
+        return db.execute("PRAGMA page_size").fetchone()[0] or _PAGE_SIZE
 
     async def load(self) -> StoredState:
         try:
@@ -227,46 +237,43 @@ class SQLiteStorage(Storage):
         )
 
     async def commit(self, batch: Batch) -> None:
-        """The whole transaction runs in the writer thread. Python's sqlite3 gives up the GIL
-        around every statement step and takes it back after: with `executemany`, that is
-        once per row, and while the event loop is busy each of those waits for the loop to
-        hand the GIL back (up to the 5 ms switch interval), which made a batch of a few
-        hundred rows take a hundred times its work. The high-volume parts therefore go as
-        multi-row statements (`_MULTI`): a handful of GIL hand-overs per batch, and the row
-        work itself runs beside the loop, on the other core."""
-        async with self._lock:  # one transaction at a time, in call order
+        async with self._lock:  # calls complete in the order they were made
             await self._commit(batch)
 
     async def _commit(self, batch: Batch) -> None:
+        writer = self._writer
+        if writer is None or writer.stopped:
+            raise StorageError(f"sqlite {self.describe()}: storage is closed")
+        steps = [(index, rows) for index, (part, _) in enumerate(_APPLY)
+                 if (rows := getattr(batch, part))]
+        job = self._next_job
+        self._next_job += 1
+        assert self._loop is not None
+        future = self._loop.create_future()
+        self._commits[job] = (future, steps)
         try:
-            if self._db is None or self._thread is None:
-                raise sqlite3.OperationalError("storage is closed")
-            await self._call(lambda: self._apply(batch))
-        except sqlite3.Error as exc:
-            raise StorageError(f"sqlite {self.describe()}: {exc}", full=_is_full(exc)) from exc
-        except OSError as exc:
-            raise StorageError(f"sqlite {self.describe()}: {exc.strerror}") from exc
+            writer.submit(job, steps)
+        except (WriterError, ValueError, TypeError) as exc:
+            del self._commits[job]
+            raise StorageError(f"sqlite {self.describe()}: {exc}") from exc
+        try:
+            await future
+        except WriterError as exc:
+            raise StorageError(f"sqlite {self.describe()}: {exc}", full=exc.full) from exc
 
-    def _apply(self, batch: Batch) -> None:
-        db = self._db
-        if db is None:
-            raise sqlite3.OperationalError("storage is closed")
-        db.execute("BEGIN")
-        try:
-            for part, sql in _APPLY:
-                rows = getattr(batch, part)
-                if not rows:
-                    continue
-                multi = _MULTI.get(part)
-                if multi is None:
-                    db.executemany(sql, rows)
-                else:
-                    _execute_multi(db, multi, rows)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:  # SQLITE_FULL may have rolled it back already
-                db.execute("ROLLBACK")
-            raise
+    def _collect(self) -> None:
+        """The writer's eventfd is readable: resolve the commits it has finished."""
+        writer = self._writer
+        if writer is None:
+            return
+        for job, error in writer.collect():
+            future, _ = self._commits.pop(job)
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
 
     async def inspect(self) -> dict[str, Any]:
         try:
@@ -302,6 +309,17 @@ class SQLiteStorage(Storage):
         }
 
     async def close(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            # Queued transactions finish first, then the writer closes its connection.
+            writer.stop()
+            assert self._writer_thread is not None and self._loop is not None
+            await self._loop.run_in_executor(None, self._writer_thread.join)
+            self._collect()
+            self._loop.remove_reader(writer.fileno())
+            writer.close()
+            self._writer = None
+            self._writer_thread = None
         if self._thread is None:
             return
         if self._db is not None:
@@ -324,19 +342,3 @@ def _set_result(future: asyncio.Future, result: Any) -> None:
 def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
-
-
-def _execute_multi(db: sqlite3.Connection, multi: tuple[str, str, str],
-                   rows: list[tuple]) -> None:
-    """`rows` through statements of 256, 64, 16, 4 or 1 rows each, in order."""
-    head, one, tail = multi
-    i = 0
-    n = len(rows)
-    for size in _CHUNKS:
-        if n - i < size:
-            continue
-        sql = head + ", ".join([one] * size) + tail
-        while n - i >= size:
-            params = [value for row in rows[i:i + size] for value in row]
-            db.execute(sql, params)
-            i += size

@@ -133,7 +133,8 @@ def test_version_prints_version_event_loop_and_compiled_extensions():
     lines = out.stdout.splitlines()
     assert lines[0].startswith("hbroker 0.")
     assert any(line.startswith("event loop: uvloop") for line in lines)
-    assert "compiled extensions: hbroker_ext.codec, hbroker_ext.topics" in lines
+    assert ("compiled extensions: hbroker_ext.codec, hbroker_ext.topics, "
+            "hbroker_ext.sqlite_writer") in lines
 
 
 def test_check_config_prints_effective_configuration(tmp_path):
