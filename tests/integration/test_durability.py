@@ -297,6 +297,29 @@ def test_storage_inspect_shows_sessions_queued_messages_and_retained(make_durabl
     assert text.returncode == 0 and f"{uid}-s" in text.stdout
 
 
+def test_rows_of_acknowledged_messages_are_deleted_without_further_traffic(
+        make_durable_broker, uid):
+    """Deleting the rows of delivered messages is a lazy change (it rides with the next
+    commit); with nothing else happening, a later commit still takes it."""
+    b = make_durable_broker()
+    sub = SessionClient(b.host, b.port, f"{uid}-s")
+    sub.connect(clean_start=True)
+    sub.subscribe(f"{uid}/#", 1)
+    pub = PahoClient(b.host, b.port, f"{uid}-p")
+    for i in range(50):
+        pub.publish(f"{uid}/t", f"m{i}", qos=1)
+    assert sub.wait_until(lambda: len(sub.received) == 50)
+    deadline = time.monotonic() + 10
+    while True:
+        info = json.loads(b.cli("storage", "inspect", "--json").stdout)
+        session = next(s for s in info["sessions"] if s["client_id"] == f"{uid}-s")
+        if info["messages"] == 0 and session["queued"] == session["inflight"] == 0:
+            break
+        assert time.monotonic() < deadline, info
+        time.sleep(0.2)
+    sub.disconnect()
+
+
 # -- storage failures -------------------------------------------------------------------------
 
 
