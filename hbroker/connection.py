@@ -50,13 +50,10 @@ from hbroker_ext.codec import (
     Framer,
     MQTTError,
     Pingresp,
-    Puback,
-    Pubcomp,
-    Pubrec,
-    Pubrel,
     Suback,
     Unsuback,
     encode,
+    encode_ack,
 )
 from hbroker_ext.topics import parse_shared, valid_topic_filter, valid_topic_name
 
@@ -204,6 +201,10 @@ class Connection(asyncio.Protocol):
 
     def send(self, packet: Any) -> None:
         self.write(encode(packet, self.protocol_version or 4))
+
+    def ack(self, packet_type: int, packet_id: int, reason_code: int = 0) -> None:
+        """PUBACK, PUBREC, PUBREL or PUBCOMP (the reason code goes only to 5.0 clients)."""
+        self.write(encode_ack(packet_type, packet_id, reason_code, self.protocol_version))
 
     def flush(self) -> None:
         out = self.out
@@ -540,7 +541,7 @@ class Connection(asyncio.Protocol):
             pid = p.packet_id
             if pid in session.awaiting_pubrel:
                 # [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is not delivered again.
-                self.send(Pubrec(pid))
+                self.ack(PUBREC, pid)
                 return
             if len(session.awaiting_pubrel) >= limits.max_inflight:
                 # [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
@@ -566,14 +567,14 @@ class Connection(asyncio.Protocol):
         if qos == 1:
             code = 0 if reached or self.protocol_version != 5 else \
                 ReasonCode.NO_MATCHING_SUBSCRIBERS
-            self.send(Puback(p.packet_id, code))
+            self.ack(PUBACK, p.packet_id, code)
         elif qos == 2:
             session.awaiting_pubrel.add(p.packet_id)
             if journal is not None and session.expiry_interval:
                 journal.qos2_changed(session, p.packet_id)
             code = 0 if reached or self.protocol_version != 5 else \
                 ReasonCode.NO_MATCHING_SUBSCRIBERS
-            self.send(Pubrec(p.packet_id, code))
+            self.ack(PUBREC, p.packet_id, code)
 
     def refuse_unstored(self, msg: Message, packet_id: int, full: bool) -> None:
         """A QoS 1/2 PUBLISH that storage could not take: never acknowledged as a success.
@@ -588,8 +589,7 @@ class Connection(asyncio.Protocol):
             self.abort("storage failure: publish could not be stored")
             return
         code = ReasonCode.QUOTA_EXCEEDED if full else ReasonCode.UNSPECIFIED_ERROR
-        ack = Puback(packet_id, code) if msg.qos == 1 else Pubrec(packet_id, code)
-        self.write_now(encode(ack, 5))
+        self.write_now(encode_ack(PUBACK if msg.qos == 1 else PUBREC, packet_id, code, 5))
 
     def _refuse_publish(self, p: Any, reason_code: int, why: str) -> None:
         """A PUBLISH the broker will not route: 5.0 QoS 1/2 get the reason code in the
@@ -600,17 +600,17 @@ class Connection(asyncio.Protocol):
         broker.stats.publish_dropped += 1
         code = reason_code if self.protocol_version == 5 else 0
         if p.qos == 1:
-            self.send(Puback(p.packet_id, code))
+            self.ack(PUBACK, p.packet_id, code)
         elif p.qos == 2:
             if code:
-                self.send(Pubrec(p.packet_id, code))
+                self.ack(PUBREC, p.packet_id, code)
             else:
                 session = self.session
                 assert session is not None
                 session.awaiting_pubrel.add(p.packet_id)
                 if broker.journal is not None and session.expiry_interval:
                     broker.journal.qos2_changed(session, p.packet_id)
-                self.send(Pubrec(p.packet_id))
+                self.ack(PUBREC, p.packet_id)
 
     def handle_puback(self, p: Any) -> None:
         assert self.session is not None
@@ -621,12 +621,11 @@ class Connection(asyncio.Protocol):
         assert session is not None
         if session.on_pubrec(p.packet_id, p.reason_code):
             if p.reason_code < 0x80:
-                self.send(Pubrel(p.packet_id))
+                self.ack(PUBREL, p.packet_id)
             elif session.queue:
                 session.drain(self.last_received)
         else:
-            self.send(Pubrel(p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
-                             if self.protocol_version == 5 else 0))
+            self.ack(PUBREL, p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND)
 
     def handle_pubrel(self, p: Any) -> None:
         session = self.session
@@ -636,10 +635,9 @@ class Connection(asyncio.Protocol):
             journal = self.broker.journal
             if journal is not None and session.expiry_interval:
                 journal.qos2_changed(session, p.packet_id)
-            self.send(Pubcomp(p.packet_id))
+            self.ack(PUBCOMP, p.packet_id)
         else:
-            self.send(Pubcomp(p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
-                              if self.protocol_version == 5 else 0))
+            self.ack(PUBCOMP, p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND)
 
     def handle_pubcomp(self, p: Any) -> None:
         assert self.session is not None

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from hbroker_ext.codec import (
     MESSAGE_EXPIRY_INTERVAL,
+    PUBREL,
     SUBSCRIPTION_IDENTIFIER,
     TOPIC_ALIAS,
-    Pubrel,
-    encode,
+    encode_ack,
     encode_publish,
     set_packet_id,
 )
@@ -303,7 +303,7 @@ class Session:
         assert conn is not None
         for pid, delivery in list(self.inflight.items()):
             if delivery.state == AWAITING_PUBCOMP:
-                conn.write(encode(Pubrel(pid), conn.protocol_version))
+                conn.write(encode_ack(PUBREL, pid, 0, conn.protocol_version))
                 continue
             data = publish_bytes(conn, delivery.message, delivery.qos, delivery.retain,
                                  delivery.sub_ids, pid, True, now)

@@ -42,7 +42,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import msgpack
-from hbroker_ext.codec import USER_PROPERTY, Puback, Pubrec, encode
+from hbroker_ext.codec import PUBACK, PUBREC, USER_PROPERTY, encode_ack
 
 from hbroker.reason_codes import ReasonCode
 from hbroker.storage.base import Batch, Storage, StorageError
@@ -263,11 +263,11 @@ class Journal:
                 continue
             code = 0 if reached or conn.protocol_version != 5 else \
                 ReasonCode.NO_MATCHING_SUBSCRIBERS
-            ack = Puback(packet_id, code) if msg.qos == 1 else Pubrec(packet_id, code)
             out = acks.get(conn)
             if out is None:
                 out = acks[conn] = []
-            out.append(encode(ack, conn.protocol_version))
+            out.append(encode_ack(PUBACK if msg.qos == 1 else PUBREC, packet_id, code,
+                                  conn.protocol_version))
         for conn, out in acks.items():
             conn.write_output(out)
 

@@ -39,6 +39,7 @@ from hbroker_ext.codec import (
     Unsubscribe,
     Will,
     encode,
+    encode_ack,
     encode_publish,
     set_packet_id,
 )
@@ -646,6 +647,30 @@ def test_set_packet_id_on_a_four_byte_remaining_length() -> None:
 def test_set_packet_id_refuses_what_is_not_a_qos_1_or_2_publish(raw: bytes) -> None:
     with pytest.raises(ValueError):
         set_packet_id(raw, 1, False)
+
+
+# -- encode_ack --------------------------------------------------------------------------------
+
+ACK_CLASSES = {4: Puback, 5: Pubrec, 6: Pubrel, 7: Pubcomp}
+
+
+@given(st.sampled_from(sorted(ACK_CLASSES)), st.integers(1, 65535), st.integers(0, 255),
+       st.sampled_from([3, 4, 5]))
+def test_encode_ack_equals_encode_of_the_packet(packet_type: int, packet_id: int,
+                                                reason_code: int, version: int) -> None:
+    packet = ACK_CLASSES[packet_type](packet_id, reason_code)
+    raw = encode_ack(packet_type, packet_id, reason_code, version)
+    assert raw == encode(packet, version)
+    framer = Framer(protocol_version=version)
+    [decoded] = framer.feed(raw)
+    assert decoded.packet_id == packet_id
+    assert decoded.reason_code == (reason_code if version == 5 else 0)
+
+
+@pytest.mark.parametrize("args", [(3, 1, 0, 5), (8, 1, 0, 5), (4, 0, 0, 5), (4, 65536, 0, 4)])
+def test_encode_ack_refuses_other_packets_and_bad_packet_ids(args: tuple) -> None:
+    with pytest.raises(ValueError):
+        encode_ack(*args)
 
 
 # -- Framer on streams ----------------------------------------------------------------------
