@@ -1,0 +1,163 @@
+"""The benchmark load generator (bench/loadgen) and relay (bench/relay) against a real hbroker.
+
+Short runs (about a second each) that check what the load generator reports, never how fast:
+every message delivered as often as its subscriptions say, nothing lost or doubled at QoS 1/2.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker_process import ROOT, BrokerProcess, free_port
+
+LOADGEN = ROOT / "bench" / "loadgen" / "loadgen"
+RELAY = ROOT / "bench" / "relay" / "relay"
+MAX_INFLIGHT = 100  # the broker's Receive Maximum: admits the windows used here
+# A QoS 1 subscriber is sent at most max_inflight + max_queued_messages retained messages on
+# subscribing (the rest are dropped, as Mosquitto does): room for the 2000 of the test.
+MAX_QUEUED = 5000
+SHORT = ("--duration", "1", "--warmup", "0.2")
+
+
+@pytest.fixture(scope="module")
+def programs() -> None:
+    """Build loadgen and relay once (under a lock: xdist workers build the same tree)."""
+    lock_path = Path(tempfile.gettempdir()) / "hbroker-bench-build.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for directory in ("bench/loadgen", "bench/relay"):
+            done = subprocess.run(["make", "-C", str(ROOT / directory)], capture_output=True,
+                                  text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def hbroker(programs: None) -> Iterator[BrokerProcess]:
+    with tempfile.TemporaryDirectory(prefix="hbroker-loadgen-") as tmp:
+        b = BrokerProcess(Path(tmp), {"logging": {"level": "warning"},
+                                      "storage": {"backend": "memory"},
+                                      "limits": {"max_inflight": MAX_INFLIGHT,
+                                                 "max_queued_messages": MAX_QUEUED}})
+        yield b
+        assert b.stop() == 0, b.log()
+
+
+@pytest.fixture(scope="module")
+def relay(programs: None) -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen([str(RELAY), "--port", str(port)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "relay did not start"
+            time.sleep(0.02)
+    yield port
+    proc.terminate()
+    assert proc.wait(10) == 0
+
+
+def loadgen(port: int, *args: str, expect_status: int = 0) -> dict[str, Any]:
+    done = subprocess.run([str(LOADGEN), "--port", str(port), *args], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == expect_status, done.stderr + done.stdout
+    report = json.loads(done.stdout)
+    assert report["ok"] is (expect_status == 0), report["errors"]
+    return report
+
+
+def assert_every_message_delivered(report: dict[str, Any]) -> None:
+    """Deliveries match publications times the subscribers of each message: exactly over the
+    whole run (drained at the end), within the publishers' windows over the measured part."""
+    totals, fanout = report["totals"], report["deliveries_per_message"]
+    params = report["params"]
+    assert report["published"] > 0 and report["delivered"] > 0
+    assert report["latency_us"]["samples"] > 0
+    assert totals["misrouted"] == 0 and totals["foreign"] == 0
+    slack = params["pubs"] * params["window"] * fanout
+    assert abs(report["delivered"] - report["published"] * fanout) <= slack
+    if params["qos"] >= 1:
+        assert totals["lost"] == 0
+        assert totals["duplicates"] == 0
+        assert totals["unacked"] == 0
+        assert totals["acked"] == totals["published"]
+        assert totals["delivered"] == totals["published"] * fanout
+    else:
+        assert totals["delivered"] > 0
+
+
+@pytest.mark.parametrize("write", ["batch", "single"])
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_one_to_one_delivers_every_message(hbroker: BrokerProcess, qos: int,
+                                           write: str) -> None:
+    report = loadgen(hbroker.port, "--qos", str(qos), "--write", write, *SHORT)
+    assert report["deliveries_per_message"] == 1
+    assert_every_message_delivered(report)
+    if write == "single":  # one write() per packet: at least one per message published
+        assert report["syscalls"]["writes"] >= report["published"]
+
+
+def test_one_to_one_over_mqtt5_qos2(hbroker: BrokerProcess) -> None:
+    report = loadgen(hbroker.port, "--v5", "--qos", "2", "--window", str(MAX_INFLIGHT), *SHORT)
+    assert report["params"]["protocol"] == "5.0"
+    assert_every_message_delivered(report)
+
+
+def test_window_above_receive_maximum_is_refused(hbroker: BrokerProcess) -> None:
+    report = loadgen(hbroker.port, "--v5", "--qos", "1", "--window", str(MAX_INFLIGHT + 1),
+                     *SHORT, expect_status=1)
+    assert "Receive Maximum 100" in report["errors"]["messages"][0]
+    assert report["totals"]["published"] == 0
+
+
+def test_fan_out_reaches_every_subscriber(hbroker: BrokerProcess) -> None:
+    report = loadgen(hbroker.port, "--qos", "1", "--pubs", "1", "--subs", "4", "--sub-mode",
+                     "all", *SHORT)
+    assert report["deliveries_per_message"] == 4
+    assert_every_message_delivered(report)
+
+
+def test_many_to_many_wildcard_routes_each_topic_to_its_subscriber(
+        hbroker: BrokerProcess) -> None:
+    report = loadgen(hbroker.port, "--qos", "1", "--pubs", "4", "--subs", "4", "--topics", "20",
+                     "--sub-mode", "wildcard", *SHORT)
+    assert report["deliveries_per_message"] == 1
+    assert_every_message_delivered(report)
+    assert report["totals"]["out_of_order"] == 0
+
+
+def test_idle_connections_all_connect_and_answer_pings(hbroker: BrokerProcess) -> None:
+    report = loadgen(hbroker.port, "--idle", "200", "--keepalive", "1", "--duration", "1.2")
+    idle = report["idle"]
+    assert idle["connected"] == 200
+    assert idle["failed"] == 0 and idle["dropped"] == 0
+    assert idle["pings_sent"] > 0
+    assert idle["pings_answered"] == idle["pings_sent"]
+
+
+def test_retained_messages_are_all_delivered_to_a_new_subscriber(
+        hbroker: BrokerProcess) -> None:
+    report = loadgen(hbroker.port, "--retained", "2000", "--window", str(MAX_INFLIGHT),
+                     "--qos", "1", "--retained-clear")
+    retained = report["retained"]
+    assert retained["acked"] == 2000
+    assert retained["delivered"] == 2000
+    assert retained["duplicates"] == 0 and retained["not_retained"] == 0
+    assert retained["cleared"] is True
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_relay_delivers_every_message(relay: int, qos: int) -> None:
+    report = loadgen(relay, "--qos", str(qos), *SHORT)
+    assert_every_message_delivered(report)
