@@ -65,7 +65,8 @@ class Batch:
     messages: list[tuple] = field(default_factory=list)
     deliveries: list[tuple] = field(default_factory=list)
     deliveries_deleted: list[tuple[str, int]] = field(default_factory=list)
-    messages_deleted: list[tuple[int]] = field(default_factory=list)
+    # (first id, last id): every message id of the range, both ends included, is deleted.
+    messages_deleted: list[tuple[int, int]] = field(default_factory=list)
     incoming_qos2: list[tuple[str, int]] = field(default_factory=list)
     incoming_qos2_deleted: list[tuple[str, int]] = field(default_factory=list)
     retained: list[tuple] = field(default_factory=list)

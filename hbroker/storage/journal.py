@@ -72,6 +72,21 @@ def unpack_properties(data: bytes | None) -> dict[int, Any] | None:
     return props
 
 
+def id_ranges(ids: list[int]) -> list[tuple[int, int]]:
+    """Sorted runs of consecutive ids as (first, last): messages are mostly deleted in the
+    order they came, so a few ranges cover a batch."""
+    ids.sort()
+    ranges = []
+    first = last = ids[0]
+    for i in ids[1:]:
+        if i != last + 1:
+            ranges.append((first, last))
+            first = i
+        last = i
+    ranges.append((first, last))
+    return ranges
+
+
 class Pending:
     """The changes of one commit: which objects changed, the output held behind it and the
     PUBLISHes waiting for it."""
@@ -185,21 +200,27 @@ class Journal:
         message is routed again to the sessions that have no delivery row for it (at worst a
         duplicate, which QoS 1 allows). Deliveries of QoS 2 messages are written at once
         (exactly once needs their packet ids)."""
+        current = self.current
+        msg = delivery.message
         seq = delivery.seq
         if not seq:
             seq = delivery.seq = self.next_seq
             self.next_seq += 1
-            self._reference(delivery.message)
+            if not msg.store_id:  # _reference, inlined: this runs for every delivery
+                msg.store_id = self.next_message_id
+                self.next_message_id += 1
+            msg.store_refs += 1
+            current.messages[msg] = None
         key = (session.client_id, seq)
-        current = self.current
-        if delivery.message.qos < 2:
+        if msg.qos < 2:
             # Lazy: the message row, written with the PUBLISH, covers a crash.
             if not delivery.written and key not in current.deliveries:
                 young = current.young.get(key)
                 current.young[key] = (session, delivery, young[2] if young else self.serial + 1)
             else:
                 current.deliveries[key] = (session, delivery)
-            self._touch_lazy()
+            if self._lazy_handle is None:
+                self._touch_lazy()
         else:
             current.deliveries[key] = (session, delivery)
             self._touch()
@@ -215,8 +236,11 @@ class Journal:
             current.deliveries[key] = (session, None)
         else:
             current.deliveries.pop(key, None)
-        self._release(delivery.message)
-        self._touch_lazy()
+        msg = delivery.message
+        msg.store_refs -= 1
+        current.messages[msg] = None
+        if self._lazy_handle is None:
+            self._touch_lazy()
 
     def session_ended(self, session: Session) -> None:
         """The session is gone; its rows go with it. Its deliveries no longer hold their
@@ -429,17 +453,23 @@ class Journal:
                 batch.subscriptions.append((
                     session.client_id, topic_filter, opts.qos, int(opts.no_local),
                     int(opts.retain_as_published), opts.retain_handling, opts.sub_id))
+        rows = batch.messages
+        written = pending.written
+        deleted = []
         for msg in pending.messages:
             if msg.store_refs > 0:
                 if not msg.store_written:  # rows never change: written once
                     msg.store_written = True
-                    pending.written.append(msg)
-                    batch.messages.append((
+                    written.append(msg)
+                    rows.append((
                         msg.store_id, msg.topic, msg.payload, msg.qos, int(msg.retain),
-                        pack_properties(msg.properties), wall(msg.expires_at), msg.sender))
+                        pack_properties(msg.properties) if msg.properties else None,
+                        msg.expires_at + to_wall if msg.expires_at else None, msg.sender))
             elif msg.store_written:
                 msg.store_written = False
-                batch.messages_deleted.append((msg.store_id,))
+                deleted.append(msg.store_id)
+        if deleted:
+            batch.messages_deleted = id_ranges(deleted)
         # Young deliveries still there in their third commit are written; the others wait.
         if pending.young:
             serial = self.serial

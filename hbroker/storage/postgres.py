@@ -142,7 +142,7 @@ _APPLY: tuple[tuple[str, str], ...] = (
     ("messages", _upsert("messages")),
     ("deliveries", _upsert("deliveries")),
     ("deliveries_deleted", "DELETE FROM deliveries WHERE client_id = $1 AND seq = $2"),
-    ("messages_deleted", "DELETE FROM messages WHERE id = $1"),
+    ("messages_deleted", "DELETE FROM messages WHERE id BETWEEN $1 AND $2"),
     ("incoming_qos2", _upsert("incoming_qos2")),
     ("incoming_qos2_deleted", "DELETE FROM incoming_qos2 WHERE client_id = $1 AND packet_id = $2"),
     ("retained", _upsert("retained")),

@@ -98,7 +98,7 @@ _APPLY: tuple[tuple[str, str], ...] = (
     ("messages", "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
     ("deliveries", "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
     ("deliveries_deleted", "DELETE FROM deliveries WHERE client_id = ? AND seq = ?"),
-    ("messages_deleted", "DELETE FROM messages WHERE id = ?"),
+    ("messages_deleted", "DELETE FROM messages WHERE id BETWEEN ? AND ?"),
     ("incoming_qos2", "INSERT OR IGNORE INTO incoming_qos2 VALUES (?, ?)"),
     ("incoming_qos2_deleted", "DELETE FROM incoming_qos2 WHERE client_id = ? AND packet_id = ?"),
     ("retained", "INSERT OR REPLACE INTO retained VALUES (?, ?, ?, ?, ?)"),

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pg_server import USER, PostgresServer, free_port
 
 from hbroker.storage.base import SCHEMA_VERSION, TABLES, Batch, Storage, StorageError, StoredState
+from hbroker.storage.journal import id_ranges
 from hbroker.storage.postgres import PostgresStorage, redact_dsn
 from hbroker.storage.sqlite import SQLiteStorage
 
@@ -358,7 +361,7 @@ def test_parts_apply_in_batch_order_deletes_after_upserts(backend: Backend) -> N
                                                               None)],
         deliveries=[("k", 1, 1, 0, 0, None, 0, 0, None), ("k", 2, 2, 0, 0, None, 0, 0, None)],
         deliveries_deleted=[("k", 1)],
-        messages_deleted=[(1,)],
+        messages_deleted=[(1, 1)],
         incoming_qos2=[("k", 1), ("k", 2)],
         incoming_qos2_deleted=[("k", 2)],
         retained=[("gone", b"x", 0, None, None), ("kept", b"y", 0, None, None)],
@@ -417,7 +420,7 @@ def test_deleting_missing_rows_is_harmless(backend: Backend) -> None:
         sessions_deleted=[("nobody",)],
         subscriptions_deleted=[("a", "no/such"), ("nobody", "#")],
         deliveries_deleted=[("a", 4), ("nobody", 1)],
-        messages_deleted=[(8,), (BIG + 1,)],
+        messages_deleted=[(8, 8), (BIG + 1, BIG + 3)],
         incoming_qos2_deleted=[("a", 10), ("nobody", 9)],
         retained_deleted=[("no/such",)],
     )
@@ -757,3 +760,12 @@ def test_postgres_recovers_on_the_next_commit_after_the_server_comes_back(
                            retained=[("r", b"updated", 1, None, None)])
     assert_state(results["recovered"], expected)
     assert_state(results["reopened"], expected)
+
+
+@given(st.sets(st.integers(1, 2**40), min_size=1, max_size=200))
+def test_deleted_message_ids_become_ranges_that_cover_exactly_them(ids: set[int]) -> None:
+    ranges = id_ranges(list(ids))
+    covered = [i for first, last in ranges for i in range(first, last + 1)]
+    assert covered == sorted(ids)
+    # Ranges are maximal: no two of them could be merged.
+    assert all(b[0] > a[1] + 1 for a, b in zip(ranges, ranges[1:], strict=False))
