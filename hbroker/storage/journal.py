@@ -39,6 +39,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -106,8 +107,9 @@ class Pending:
         # (connection, message, packet id) of PUBLISHes acknowledged after this commit
         self.deferred: list[tuple[Connection, Message, int]] = []
         self.written: list[Message] = []  # message rows this commit inserts
-        # QoS 0/1 deliveries whose rows wait (with the number of the commit they were born in)
-        self.young: dict[tuple[str, int], tuple[Session, Delivery, int]] = {}
+        # QoS 0/1 deliveries made while this commit gathered, whose rows wait: (session,
+        # delivery, its seq then); see Journal.serialize.
+        self.young: list[tuple[Session, Delivery, int]] = []
         # Whether anything here must be committed before the output that follows it.
         self.urgent = False
 
@@ -117,12 +119,12 @@ class Pending:
 
     def absorb(self, later: Pending) -> None:
         """Add the changes of `later` (a failed commit's changes come first, newer ones after)."""
-        for name in ("sessions", "subscriptions", "deliveries", "messages", "retained", "qos2",
-                     "young"):
+        for name in ("sessions", "subscriptions", "deliveries", "messages", "retained", "qos2"):
             mine = getattr(self, name)
             for key, value in getattr(later, name).items():
                 mine.pop(key, None)
                 mine[key] = value
+        self.young.extend(later.young)
         self.outputs.extend(later.outputs)
         self.deferred.extend(later.deferred)
         self.urgent = self.urgent or later.urgent
@@ -148,10 +150,17 @@ class Journal:
         self._retry_delay = RETRY_FIRST
         self._retry_handle: asyncio.TimerHandle | None = None
         self._lazy_handle: asyncio.TimerHandle | None = None
+        # Young deliveries by the commit they were made in: (serial, [(session, delivery,
+        # seq)]), oldest first.
+        self._aging: deque[tuple[int, list[tuple[Session, Delivery, int]]]] = deque()
         self._periodic_handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
 
     # -- what the broker reports -----------------------------------------------------------
+
+    def has_changes(self) -> bool:
+        """Whether a commit has anything to do (young deliveries age with commits)."""
+        return self.current.has_changes() or bool(self._aging)
 
     def _touch(self) -> None:
         """An urgent change: output written from now on waits for its commit, which starts at
@@ -171,7 +180,7 @@ class Journal:
 
     def _lazy(self) -> None:
         self._lazy_handle = None
-        if not self.kick(force=True) and self.current.has_changes():
+        if not self.kick(force=True) and self.has_changes():
             self._touch_lazy()  # a commit or a retry is under way: look again later
 
     def session_changed(self, session: Session) -> None:
@@ -215,8 +224,7 @@ class Journal:
         if msg.qos < 2:
             # Lazy: the message row, written with the PUBLISH, covers a crash.
             if not delivery.written and key not in current.deliveries:
-                young = current.young.get(key)
-                current.young[key] = (session, delivery, young[2] if young else self.serial + 1)
+                current.young.append((session, delivery, seq))
             else:
                 current.deliveries[key] = (session, delivery)
             if self._lazy_handle is None:
@@ -230,7 +238,6 @@ class Journal:
         key = (session.client_id, delivery.seq)
         delivery.seq = 0
         current = self.current
-        current.young.pop(key, None)
         if delivery.written:
             delivery.written = False
             current.deliveries[key] = (session, None)
@@ -268,10 +275,17 @@ class Journal:
 
     def defer(self, conn: Connection, msg: Message, packet_id: int) -> None:
         """Acknowledge and route `msg` once it is committed (sync mode)."""
-        self._reference(msg)
+        current = self.current
+        if not msg.store_id:  # _reference and _touch, inlined: this runs for every PUBLISH
+            msg.store_id = self.next_message_id
+            self.next_message_id += 1
+        msg.store_refs += 1
+        current.messages[msg] = None
         conn.deferred += 1
-        self.current.deferred.append((conn, msg, packet_id))
-        self._touch()
+        current.deferred.append((conn, msg, packet_id))
+        current.urgent = True
+        if not self.broker.flush_scheduled:  # deferring happens in sync mode only
+            self.broker.schedule_flush()
 
     def _route_committed(self, deferred: list[tuple[Connection, Message, int]]) -> None:
         """The PUBLISHes of a commit just done: acknowledged (one write per connection, ahead
@@ -282,7 +296,9 @@ class Journal:
         for conn, msg, packet_id in deferred:
             conn.deferred -= 1
             reached = publish(msg, now)
-            self._release(msg)
+            msg.store_refs -= 1  # _release, inlined
+            current = self.current
+            current.messages[msg] = None
             if conn.closing:
                 continue
             code = 0 if reached or conn.protocol_version != 5 else \
@@ -341,7 +357,7 @@ class Journal:
         if self.committing is not None or self._retry_handle is not None:
             return False
         pending = self.current
-        if not (pending.urgent or (force and pending.has_changes())):
+        if not (pending.urgent or (force and self.has_changes())):
             if pending.outputs:  # held behind the commit that just finished
                 outputs, pending.outputs = pending.outputs, []
                 for conn, out in outputs:
@@ -471,19 +487,17 @@ class Journal:
         if deleted:
             batch.messages_deleted = id_ranges(deleted)
         # Young deliveries still there in their third commit are written; the others wait.
+        serial = self.serial
+        aging = self._aging
         if pending.young:
-            serial = self.serial
-            young = self.current.young
-            for key, (session, d, born) in pending.young.items():
-                if d.seq != key[1] or session.ended:
-                    continue
-                if serial - born >= 2:
-                    pending.deliveries[key] = (session, d)
-                else:
-                    young[key] = (session, d, born)
-            pending.young = {}
-            if young:
-                self._touch_lazy()
+            aging.append((serial, pending.young))
+            pending.young = []
+        while aging and serial - aging[0][0] >= 2:
+            for session, d, seq in aging.popleft()[1]:
+                if d.seq == seq and not d.written and not session.ended:
+                    pending.deliveries[(session.client_id, seq)] = (session, d)
+        if aging:
+            self._touch_lazy()
         for (client_id, seq), (session, d) in pending.deliveries.items():
             if session.ended:
                 continue
@@ -526,7 +540,7 @@ class Journal:
             if self.committing is not None and self._task is not None:
                 await asyncio.wait({self._task}, timeout=max(0.0, deadline - time.monotonic()))
                 continue
-            if not self.current.has_changes():
+            if not self.has_changes():
                 break
             failures = self.failures
             self.kick(force=True)
