@@ -47,13 +47,65 @@ lint: $(STAMP)
 
 clean:
 	rm -rf build dist *.egg-info hbroker_ext/*.c hbroker_ext/*.so hbroker_ext/*.html
+	$(MAKE) -C bench/loadgen clean
+	$(MAKE) -C bench/relay clean
+	rm -rf bench/.venv-amqtt
 
-# Benchmarks (bench/README.md). `bench` writes bench/results/ and bench/RESULTS.md (8-9
-# minutes); `bench-quick` is a one-minute smoke test that leaves them alone.
-.PHONY: bench bench-quick
+# Benchmarks (bench/README.md): hbroker side by side with Mosquitto (and amqtt, and a minimal C
+# relay), the storage backends, and micro-benchmarks of the Cython modules. `bench` writes
+# bench/results/ and bench/RESULTS.md (about 10 minutes); `bench-quick` is a smoke test of the
+# same (about 3 minutes) that leaves them alone.
+.PHONY: bench bench-quick bench-deps bench-tools bench-compare bench-storage bench-micro
 
-bench: build
+bench: build bench-deps
+	$(PY) bench/compare.py
+	$(PY) bench/storage_qos1.py
+	$(PY) bench/micro/report.py
+
+bench-quick: build bench-deps
+	$(PY) bench/compare.py --quick
+	$(PY) bench/storage_qos1.py --quick
+	$(PY) bench/micro/report.py --quick
+
+bench-compare: build bench-deps
+	$(PY) bench/compare.py
+
+bench-storage: build
 	$(PY) bench/storage_qos1.py
 
-bench-quick: build
-	$(PY) bench/storage_qos1.py --quick
+bench-micro: build
+	$(PY) bench/micro/report.py
+
+# Mosquitto (Debian's package), loadgen and relay, amqtt in bench/.venv-amqtt.
+bench-deps:
+	bash tools/install-bench-deps.sh
+
+# The C load generator and the minimal C relay the benchmarks drive (bench/loadgen/README.md).
+bench-tools:
+	$(MAKE) -C bench/loadgen
+	$(MAKE) -C bench/relay
+
+# The single-file binary for gateways (docs/deployment.md): dist/hbroker, from
+# packaging/hbroker.spec, which fails the build when the binary lacks a module the broker can
+# load. `test-binary` builds it from a clean copy of this tree, as from a fresh clone, and
+# runs tests/binary against it (tools/test-binary.sh).
+.PHONY: binary test-binary
+
+BINARY_STAMP := $(VENV)/.binary-stamp
+
+# PyInstaller, as pinned by the `binary` extra of pyproject.toml.
+$(BINARY_STAMP): $(STAMP) pyproject.toml
+	$(PY) -c "import subprocess, sys, tomllib; \
+	deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['binary']; \
+	subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', *deps])"
+	touch $@
+
+binary: build $(BINARY_STAMP)
+	@start=$$(date +%s); \
+	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath dist \
+		--workpath build/pyinstaller packaging/hbroker.spec || exit 1; \
+	echo "binary built in $$(( $$(date +%s) - start )) s: dist/hbroker, $$(stat -c %s dist/hbroker) bytes"
+	dist/hbroker --version
+
+test-binary: test-deps
+	bash tools/test-binary.sh $(PYTEST_ARGS)

@@ -802,11 +802,11 @@ def write_markdown(section: str, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=None,
-                        help="seconds measured per run (default 2.5; 1 with --quick)")
+                        help="seconds measured per run (default 2; 1 with --quick)")
     parser.add_argument("--warmup", type=float, default=None,
-                        help="seconds of load before measuring (default 1; 0.5 with --quick)")
+                        help="seconds of load before measuring (default 0.75; 0.5 with --quick)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="repetitions of every configuration (default 5; 1 with --quick)")
+                        help="repetitions of every configuration (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="one short repetition, a smoke test: the JSON goes to the "
                              "temporary directory, the repository's results are left alone")
@@ -814,7 +814,7 @@ def main() -> int:
                         help="unacknowledged PUBLISHes per publisher (default 100)")
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"comma-separated subset of {','.join(CONFIGS)}")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+    parser.add_argument("--scenarios", default="durable,durable-4,clean",
                         help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--output", type=Path, default=None, help="JSON results file")
     parser.add_argument("--markdown", type=Path, default=None,
@@ -850,9 +850,9 @@ def main() -> int:
     if "memory" not in configs:
         configs.insert(0, "memory")  # the reference of every ratio
     plan = Plan(configs=configs, scenarios=scenarios,
-                repeats=(args.repeats or 1) if args.quick else (args.repeats or 5),
-                warmup=args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0),
-                duration=args.duration or (1.0 if args.quick else 2.5),
+                repeats=(args.repeats or 1) if args.quick else (args.repeats or 3),
+                warmup=args.warmup if args.warmup is not None else (0.5 if args.quick else 0.75),
+                duration=args.duration or (1.0 if args.quick else 2.0),
                 window=args.window)
     if plan.window > MAX_INFLIGHT:
         parser.error(f"--window above limits.max_inflight ({MAX_INFLIGHT})")

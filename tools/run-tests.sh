@@ -2,4 +2,5 @@
 # Runs the whole suite. Two workers: CI has two cores and most tests wait on sockets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/python -m pytest -n 2 -q -p no:cacheprovider "$@"
+# tests/binary runs against the single-file binary: `make test-binary` builds it and runs them.
+exec .venv/bin/python -m pytest -n 2 -q -p no:cacheprovider --ignore=tests/binary "$@"
