@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import platform
+import signal
 import sys
 from typing import Any
 
@@ -133,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         print(config.to_toml(), end="")
         return 0
     if args.command in (None, "serve"):
+        # Until the event loop handles SIGHUP (hbroker.server), one is remembered instead of
+        # ending the process: `systemctl reload` right after a start must not stop the broker.
+        early_sighups: list[int] = []
+        signal.signal(signal.SIGHUP, lambda signum, frame: early_sighups.append(signum))
         compiled_extensions()
         path = getattr(args, "config", None)
         try:
@@ -147,5 +152,5 @@ def main(argv: list[str] | None = None) -> int:
         hlog.setup_logging(level, fmt)
         from hbroker.server import serve
 
-        return serve(config)
+        return serve(config, early_sighups)
     return 2

@@ -1,10 +1,13 @@
-"""Starts the listeners, runs the broker under uvloop, handles SIGTERM/SIGINT/SIGHUP."""
+"""Starts the listeners, runs the broker under uvloop, handles SIGTERM/SIGINT/SIGHUP, and
+tells systemd (Type=notify) when it is ready and when it stops."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import time
 
 from hbroker import log as hlog
@@ -32,6 +35,8 @@ class Server:
         self.broker = Broker(config, Hooks())
         self.servers: list[asyncio.AbstractServer] = []
         self.stopping: asyncio.Event | None = None
+        self.started = False
+        self.reload_pending = False
 
     async def open_storage(self) -> None:
         """Open the storage backend and restore the state it holds, before any listener
@@ -67,21 +72,38 @@ class Server:
                 log.info("listening", extra={"listener": name, "address": f"{host}:{port}"})
         broker.start(loop)
 
-    async def run(self) -> int:
+    async def run(self, early_sighups: list[int] | None = None) -> int:
+        """Start, serve until SIGTERM/SIGINT, stop. Signals are handled from the start: a
+        SIGHUP that arrives while storage is restored (or before, into `early_sighups`, see
+        `hbroker.cli`) reloads the configuration once the broker has started."""
         loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
+        self.started = False
+        self.reload_pending = bool(early_sighups)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self.start()
         except StorageError as exc:
             log.error("cannot start: %s", exc)
             return 1
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.started = True
         log.info("hbroker started", extra={"listeners": len(self.servers)})
+        notify_systemd("READY=1")
+        if self.reload_pending:
+            self.reload()
         await self.stopping.wait()
+        notify_systemd("STOPPING=1")
         await self.stop()
         return 0
+
+    def _on_sighup(self) -> None:
+        if self.started:
+            self.reload()
+        else:
+            log.info("SIGHUP while starting: the configuration is reloaded once started")
+            self.reload_pending = True
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         log.info("stopping", extra={"signal": sig.name})
@@ -122,7 +144,21 @@ class Server:
                         ", ".join(needs_restart))
 
 
-def serve(config: Config) -> int:
+def notify_systemd(state: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if systemd set it."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    address = "\0" + path[1:] if path.startswith("@") else path  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd (%s): %s", path, exc)
+
+
+def serve(config: Config, early_sighups: list[int] | None = None) -> int:
     import uvloop
 
-    return uvloop.run(Server(config).run())
+    return uvloop.run(Server(config).run(early_sighups))

@@ -1,7 +1,9 @@
 """Running the broker: $SYS, signals, the CLI, logging, the Mosquitto clients."""
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,6 +124,64 @@ def test_sighup_with_broken_config_keeps_running(make_broker):
     assert "limits.max_inflight" in b.log()
     c = RawClient(b.host, b.port, 5)
     assert c.connect("still-up").reason_code == 0
+
+
+def spawn_unready(tmp_path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """`hbroker serve` with SQLite storage (so that starting takes a while), not waited for."""
+    from broker_process import free_port
+
+    port = free_port()
+    config = tmp_path / "hbroker.toml"
+    config.write_text(f'[[listeners]]\ntype = "tcp"\nhost = "127.0.0.1"\nport = {port}\n'
+                      f'[storage]\nbackend = "sqlite"\npath = "{tmp_path / "state.db"}"\n'
+                      '[logging]\nlevel = "debug"\n')
+    log = open(tmp_path / "broker.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "hbroker", "serve", "-c", str(config)],
+                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    return proc, port
+
+
+def wait_for_log(tmp_path, text: str, proc: subprocess.Popen, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        log = (tmp_path / "broker.log").read_text(errors="replace")
+        if text in log:
+            return log
+        assert proc.poll() is None, f"broker exited with {proc.returncode}:\n{log}"
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{log}"
+        time.sleep(0.005)
+
+
+def test_sighup_while_starting_does_not_stop_the_broker_and_reloads_once_started(tmp_path):
+    proc, port = spawn_unready(tmp_path)
+    try:
+        wait_for_log(tmp_path, " INFO ", proc)  # the first log line: storage is being opened
+        proc.send_signal(signal.SIGHUP)
+        log = wait_for_log(tmp_path, "SIGHUP: configuration reloaded", proc)
+        assert "hbroker started" in log
+        assert RawClient("127.0.0.1", port, 5).connect("after-early-hup").reason_code == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
+def test_systemd_is_told_when_the_broker_is_ready_and_when_it_stops(tmp_path):
+    """Type=notify: READY=1 once storage is restored and the listeners accept connections,
+    STOPPING=1 on SIGTERM (sd_notify's datagrams on $NOTIFY_SOCKET)."""
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(path)
+        notify.settimeout(15)
+        proc, port = spawn_unready(tmp_path, {"NOTIFY_SOCKET": path})
+        try:
+            assert notify.recv(256) == b"READY=1"
+            assert RawClient("127.0.0.1", port, 5).connect("ready").reason_code == 0
+            proc.send_signal(signal.SIGTERM)
+            assert notify.recv(256) == b"STOPPING=1"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0
 
 
 # -- CLI and logging ----------------------------------------------------------------------
