@@ -4,6 +4,7 @@ tells systemd (Type=notify) when it is ready and when it stops."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -22,6 +23,14 @@ from hbroker.storage.restore import restore
 log = logging.getLogger("hbroker.server")
 
 SHUTDOWN_GRACE = 3.0  # seconds given to transports to flush their DISCONNECTs
+# CPython's cyclic garbage collector, tuned for a broker: every message allocates a few tracked
+# objects (the message, its deliveries, tuples) and many stay alive for a while (queues,
+# inflight windows, a storage commit's changes). With the default thresholds (700, 10, 10) the
+# collector ran so often that it cost 2 µs per message in memory and up to 8 µs with durable
+# storage (bench/RESULTS.md). Young collections now run every 50,000 allocations, and
+# everything alive once the broker has started (configuration, restored state) is frozen out
+# of the collections.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def listener_name(lc: object) -> str:
@@ -89,6 +98,8 @@ class Server:
             log.error("cannot start: %s", exc)
             return 1
         self.started = True
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         log.info("hbroker started", extra={"listeners": len(self.servers)})
         notify_systemd("READY=1")
         if self.reload_pending:
