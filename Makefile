@@ -43,7 +43,7 @@ docs: build
 	$(PY) tools/gen_config_docs.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hbroker tests tools
+	$(VENV)/bin/ruff check hbroker tests tools bench packaging
 
 clean:
 	rm -rf build dist *.egg-info hbroker_ext/*.c hbroker_ext/*.so hbroker_ext/*.html
