@@ -31,7 +31,10 @@ def _toml(value: Any) -> str:
 class BrokerProcess:
     """One `hbroker serve` process on a free port, with its own configuration file."""
 
-    def __init__(self, workdir: Path, sections: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, workdir: Path, sections: dict[str, dict[str, Any]],
+                 wrapper: list[str] | None = None) -> None:
+        """`wrapper`: a command prefix the broker runs under (it must exec the rest)."""
+        self.wrapper = wrapper or []
         self.host = "127.0.0.1"
         self.port = free_port()
         self.workdir = workdir
@@ -52,7 +55,8 @@ class BrokerProcess:
         if self._log.closed:
             self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hbroker", "serve", "-c", str(self.config_path)],
+            [*self.wrapper, sys.executable, "-m", "hbroker", "serve", "-c",
+             str(self.config_path)],
             cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         self._wait_ready()

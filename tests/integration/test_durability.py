@@ -10,8 +10,10 @@ import json
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from broker_process import BrokerProcess
 from clients import PahoClient, RawClient
 from hbroker_ext.codec import MESSAGE_EXPIRY_INTERVAL, SESSION_EXPIRY_INTERVAL, Publish
 from session_client import SessionClient
@@ -365,6 +367,58 @@ def test_storage_full_is_never_acknowledged_and_recovers_when_space_is_freed(sta
     assert sum(p.startswith(b"after") for p in sub.payloads()) == 10
     sub.disconnect()
     pub.disconnect()
+
+
+def test_a_full_filesystem_is_never_acknowledged_and_the_broker_recovers_when_space_is_freed(
+        tmp_path, uid):
+    """A real full disk: the SQLite file on a 2 MiB tmpfs (in a private mount namespace, by
+    `unshare`), half of it taken by a filler file. The writes fail with ENOSPC (SQLite's
+    SQLITE_FULL): 5.0 publishers get 0x97 for what could not be stored, and every message
+    acknowledged with success is delivered. Deleting the filler frees space; the broker
+    stores again without a restart."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    setup = (f"mount -t tmpfs -o size=2m tmpfs {disk} && "
+             f"dd if=/dev/zero of={disk}/filler bs=64k count=16 2>/dev/null && exec \"$@\"")
+    b = BrokerProcess(workdir, {
+        "storage": {"backend": "sqlite", "path": str(disk / "hbroker.db")},
+        "limits": {"max_queued_messages": 100000, "max_queued_bytes": 10**8}},
+        wrapper=["unshare", "--map-root-user", "--mount", "sh", "-c", setup, "sh"])
+    try:
+        sub, pub = offline_subscriber_and_publisher(b, uid)
+        payloads = [b"%06d" % i + b"x" * 1000 for i in range(1500)]
+        pub.publish_many(f"{uid}/t", payloads, 1, window=20)
+        assert pub.wait_until(lambda: len(pub.acked) + len(pub.refused) == 1500, timeout=60)
+        assert pub.acked, "nothing could be stored at all"
+        assert pub.refused, "the filesystem never filled up"
+        assert {code for _, code in pub.refused} == {0x97}
+        assert "storage failed" in b.log() and "full" in b.log()
+
+        # Space comes back: the broker retries by itself and takes new messages again.
+        (Path(f"/proc/{b.proc.pid}/root") / str(disk).lstrip("/") / "filler").unlink()
+        deadline = time.monotonic() + 30
+        i = 0
+        while not any(p.startswith(b"after") for p in pub.acked):
+            assert time.monotonic() < deadline, "storage never recovered"
+            pub.publish_many(f"{uid}/t", [b"after %d" % i], 1, window=1)
+            i += 1
+            pub.wait_until(lambda n=i: sum(p.startswith(b"after") for p, _ in pub.refused)
+                           + sum(p.startswith(b"after") for p in pub.acked) >= n)
+            time.sleep(0.1)
+        assert "storage recovered" in b.log()
+
+        assert sub.connect(clean_start=False)
+        sub.wait_quiet()
+        received = set(sub.payloads())
+        assert set(pub.acked) <= received, \
+            f"{len(set(pub.acked) - received)} acknowledged messages lost"
+        assert not received & {p for p, _ in pub.refused}, "a refused message was delivered"
+        sub.disconnect()
+        pub.disconnect()
+    finally:
+        assert b.stop() == 0, b.log()
 
 
 def test_postgres_outage_is_never_acknowledged_and_recovers_by_itself(
