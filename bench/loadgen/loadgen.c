@@ -16,10 +16,12 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -72,6 +74,9 @@ static struct {
     int retained_clear;
     char client_prefix[64];
     int topics_given;
+    int persistent;        /* --session-expiry given: subscribers keep persistent sessions */
+    u32 session_expiry;    /* their Session Expiry Interval (5.0), seconds */
+    int keep_sessions;     /* --keep-sessions: do not end them after the run */
 } o = {
     .host = "127.0.0.1", .port = "1883", .mode = MODE_LOAD, .pubs = 1, .subs = 1, .qos = 0,
     .payload = 64, .window = 20, .sub_mode = SUB_EXACT, .duration = 5, .warmup = 1,
@@ -347,6 +352,7 @@ static struct {
 
     /* errors */
     u64 connect_failures, protocol_errors, connack_refused, connections_lost;
+    u64 sessions_ended, sessions_not_ended; /* --session-expiry: ended after the run */
     char *errors[MAX_ERRORS_KEPT];
     u32 nerrors;
     int fatal;            /* stop the run */
@@ -519,24 +525,46 @@ static void client_id(const conn_t *c, char *out, size_t n)
     snprintf(out, n, "%s-%c%u", o.client_prefix, kinds[c->kind], c->index);
 }
 
-static void send_connect(conn_t *c)
+/* a subscriber of the load mode with --session-expiry: persistent session */
+static int is_persistent(const conn_t *c) { return o.persistent && c->kind == K_SUB; }
+
+#define CONNECT_MAX (5 + 10 + 1 + 5 + 2 + 128)
+
+/* CONNECT of connection c into d (CONNECT_MAX bytes). clean: Clean Start / clean session 1
+ * and, in 5.0, no Session Expiry Interval (the session ends with the connection); otherwise
+ * Clean Start 0 and, in 5.0, Session Expiry Interval --session-expiry. Returns its length. */
+static size_t encode_connect(u8 *d, const conn_t *c, int clean)
 {
     char id[128];
     client_id(c, id, sizeof id);
     size_t idlen = strlen(id);
-    u32 rl = 10 + (o.v5 ? 1 : 0) + 2 + (u32)idlen;
-    u8 *d = buf_reserve(&c->out, 5 + rl), *p = d;
+    u32 props = o.v5 && !clean ? 5 : 0;
+    u32 rl = 10 + (o.v5 ? 1 + props : 0) + 2 + (u32)idlen;
+    u8 *p = d;
     *p++ = CONNECT;
     p += put_varint(p, rl);
     p += put_str(p, "MQTT", 4);
     *p++ = o.v5 ? 5 : 4;
-    *p++ = 0x02; /* clean session (3.1.1) / clean start (5.0) */
+    *p++ = clean ? 0x02 : 0x00; /* clean session (3.1.1) / clean start (5.0) */
     put16(p, o.keepalive);
     p += 2;
-    if (o.v5)
-        *p++ = 0; /* no properties */
+    if (o.v5) {
+        *p++ = (u8)props;
+        if (props) {
+            *p++ = 0x11; /* Session Expiry Interval */
+            put16(p, o.session_expiry >> 16);
+            put16(p + 2, o.session_expiry & 0xffff);
+            p += 4;
+        }
+    }
     p += put_str(p, id, idlen);
-    c->out.end += (size_t)(p - d);
+    return (size_t)(p - d);
+}
+
+static void send_connect(conn_t *c)
+{
+    u8 *d = buf_reserve(&c->out, CONNECT_MAX);
+    c->out.end += encode_connect(d, c, !is_persistent(c));
     c->state = S_CONNACK;
     conn_flush(c); /* one packet: the same in both write styles */
 }
@@ -757,6 +785,16 @@ static int parse_props(conn_t *c, const u8 *p, u32 len)
         case 0x02: case 0x11: case 0x18: case 0x27:
             if (left < 4)
                 return -1;
+            if (id == 0x11 && is_persistent(c)) {
+                u32 v = (u32)p[i] << 24 | (u32)p[i + 1] << 16 | (u32)p[i + 2] << 8 | p[i + 3];
+                fprintf(stderr, "loadgen: %s: the broker grants a Session Expiry Interval of "
+                        "%u s (asked %u)\n", conn_name(c), v, o.session_expiry);
+                if (!v) {
+                    record_error(&g.protocol_errors, "%s: the broker grants no persistent "
+                                 "session (Session Expiry Interval 0)", conn_name(c));
+                    g.config_error = 1;
+                }
+            }
             if (id == 0x27) {
                 u32 max = (u32)p[i] << 24 | (u32)p[i + 1] << 16 | (u32)p[i + 2] << 8 | p[i + 3];
                 if (max < o.payload + 64u + 16u) {
@@ -816,6 +854,16 @@ static void on_connack(conn_t *c, const u8 *b, u32 rl)
             c->counted_connecting = 0;
             g.connecting--;
         }
+        return;
+    }
+    if (is_persistent(c) && (b[0] & 1)) {
+        char id[128];
+        client_id(c, id, sizeof id);
+        record_error(&g.protocol_errors, "%s: the broker already has a session for client id "
+                     "'%s' (Session Present): use a --client-prefix not used before",
+                     conn_name(c), id);
+        g.config_error = 1;
+        g.fatal = 1;
         return;
     }
     c->recv_max = 65535;
@@ -1723,14 +1771,125 @@ static void loop(void)
     }
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* the end of the run: disconnecting, ending persistent sessions */
+
+#define END_TIMEOUT_S 2 /* per blocking step of ending a session */
+
+static void set_blocking(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    struct timeval tv = {.tv_sec = END_TIMEOUT_S};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+static int write_all(int fd, const u8 *d, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, d, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        d += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* after our DISCONNECT: discard what still comes until the broker closes the connection */
+static int wait_closed(int fd)
+{
+    static u8 junk[65536];
+    for (;;) {
+        ssize_t n = read(fd, junk, sizeof junk);
+        if (n == 0)
+            return 0;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == ECONNRESET ? 0 : -1;
+        }
+    }
+}
+
+/* a whole CONNACK on a blocking socket: 0 if it accepted the connection */
+static int read_connack(int fd)
+{
+    u8 b[512];
+    size_t have = 0;
+    for (;;) {
+        ssize_t n = read(fd, b + have, sizeof b - have);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            return -1;
+        }
+        have += (size_t)n;
+        u32 rl;
+        int vl = have > 1 ? get_varint(b + 1, have - 1, &rl) : 0;
+        if (vl < 0)
+            return -1;
+        if (vl > 0 && have >= 1 + (size_t)vl + rl)
+            return b[0] == CONNACK && rl >= 2 && b[1 + vl + 1] == 0 ? 0 : -1;
+        if (have == sizeof b)
+            return -1;
+    }
+}
+
+/* End the session of subscriber c on a new connection: CONNECT with Clean Start / clean
+ * session 1 (which discards the stored session; in 5.0 without a Session Expiry Interval, so
+ * the new session ends with the connection), then DISCONNECT. */
+static int end_session_by_reconnect(const conn_t *c)
+{
+    int fd = socket(g.addr->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    set_blocking(fd);
+    u8 d[CONNECT_MAX];
+    size_t n = encode_connect(d, c, 1);
+    static const u8 disconnect[] = {DISCONNECT, 0};
+    int ok = connect(fd, g.addr->ai_addr, g.addr->ai_addrlen) == 0 &&
+             write_all(fd, d, n) == 0 && read_connack(fd) == 0 &&
+             write_all(fd, disconnect, sizeof disconnect) == 0 && wait_closed(fd) == 0;
+    close(fd);
+    return ok ? 0 : -1;
+}
+
+/* A subscriber with a persistent session: write what it has buffered (acknowledgements), then
+ * DISCONNECT, in 5.0 with Session Expiry Interval 0 (ending the session) unless
+ * --keep-sessions, and wait until the broker closes the connection. 1 if the session ended. */
+static int disconnect_persistent(conn_t *c)
+{
+    set_blocking(c->fd);
+    int end = o.v5 && !o.keep_sessions;
+    /* 5.0: reason code 0, properties: Session Expiry Interval 0 */
+    static const u8 disconnect_end[] = {DISCONNECT, 7, 0x00, 5, 0x11, 0, 0, 0, 0};
+    static const u8 disconnect[] = {DISCONNECT, 0};
+    int ok = write_all(c->fd, c->out.data + c->out.start, c->out.end - c->out.start) == 0 &&
+             (end ? write_all(c->fd, disconnect_end, sizeof disconnect_end)
+                  : write_all(c->fd, disconnect, sizeof disconnect)) == 0 &&
+             wait_closed(c->fd) == 0;
+    c->out.start = c->out.end = 0;
+    return end && ok;
+}
+
 static void finish_connections(void)
 {
-    /* DISCONNECT everything still open (normal disconnection), then close */
+    /* DISCONNECT everything still open (normal disconnection), then close. With
+     * --session-expiry the subscribers end their sessions, unless --keep-sessions: 5.0 by
+     * their DISCONNECT, 3.1.1 (or a connection that was lost) by connecting again with a
+     * clean session. */
     for (u32 i = 0; i < g.nconns; i++) {
         conn_t *c = g.conns[i];
-        if (c->fd < 0)
-            continue;
-        if (c->state == S_READY || c->state == S_SUBACK) {
+        int ended = 0;
+        if (c->fd >= 0 && is_persistent(c) && (c->state == S_READY || c->state == S_SUBACK)) {
+            ended = disconnect_persistent(c);
+        } else if (c->fd >= 0 && (c->state == S_READY || c->state == S_SUBACK)) {
             c->out.start = c->out.end = 0;
             c->wleft = 0;
             u8 *d = buf_reserve(&c->out, 2);
@@ -1739,8 +1898,20 @@ static void finish_connections(void)
             c->out.end += 2;
             (void)!write(c->fd, c->out.data, 2);
         }
-        close(c->fd);
+        if (c->fd >= 0)
+            close(c->fd);
         c->fd = -1;
+        if (!is_persistent(c) || o.keep_sessions || c->state == S_NEW)
+            continue;
+        if (!ended)
+            ended = end_session_by_reconnect(c) == 0;
+        if (ended) {
+            g.sessions_ended++;
+        } else {
+            g.sessions_not_ended++;
+            record_error(NULL, "%s: could not end its session (it stays on the broker until "
+                         "it expires)", conn_name(c));
+        }
     }
 }
 
@@ -1772,12 +1943,16 @@ static void report_params(void)
            "\"payload\": %u, \"topics\": %u, \"sub_mode\": \"%s\", \"window\": %u, "
            "\"write\": \"%s\", \"rate\": %.0f, \"tick_us\": %u, \"duration\": %g, "
            "\"warmup\": %g, \"drain\": %g, \"stall_timeout\": %g, \"keepalive\": %u, "
-           "\"idle\": %u, \"connect_parallel\": %u, \"retained\": %u, \"retained_clear\": %s, "
-           "\"client_prefix\": ",
+           "\"idle\": %u, \"connect_parallel\": %u, \"retained\": %u, \"retained_clear\": %s, ",
            (unsigned)strtoul(o.port, NULL, 10), o.v5 ? "5.0" : "3.1.1", o.pubs, o.subs, o.qos, o.payload, o.topics,
            SUB_MODE_NAMES[o.sub_mode], o.window, o.write_single ? "single" : "batch", o.rate,
            o.tick_us, o.duration, o.warmup, o.drain, o.stall_timeout, o.keepalive, o.idle,
            o.connect_parallel, o.retained, o.retained_clear ? "true" : "false");
+    if (o.persistent)
+        printf("\"session_expiry\": %u, ", o.session_expiry);
+    else
+        printf("\"session_expiry\": null, ");
+    printf("\"keep_sessions\": %s, \"client_prefix\": ", o.keep_sessions ? "true" : "false");
     json_str(o.client_prefix);
     printf("}");
 }
@@ -1864,6 +2039,9 @@ static int report_load(void)
            g.fanout, ms, (unsigned long)g.m_published, (unsigned long)g.m_delivered,
            (unsigned long)g.m_acked, ms > 0 ? (double)g.m_published / ms : 0.0,
            ms > 0 ? (double)g.m_delivered / ms : 0.0);
+    if (o.persistent)
+        printf(", \"sessions\": {\"persistent\": %u, \"ended\": %lu, \"not_ended\": %lu}",
+               o.subs, (unsigned long)g.sessions_ended, (unsigned long)g.sessions_not_ended);
     printf(", \"totals\": {\"published\": %lu, \"acked\": %lu, \"delivered\": %lu, "
            "\"expected_deliveries\": %lu, \"unique\": %lu, \"lost\": %lu, \"duplicates\": %lu, "
            "\"out_of_order\": %lu, \"stale\": %lu, \"unexpected\": %lu, \"misrouted\": %lu, "
@@ -1961,7 +2139,8 @@ static void usage(FILE *f)
 "  --v5                   speak MQTT 5.0 (default 3.1.1); the window must not exceed the\n"
 "                         CONNACK's Receive Maximum at QoS 1/2\n"
 "  --keepalive K          keep alive in seconds (60); idle mode pings every K seconds\n"
-"  --client-prefix S      client ids are S-p<i>, S-s<j>, ... (default lg-<pid>-<random>)\n"
+"  --client-prefix S      client ids are S-p<i>, S-s<j>, ... (default lg-<pid>-<random>,\n"
+"                         new for every run)\n"
 "\n"
 "load (default mode):\n"
 "  --pubs N               publishers (1)\n"
@@ -1990,6 +2169,15 @@ static void usage(FILE *f)
 "  --stall-timeout S      a message (QoS 0, or acknowledged) whose deliveries have not all\n"
 "                         arrived after S seconds leaves the window, counted as expired (2)\n"
 "  --timeout S            limit for connecting / each retained phase (30)\n"
+"  --session-expiry N     subscribers get persistent sessions, so the broker must keep their\n"
+"                         messages: 5.0 Clean Start 0 with Session Expiry Interval N seconds\n"
+"                         (>= 1), 3.1.1 clean session 0 (N is not sent). A session the broker\n"
+"                         already had (Session Present) is an error: the client ids must be\n"
+"                         new. After the run the sessions are ended: 5.0 DISCONNECT with\n"
+"                         Session Expiry Interval 0, 3.1.1 a new clean-session connection.\n"
+"                         Publishers stay clean (off: every session is clean)\n"
+"  --keep-sessions        with --session-expiry: leave the sessions on the broker after the\n"
+"                         run (plain DISCONNECT)\n"
 "\n"
 "idle mode:\n"
 "  --idle N               open N connections, hold them for --duration seconds with a\n"
@@ -2031,7 +2219,8 @@ static void parse_args(int argc, char **argv)
     enum {
         O_HOST = 1, O_PORT, O_PUBS, O_SUBS, O_QOS, O_PAYLOAD, O_TOPICS, O_SUB_MODE, O_WINDOW,
         O_WRITE, O_RATE, O_TICK, O_DURATION, O_WARMUP, O_DRAIN, O_STALL, O_TIMEOUT, O_IDLE,
-        O_KEEPALIVE, O_PARALLEL, O_RETAINED, O_RCLEAR, O_PREFIX, O_V5, O_HELP,
+        O_KEEPALIVE, O_PARALLEL, O_RETAINED, O_RCLEAR, O_PREFIX, O_V5, O_EXPIRY, O_KEEP,
+        O_HELP,
     };
     static const struct option longopts[] = {
         {"host", required_argument, 0, O_HOST},
@@ -2058,6 +2247,8 @@ static void parse_args(int argc, char **argv)
         {"retained-clear", no_argument, 0, O_RCLEAR},
         {"client-prefix", required_argument, 0, O_PREFIX},
         {"v5", no_argument, 0, O_V5},
+        {"session-expiry", required_argument, 0, O_EXPIRY},
+        {"keep-sessions", no_argument, 0, O_KEEP},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0},
     };
@@ -2105,6 +2296,11 @@ static void parse_args(int argc, char **argv)
             strcpy(o.client_prefix, optarg);
             break;
         case O_V5: o.v5 = 1; break;
+        case O_EXPIRY:
+            o.session_expiry = parse_u32("session-expiry", optarg, 1, 4294967295u);
+            o.persistent = 1;
+            break;
+        case O_KEEP: o.keep_sessions = 1; break;
         case O_HELP: usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -2121,6 +2317,10 @@ static void parse_args(int argc, char **argv)
         o.topics = 1;
     if (o.retained_clear && o.mode != MODE_RETAINED)
         die("--retained-clear goes with --retained N");
+    if (o.persistent && o.mode != MODE_LOAD)
+        die("--session-expiry is for the subscribers of the load mode");
+    if (o.keep_sessions && !o.persistent)
+        die("--keep-sessions goes with --session-expiry N");
     if (!o.client_prefix[0])
         snprintf(o.client_prefix, sizeof o.client_prefix, "lg-%d-%04x", (int)getpid(),
                  (unsigned)(now_ns() / 1000 & 0xffff));

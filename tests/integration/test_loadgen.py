@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,19 @@ def hbroker(programs: None) -> Iterator[BrokerProcess]:
     with tempfile.TemporaryDirectory(prefix="hbroker-loadgen-") as tmp:
         b = BrokerProcess(Path(tmp), {"logging": {"level": "warning"},
                                       "storage": {"backend": "memory"},
+                                      "limits": {"max_inflight": MAX_INFLIGHT,
+                                                 "max_queued_messages": MAX_QUEUED}})
+        yield b
+        assert b.stop() == 0, b.log()
+
+
+@pytest.fixture(scope="module")
+def durable_hbroker(programs: None) -> Iterator[BrokerProcess]:
+    """hbroker with SQLite storage in sync mode: messages for persistent sessions are stored."""
+    with tempfile.TemporaryDirectory(prefix="hbroker-loadgen-durable-") as tmp:
+        b = BrokerProcess(Path(tmp), {"logging": {"level": "warning"},
+                                      "storage": {"backend": "sqlite",
+                                                  "path": f"{tmp}/state.db", "mode": "sync"},
                                       "limits": {"max_inflight": MAX_INFLIGHT,
                                                  "max_queued_messages": MAX_QUEUED}})
         yield b
@@ -155,6 +169,73 @@ def test_retained_messages_are_all_delivered_to_a_new_subscriber(
     assert retained["delivered"] == 2000
     assert retained["duplicates"] == 0 and retained["not_retained"] == 0
     assert retained["cleared"] is True
+
+
+def stored_sessions(broker: BrokerProcess, prefix: str) -> dict[str, dict[str, Any]]:
+    """The sessions `hbroker storage inspect` lists for the clients of one loadgen run."""
+    done = broker.cli("storage", "inspect", "--json")
+    assert done.returncode == 0, done.stderr
+    return {s["client_id"]: s for s in json.loads(done.stdout)["sessions"]
+            if s["client_id"].startswith(prefix + "-")}
+
+
+def end_session(port: int, client_id: str) -> None:
+    """Connect with clean session 1 (3.1.1), which discards the stored session, and leave."""
+    payload = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") \
+        + client_id.encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(bytes([0x10, len(payload)]) + payload)
+        assert sock.recv(4) == b"\x20\x02\x00\x00"
+        sock.sendall(b"\xe0\x00")
+
+
+@pytest.mark.parametrize("protocol", [["--v5"], []], ids=["5.0", "3.1.1"])
+def test_persistent_subscriber_sessions_get_every_message_and_are_ended(
+        durable_hbroker: BrokerProcess, protocol: list[str]) -> None:
+    prefix = f"lg-{uuid.uuid4().hex[:8]}"
+    report = loadgen(durable_hbroker.port, *protocol, "--session-expiry", "60", "--qos", "1",
+                     "--client-prefix", prefix, *SHORT)
+    assert report["params"]["session_expiry"] == 60
+    assert report["params"]["keep_sessions"] is False
+    assert_every_message_delivered(report)
+    assert report["totals"]["duplicates"] == 0
+    assert report["sessions"] == {"persistent": 1, "ended": 1, "not_ended": 0}
+    # the broker drops a session's rows with its next commit: wait for it, not for a time
+    deadline = time.monotonic() + 30
+    while (left := stored_sessions(durable_hbroker, prefix)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == {}
+
+
+def test_subscriber_sessions_are_persistent_during_the_run(
+        durable_hbroker: BrokerProcess) -> None:
+    """--keep-sessions leaves them as they were during the run: stored, with their expiry."""
+    prefix = f"lg-{uuid.uuid4().hex[:8]}"
+    try:
+        report = loadgen(durable_hbroker.port, "--v5", "--session-expiry", "60", "--qos", "1",
+                         "--keep-sessions", "--client-prefix", prefix, *SHORT)
+        assert report["params"]["keep_sessions"] is True
+        assert report["sessions"] == {"persistent": 1, "ended": 0, "not_ended": 0}
+        assert_every_message_delivered(report)
+        sessions = stored_sessions(durable_hbroker, prefix)
+        assert list(sessions) == [f"{prefix}-s0"]  # the publisher's session is clean
+        assert sessions[f"{prefix}-s0"]["expiry_interval"] == 60
+        assert sessions[f"{prefix}-s0"]["subscriptions"] == 1
+        # a second run under the same client ids finds the session and refuses to count it
+        again = loadgen(durable_hbroker.port, "--v5", "--session-expiry", "60", "--qos", "1",
+                        "--keep-sessions", "--client-prefix", prefix, *SHORT, expect_status=1)
+        assert "Session Present" in again["errors"]["messages"][0]
+    finally:
+        end_session(durable_hbroker.port, f"{prefix}-s0")
+
+
+def test_session_expiry_is_only_for_the_load_mode(programs: None) -> None:
+    done = subprocess.run([str(LOADGEN), "--idle", "1", "--session-expiry", "60"],
+                          capture_output=True, text=True, timeout=10)
+    assert done.returncode == 2 and "--session-expiry" in done.stderr
+    done = subprocess.run([str(LOADGEN), "--keep-sessions"], capture_output=True, text=True,
+                          timeout=10)
+    assert done.returncode == 2 and "--keep-sessions" in done.stderr
 
 
 @pytest.mark.parametrize("qos", [0, 1])
