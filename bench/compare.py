@@ -31,12 +31,10 @@ import getpass
 import json
 import os
 import platform
-import re
 import resource
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +43,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from benchlib import cpu_seconds, free_port, git_describe, median, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -70,16 +70,6 @@ MB = 1e6  # bytes; RSS is reported in MB of 10^6 bytes
 CLIENT_BOUND = 0.8  # loadgen CPU (of a core) from which a run counts as client-bound
 
 BROKERS = ("hbroker", "mosquitto", "relay", "amqtt")
-
-RESULTS_HEADER = """\
-# Benchmark results
-
-Every section below is written by a script of `bench/` (see `bench/README.md`); rerun it to
-reproduce the numbers (`make bench`). Absolute rates depend on the machine and on whatever else
-it is doing: on a shared or virtual machine only the ratios between rows measured in the same
-run are meaningful.
-"""
-
 
 class BenchError(RuntimeError):
     """A broker that did not start or stop cleanly, or a load generator that failed."""
@@ -177,22 +167,6 @@ COMPARED.update({"latency": ("p99", "lower"), "idle": ("rss_per_1000_mb", "lower
 
 
 # == processes ===============================================================================
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (every thread), in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
 
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
     try:
@@ -593,11 +567,6 @@ def sig(v: float, digits: int = 5) -> float:
     return float(f"{v:.{digits}g}") if isinstance(v, float) and v == v else v
 
 
-def median(values: list[float]) -> float:
-    values = [v for v in values if v == v]
-    return statistics.median(values) if values else float("nan")
-
-
 def summarize(plan: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     medians: dict[str, dict[str, Any]] = {}
     ratios: dict[str, Any] = {}
@@ -653,18 +622,6 @@ def summarize(plan: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any
 
 
 # == machine =================================================================================
-
-def git_describe() -> str:
-    try:
-        sha = subprocess.run(["git", "--no-optional-locks", "rev-parse", "--short", "HEAD"],
-                             cwd=ROOT, text=True, capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain",
-                                "--untracked-files=no"], cwd=ROOT, text=True,
-                               capture_output=True).stdout.strip()
-        return sha + ("+changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
 
 def _first_line(cmd: list[str]) -> str:
     try:
@@ -987,20 +944,6 @@ def cell(row: dict[str, Any], broker: str, key: str, scenario: str | None = None
     return fmt(x.get(key))
 
 
-def write_markdown(section: str, path: Path) -> None:
-    text = path.read_text() if path.exists() else RESULTS_HEADER
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip() + "\n\n", text, count=1)
-    else:  # the headline comparison goes first, before the other scripts' sections
-        first = re.search(r"^## ", text, re.M)
-        if first:
-            text = text[:first.start()] + section.rstrip() + "\n\n" + text[first.start():]
-        else:
-            text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    path.write_text(text.rstrip() + "\n")
-
-
 # == chart ===================================================================================
 
 def chart(report: dict[str, Any], path: Path) -> bool:
@@ -1120,7 +1063,7 @@ def render(report: dict[str, Any], md_path: Path | None, png: Path | None) -> st
         rel = os.path.relpath(png, md_path.parent)
     section = markdown(report, rel)
     if md_path is not None:
-        write_markdown(section, md_path)
+        write_section(md_path, SECTION, section, first=True)
     return section
 
 

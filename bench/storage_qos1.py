@@ -39,12 +39,10 @@ import asyncio
 import json
 import os
 import platform
-import re
 import shlex
 import signal
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from benchlib import cpu_seconds, free_port, git_describe, median, write_section
 from hbroker_ext.codec import (
     CONNACK,
     PUBACK,
@@ -79,15 +78,6 @@ SECTION = "## Durable storage: QoS 1 throughput"
 MAX_INFLIGHT = 1000  # limits.max_inflight of the bench broker: its Receive Maximum
 PAYLOAD_SIZE = 64
 SESSION_EXPIRY = 3600
-
-RESULTS_HEADER = """\
-# Benchmark results
-
-Every section below is written by a script of `bench/` (see `bench/README.md`); rerun it to
-reproduce the numbers (`make bench`). Absolute rates depend on the machine and on whatever else
-it is doing: on a shared or virtual machine only the ratios between rows measured in the same
-run are meaningful.
-"""
 
 # name -> [storage] section (postgres gets its dsn when the server is up)
 # Every option that matters is spelled out, so that a change of a default does not change what
@@ -291,16 +281,6 @@ class Publisher(Client):
         return (connack.properties or {}).get(RECEIVE_MAXIMUM, 65535)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (every thread), in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far."""
     with open("/proc/stat") as f:
@@ -423,12 +403,6 @@ async def drive(port: int, broker_pid: int, durable: bool, pairs: int, window: i
 
 
 # == the broker process ======================================================================
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
@@ -615,10 +589,6 @@ def run_one(config: str, scenario: str, plan: Plan, pg: Postgres | None,
     return result
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def summarize(plan: Plan, runs: list[dict[str, Any]]) -> dict[str, Any]:
     medians: dict[str, dict[str, Any]] = {}
     ratios: dict[str, dict[str, float]] = {}
@@ -651,17 +621,6 @@ def summarize(plan: Plan, runs: list[dict[str, Any]]) -> dict[str, Any]:
             if per_rep:
                 paired[scenario][config] = median(per_rep)
     return {"medians": medians, "ratios": ratios, "paired_ratios": paired}
-
-
-def git_describe() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                             capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, text=True, capture_output=True).stdout.strip()
-        return sha + ("+changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine_info(pg: Postgres | None) -> dict[str, Any]:
@@ -789,16 +748,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(section: str, path: Path) -> None:
-    text = path.read_text() if path.exists() else RESULTS_HEADER
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip() + "\n\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    path.write_text(text.rstrip() + "\n")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=None,
@@ -836,7 +785,7 @@ def main() -> int:
         if args.notes is not None:
             report["notes"] = args.notes.read_text()
             args.render.write_text(json.dumps(report, indent=1) + "\n")
-        write_markdown(markdown(report), args.markdown or RESULTS_MD)
+        write_section(args.markdown or RESULTS_MD, SECTION, markdown(report))
         return 0
 
     configs = [c for c in args.configs.split(",") if c]
@@ -923,7 +872,7 @@ def main() -> int:
     output.write_text(json.dumps(report, indent=1) + "\n")
     section = markdown(report)
     if md_path is not None:
-        write_markdown(section, md_path)
+        write_section(md_path, SECTION, section)
     print(section)
     print(f"results: {report['output']}{f', {md_path}' if md_path else ''}; {wall:.0f} s",
           file=sys.stderr)

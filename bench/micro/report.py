@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import shlex
 import subprocess
@@ -29,20 +28,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchlib import write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "bench" / "micro"
 RESULTS_JSON = ROOT / "bench" / "results" / "micro.json"
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 SECTION = "## Micro-benchmarks"
-
-RESULTS_HEADER = """\
-# Benchmark results
-
-Every section below is written by a script of `bench/` (see `bench/README.md`); rerun it to
-reproduce the numbers (`make bench`). Absolute rates depend on the machine and on whatever else
-it is doing: on a shared or virtual machine only the ratios between rows measured in the same
-run are meaningful.
-"""
 
 # pytest-benchmark settings. Rounds of at least 100 µs keep the timer's own cost (tens of ns
 # per round) out of sub-microsecond results; the warm-up keeps a cold first call from setting
@@ -181,19 +174,6 @@ def markdown(report: dict[str, Any], json_path: Path | None) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(section: str, path: Path) -> None:
-    """Replace this script's section of `path`, or append it; every other section is kept."""
-    text = path.read_text() if path.exists() else RESULTS_HEADER
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip() + "\n\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text.rstrip() + "\n")
-    os.replace(tmp, path)
-
-
 def stale_extensions() -> list[str]:
     """Extensions older than their .pyx: the benchmarks would measure old code."""
     stale = []
@@ -259,7 +239,7 @@ def main() -> int:
 
     if args.render is not None:
         report = json.loads(args.render.read_text())
-        write_markdown(markdown(report, args.render), args.markdown or RESULTS_MD)
+        write_section(args.markdown or RESULTS_MD, SECTION, markdown(report, args.render))
         return 0
 
     partial = args.quick or args.select is not None
@@ -285,7 +265,7 @@ def main() -> int:
     output.write_text(json.dumps(report, indent=1) + "\n")
     section = markdown(report, output)
     if md_path is not None:
-        write_markdown(section, md_path)
+        write_section(md_path, SECTION, section)
         print(f"wrote {output} and the section {SECTION!r} of {md_path}", file=sys.stderr)
     else:
         print(section)
