@@ -11,14 +11,7 @@ PYTHON=${PYTHON:-python3}
 
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
-if [ ${#missing[@]} -ne 0 ]; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    echo "installing bench dependencies: ${missing[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}"
-fi
+bash tools/apt-install.sh "${missing[@]}"
 
 make -s -C bench/loadgen
 make -s -C bench/relay

@@ -5,9 +5,4 @@
 set -euo pipefail
 missing=()
 echo '#include <sqlite3.h>' | ${CC:-cc} -E -x c - >/dev/null 2>&1 || missing+=(libsqlite3-dev)
-[ ${#missing[@]} -eq 0 ] && exit 0
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-echo "installing build dependencies: ${missing[*]}"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+bash "$(dirname "$0")/apt-install.sh" "${missing[@]}"
