@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +77,69 @@ def write_section(path: Path, title: str, section: str, first: bool = False) -> 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text.rstrip() + "\n")
     os.replace(tmp, path)
+
+
+class BenchError(RuntimeError):
+    """A run that did not do what it must: a broker that did not start or stop cleanly, lost
+    messages, refusals, a load generator that failed."""
+
+
+def hbroker_command() -> list[str]:
+    """How to start hbroker from the virtualenv this script runs in."""
+    hbroker = Path(sys.executable).parent / "hbroker"
+    return [str(hbroker)] if hbroker.exists() else [sys.executable, "-m", "hbroker"]
+
+
+def hbroker_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+class ServerProcess:
+    """A broker (or relay) process in `workdir`, its output in broker.log, started and waited
+    for until `port` on 127.0.0.1 accepts connections."""
+
+    def __init__(self, name: str, command: list[str], workdir: Path, port: int,
+                 env: dict[str, str] | None = None, limit: float = 20) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.port = port
+        self.log_path = workdir / "broker.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(command, cwd=workdir, stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + limit
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(f"{name} exited with {self.proc.returncode}:\n"
+                                 f"{self.log()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise BenchError(f"{name} did not listen within {limit:g} s:\n"
+                                     f"{self.log()[-2000:]}") from None
+                time.sleep(0.02)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, and SIGKILL after 20 s; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode

@@ -33,8 +33,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,7 +42,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib import cpu_seconds, free_port, git_describe, median, write_section
+from benchlib import (
+    BenchError,
+    ServerProcess,
+    cpu_seconds,
+    free_port,
+    git_describe,
+    hbroker_command,
+    hbroker_env,
+    median,
+    write_section,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -70,10 +78,6 @@ MB = 1e6  # bytes; RSS is reported in MB of 10^6 bytes
 CLIENT_BOUND = 0.8  # loadgen CPU (of a core) from which a run counts as client-bound
 
 BROKERS = ("hbroker", "mosquitto", "relay", "amqtt")
-
-class BenchError(RuntimeError):
-    """A broker that did not start or stop cleanly, or a load generator that failed."""
-
 
 # == scenarios ===============================================================================
 
@@ -203,23 +207,16 @@ def amqtt_binary() -> Path | None:
     return path if path.exists() else None
 
 
-class Broker:
+class Broker(ServerProcess):
     """One broker process in a temporary directory, on a free port."""
 
     def __init__(self, name: str, scenario: Scenario, workdir: Path) -> None:
-        self.name = name
         self.workdir = workdir
         self.port = free_port()
-        self.log_path = workdir / "broker.log"
         command = getattr(self, f"_{name}")(scenario)
-        self._log = open(self.log_path, "wb")
-        env = dict(os.environ)
-        if name == "hbroker":
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
-                                                              env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(command, cwd=workdir, stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=env)
-        self._wait_ready(30 if name == "amqtt" else 20)
+        super().__init__(name, command, workdir, self.port,
+                         env=hbroker_env() if name == "hbroker" else None,
+                         limit=30 if name == "amqtt" else 20)
 
     def _hbroker(self, scenario: Scenario) -> list[str]:
         lines = ["[[listeners]]", 'type = "tcp"', 'host = "127.0.0.1"', f"port = {self.port}",
@@ -231,9 +228,7 @@ class Broker:
                       "fsync = false", 'path = "data/hbroker.db"']
         config = self.workdir / "hbroker.toml"
         config.write_text("\n".join(lines) + "\n")
-        hbroker = Path(sys.executable).parent / "hbroker"
-        command = [str(hbroker)] if hbroker.exists() else [sys.executable, "-m", "hbroker"]
-        return [*command, "serve", "-c", str(config)]
+        return [*hbroker_command(), "serve", "-c", str(config)]
 
     def _mosquitto(self, scenario: Scenario) -> list[str]:
         binary = mosquitto_binary()
@@ -275,40 +270,6 @@ class Broker:
             "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
             "    allow_anonymous: true\n")
         return [str(binary), "-c", str(config)]
-
-    def _wait_ready(self, limit: float) -> None:
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"{self.name} exited with {self.proc.returncode}:\n"
-                                 f"{self.log()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise BenchError(f"{self.name} did not listen within {limit:g} s:\n{self.log()[-2000:]}")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
     def storage_bytes(self) -> int:
         data = self.workdir / "data"

@@ -40,8 +40,6 @@ import json
 import os
 import platform
 import shlex
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -52,7 +50,17 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from benchlib import cpu_seconds, free_port, git_describe, median, write_section
+from benchlib import (
+    BenchError,
+    ServerProcess,
+    cpu_seconds,
+    free_port,
+    git_describe,
+    hbroker_command,
+    hbroker_env,
+    median,
+    write_section,
+)
 from hbroker_ext.codec import (
     CONNACK,
     PUBACK,
@@ -112,10 +120,6 @@ SCENARIOS: dict[str, tuple[bool, int]] = {
     "durable-4": (True, 4),
     "clean-4": (False, 4),
 }
-
-
-class BenchError(RuntimeError):
-    """A run that did not do what it must (lost messages, refusals, a broker that died)."""
 
 
 # == the load generator ======================================================================
@@ -412,60 +416,24 @@ def _toml(value: Any) -> str:
     return repr(value)
 
 
-class Broker:
+class Broker(ServerProcess):
     """`hbroker serve` in a temporary directory on a free port."""
 
     def __init__(self, storage: dict[str, Any], workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
+        port = free_port()
         sections = {
             "limits": {"max_inflight": MAX_INFLIGHT},
             "logging": {"level": "warning"},
             "storage": {**storage, "path": "data/hbroker.db"} if storage["backend"] == "sqlite"
             else storage,
         }
-        lines = ["[[listeners]]", 'type = "tcp"', 'host = "127.0.0.1"', f"port = {self.port}"]
+        lines = ["[[listeners]]", 'type = "tcp"', 'host = "127.0.0.1"', f"port = {port}"]
         for name, values in sections.items():
             lines += ["", f"[{name}]", *(f"{k} = {_toml(v)}" for k, v in values.items())]
         config = workdir / "hbroker.toml"
         config.write_text("\n".join(lines) + "\n")
-        self.log_path = workdir / "broker.log"
-        self._log = open(self.log_path, "wb")
-        hbroker = Path(sys.executable).parent / "hbroker"
-        command = [str(hbroker)] if hbroker.exists() else [sys.executable, "-m", "hbroker"]
-        self.proc = subprocess.Popen(
-            [*command, "serve", "-c", str(config)], cwd=workdir, stdout=self._log,
-            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"broker exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise BenchError(f"broker did not listen within 20 s:\n{self.log()}")
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+        super().__init__("broker", [*hbroker_command(), "serve", "-c", str(config)], workdir,
+                         port, env=hbroker_env())
 
 
 # == PostgreSQL ===============================================================================
