@@ -558,7 +558,7 @@ class Connection(asyncio.Protocol):
                 self.refuse_unstored(msg, p.packet_id, journal.full)
                 return
             if qos == 2:
-                session.awaiting_pubrel.add(p.packet_id)
+                session.await_pubrel(p.packet_id)
                 if session.expiry_interval:
                     journal.qos2_changed(session, p.packet_id)
             journal.defer(self, msg, p.packet_id)
@@ -569,7 +569,7 @@ class Connection(asyncio.Protocol):
                 ReasonCode.NO_MATCHING_SUBSCRIBERS
             self.ack(PUBACK, p.packet_id, code)
         elif qos == 2:
-            session.awaiting_pubrel.add(p.packet_id)
+            session.await_pubrel(p.packet_id)
             if journal is not None and session.expiry_interval:
                 journal.qos2_changed(session, p.packet_id)
             code = 0 if reached or self.protocol_version != 5 else \
@@ -607,7 +607,7 @@ class Connection(asyncio.Protocol):
             else:
                 session = self.session
                 assert session is not None
-                session.awaiting_pubrel.add(p.packet_id)
+                session.await_pubrel(p.packet_id)
                 if broker.journal is not None and session.expiry_interval:
                     broker.journal.qos2_changed(session, p.packet_id)
                 self.ack(PUBREC, p.packet_id)

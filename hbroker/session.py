@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 
 NEVER = math.inf
 
+# Most sessions never queue a message or receive a QoS 2 PUBLISH: they share these empty,
+# immutable stand-ins until they do (a deque costs 624 bytes, a set 216; with 10,000 idle
+# connections that was a third of the broker's memory per connection).
+NO_QUEUE: Any = ()
+NO_PACKET_IDS: Any = frozenset()
+
 # Outgoing QoS 1/2 states.
 AWAITING_PUBACK_OR_PUBREC = 1  # PUBLISH sent
 AWAITING_PUBCOMP = 2  # PUBREL sent
@@ -172,10 +178,11 @@ class Session:
         self.subscriptions: dict[str, Any] = {}
         self.expiry_interval: float = 0  # seconds after disconnect; NEVER for no expiry
         self.inflight: dict[int, Delivery] = {}
-        self.queue: deque[Delivery] = deque()
+        self.queue: deque[Delivery] = NO_QUEUE  # a deque once something is queued
         self.queued_bytes = 0
         self.next_packet_id = 1
-        self.awaiting_pubrel: set[int] = set()  # incoming QoS 2 packet ids [MQTT-4.3.3-9]
+        # incoming QoS 2 packet ids [MQTT-4.3.3-9]; a set once there is one (await_pubrel)
+        self.awaiting_pubrel: set[int] = NO_PACKET_IDS
         self.will: Message | None = None
         self.will_delay: float = 0
         self.will_due: float = 0  # monotonic time at which a delayed will is published
@@ -245,6 +252,18 @@ class Session:
         if data is not None:
             conn.write_publish(data)
 
+    def queue_for_append(self) -> deque[Delivery]:
+        queue = self.queue
+        if queue is NO_QUEUE:
+            queue = self.queue = deque()
+        return queue
+
+    def await_pubrel(self, packet_id: int) -> None:
+        """An incoming QoS 2 PUBLISH was PUBRECed: its packet id waits for the PUBREL."""
+        if self.awaiting_pubrel is NO_PACKET_IDS:
+            self.awaiting_pubrel = set()
+        self.awaiting_pubrel.add(packet_id)
+
     def _enqueue(self, delivery: Delivery) -> None:
         size = len(delivery.message.payload)
         if (len(self.queue) >= self.max_queued_messages
@@ -252,7 +271,7 @@ class Session:
             self.dropped += 1
             self.stats.dropped_queue_full += 1
             return
-        self.queue.append(delivery)
+        self.queue_for_append().append(delivery)
         self.queued_bytes += size
         self._stored(delivery)
 

@@ -315,7 +315,8 @@ class Journal:
         conn.deferred -= 1
         self._release(msg)
         if msg.qos == 2 and conn.session is not None:
-            conn.session.awaiting_pubrel.discard(packet_id)
+            if packet_id in conn.session.awaiting_pubrel:
+                conn.session.awaiting_pubrel.discard(packet_id)
             if conn.session.expiry_interval:
                 self.qos2_changed(conn.session, packet_id)
         conn.refuse_unstored(msg, packet_id, full)

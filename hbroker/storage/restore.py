@@ -107,13 +107,13 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
             d.state = st
             session.inflight[packet_id] = d
         else:
-            session.queue.append(d)
+            session.queue_for_append().append(d)
             session.queued_bytes += len(msg.payload)
 
     for client_id, packet_id in state.incoming_qos2:
         session = sessions.get(client_id)
         if session is not None:
-            session.awaiting_pubrel.add(packet_id)
+            session.await_pubrel(packet_id)
 
     # Routed again: a message without deliveries (acknowledged, but its routing was not
     # committed), and a QoS 0/1 message to the sessions without a delivery row for it (rows
