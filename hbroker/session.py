@@ -285,9 +285,7 @@ class Session:
         delivery.packet_id = pid
         delivery.state = AWAITING_PUBACK_OR_PUBREC
         self.inflight[pid] = delivery
-        journal = self.journal
-        if journal is not None and self.expiry_interval:
-            journal.delivery_changed(self, delivery)
+        self._stored(delivery)
         conn.write_publish(data)
 
     def _allocate_packet_id(self) -> int:

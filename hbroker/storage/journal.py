@@ -215,11 +215,7 @@ class Journal:
         if not seq:
             seq = delivery.seq = self.next_seq
             self.next_seq += 1
-            if not msg.store_id:  # _reference, inlined: this runs for every delivery
-                msg.store_id = self.next_message_id
-                self.next_message_id += 1
-            msg.store_refs += 1
-            current.messages[msg] = None
+            self._reference(msg)
         key = (session.client_id, seq)
         if msg.qos < 2:
             # Lazy: the message row, written with the PUBLISH, covers a crash.
@@ -227,8 +223,7 @@ class Journal:
                 current.young.append((session, delivery, seq))
             else:
                 current.deliveries[key] = (session, delivery)
-            if self._lazy_handle is None:
-                self._touch_lazy()
+            self._touch_lazy()
         else:
             current.deliveries[key] = (session, delivery)
             self._touch()
@@ -243,11 +238,8 @@ class Journal:
             current.deliveries[key] = (session, None)
         else:
             current.deliveries.pop(key, None)
-        msg = delivery.message
-        msg.store_refs -= 1
-        current.messages[msg] = None
-        if self._lazy_handle is None:
-            self._touch_lazy()
+        self._release(delivery.message)
+        self._touch_lazy()
 
     def session_ended(self, session: Session) -> None:
         """The session is gone; its rows go with it. Its deliveries no longer hold their
@@ -275,17 +267,10 @@ class Journal:
 
     def defer(self, conn: Connection, msg: Message, packet_id: int) -> None:
         """Acknowledge and route `msg` once it is committed (sync mode)."""
-        current = self.current
-        if not msg.store_id:  # _reference and _touch, inlined: this runs for every PUBLISH
-            msg.store_id = self.next_message_id
-            self.next_message_id += 1
-        msg.store_refs += 1
-        current.messages[msg] = None
+        self._reference(msg)
         conn.deferred += 1
-        current.deferred.append((conn, msg, packet_id))
-        current.urgent = True
-        if not self.broker.flush_scheduled:  # deferring happens in sync mode only
-            self.broker.schedule_flush()
+        self.current.deferred.append((conn, msg, packet_id))
+        self._touch()
 
     def _route_committed(self, deferred: list[tuple[Connection, Message, int]]) -> None:
         """The PUBLISHes of a commit just done: acknowledged (one write per connection, ahead
@@ -296,9 +281,7 @@ class Journal:
         for conn, msg, packet_id in deferred:
             conn.deferred -= 1
             reached = publish(msg, now)
-            msg.store_refs -= 1  # _release, inlined
-            current = self.current
-            current.messages[msg] = None
+            self._release(msg)
             if conn.closing:
                 continue
             code = 0 if reached or conn.protocol_version != 5 else \
@@ -360,9 +343,8 @@ class Journal:
         pending = self.current
         if not (pending.urgent or (force and self.has_changes())):
             if pending.outputs:  # held behind the commit that just finished
-                outputs, pending.outputs = pending.outputs, []
-                for conn, out in outputs:
-                    conn.write_output(out)
+                self._release_output(pending)
+                pending.outputs = []
             return False
         self.current = Pending()
         self.committing = pending
@@ -480,8 +462,7 @@ class Journal:
                     written.append(msg)
                     rows.append((
                         msg.store_id, msg.topic, msg.payload, msg.qos, int(msg.retain),
-                        pack_properties(msg.properties) if msg.properties else None,
-                        msg.expires_at + to_wall if msg.expires_at else None, msg.sender))
+                        pack_properties(msg.properties), wall(msg.expires_at), msg.sender))
             elif msg.store_written:
                 msg.store_written = False
                 deleted.append(msg.store_id)
