@@ -15,8 +15,23 @@ run: build
 	mkdir -p data
 	$(PY) -m hbroker serve $(if $(CONFIG),-c $(CONFIG))
 
-test: build test-deps
+test: build test-deps c-agent
 	bash tools/run-tests.sh $(PYTEST_ARGS)
+
+# The C agent SDK for HARCP (c_agent/README.md): CMake build into build/c_agent, its ctest
+# suite (shared vectors included), and the example agent tests/integration/test_harcp_agent.py
+# drives. `fuzz-c` runs libFuzzer (clang) over the frame decoder, receiver and msgpack reader.
+.PHONY: c-agent fuzz-c
+C_AGENT_BUILD := build/c_agent
+FUZZ_SECONDS ?= 60
+
+c-agent: test-deps
+	cmake -S c_agent -B $(C_AGENT_BUILD) -DCMAKE_BUILD_TYPE=MinSizeRel
+	cmake --build $(C_AGENT_BUILD) -j 2
+	cd $(C_AGENT_BUILD) && ctest --output-on-failure
+
+fuzz-c:
+	bash c_agent/fuzz/run.sh $(FUZZ_SECONDS)
 
 # Virtualenv plus the package and its dependencies (editable install).
 $(STAMP): pyproject.toml setup.py

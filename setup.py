@@ -2,7 +2,7 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["codec", "topics", "sqlite_writer"]
+MODULES = ["codec", "topics", "routing", "sqlite_writer", "harcp"]
 # Libraries a module links with (the SQLite writer calls libsqlite3 directly).
 LIBRARIES = {"sqlite_writer": ["sqlite3"]}
 

@@ -13,10 +13,12 @@ import uuid
 from typing import TYPE_CHECKING
 
 from hbroker_ext.codec import MESSAGE_EXPIRY_INTERVAL
+from hbroker_ext.routing import route
 from hbroker_ext.topics import RetainedTree, SubscriptionTree
 
+from hbroker.auth.backoff import FailureBackoff
 from hbroker.config import Config
-from hbroker.hooks import Hooks
+from hbroker.hooks import READ, ClientInfo, Hooks
 from hbroker.reason_codes import ReasonCode
 from hbroker.session import NEVER, Delivery, Message, Session
 from hbroker.stats import Stats
@@ -96,6 +98,13 @@ class Broker:
         self.shutting_down = False
         self._match_cache: dict[str, tuple] = {}
         self._match_generation = -1
+        # Who each session's client is, for `read` ACL checks while it is offline (the
+        # connection's ClientInfo while it is online). Moving acl_generation rebuilds the
+        # topic -> subscribers cache, which holds only subscribers allowed to read the topic.
+        self.identities: dict[str, ClientInfo] = {}
+        self.acl_generation = 0
+        self.auth_backoff = FailureBackoff(config.auth.failure_delay,
+                                           config.auth.failure_delay_max)
         self._shared_next: dict[str, int] = {}
         self._dirty: list[Connection] = []
         self.flush_scheduled = False
@@ -135,6 +144,7 @@ class Broker:
         """SIGHUP: take the values that can change at run time."""
         self.config = config
         self.limits = config.limits
+        self.auth_backoff.configure(config.auth.failure_delay, config.auth.failure_delay_max)
 
     # -- output coalescing -----------------------------------------------------------
 
@@ -281,30 +291,8 @@ class Broker:
         `skip`: client ids that have it already (routing again after a restart)."""
         if msg.retain:
             self._retain(msg)
-        targets = self._targets(msg.topic)
-        normal, shared = targets
-        sender = msg.sender
-        sessions = self.sessions
-        msg_qos = msg.qos
-        reached = 0
-        for client_id, qos, rap, sub_ids, local in normal:
-            if skip is not None and client_id in skip:
-                continue
-            if client_id == sender:
-                if local is None:
-                    continue
-                qos, rap, sub_ids = local
-            session = sessions.get(client_id)
-            if session is None:
-                continue
-            reached += 1
-            if qos > msg_qos:
-                qos = msg_qos
-            retain = msg.retain and rap
-            if qos == 0:
-                session.deliver_qos0(msg, retain, sub_ids, now)
-            else:
-                session.deliver(Delivery(msg, qos, retain, sub_ids, None), now)
+        normal, shared = self._targets(msg.topic)
+        reached = route(self.sessions, normal, msg, now, skip)
         for group_key, members in shared:
             if skip is not None and any(member[0] in skip for member in members):
                 continue
@@ -322,11 +310,56 @@ class Broker:
         entry = cache.get(topic)
         if entry is None:
             normal, shared = tree.match(topic)
-            entry = (_aggregate(normal) if normal else (), shared)
+            if self.hooks.check_acl:
+                # Only subscribers the ACL lets read the topic, decided once per cache entry.
+                normal, shared = self._readers(topic, normal, shared)
+            entry = (tuple(_aggregate(normal)) if normal else (), shared)
             if len(cache) >= _MATCH_CACHE_LIMIT:
                 cache.clear()
             cache[topic] = entry
         return entry
+
+    # -- read ACL ----------------------------------------------------------------------
+
+    def bump_acl_generation(self) -> None:
+        """The ACL (or who a client is) changed: rebuild the topic -> subscribers cache."""
+        self.acl_generation += 1
+        self._match_generation = -1
+
+    def client_identity(self, client_id: str) -> ClientInfo:
+        """Who reads for a session: its connection's client, else the last one that
+        connected with this client id; a session restored from storage whose client has not
+        come back is checked as an anonymous client."""
+        session = self.sessions.get(client_id)
+        conn = session.connection if session is not None else None
+        if conn is not None and conn.client_info is not None:
+            return conn.client_info
+        info = self.identities.get(client_id)
+        if info is None:
+            info = ClientInfo(client_id, None, "", 0, "")
+        return info
+
+    def remember_identity(self, info: ClientInfo, had_subscriptions: bool) -> None:
+        identities = self.identities
+        old = identities.get(info.client_id)
+        identities[info.client_id] = info
+        if had_subscriptions and self.hooks.check_acl and (
+                old is None or old.username != info.username):
+            self.bump_acl_generation()
+        if len(identities) > 2 * len(self.sessions) + 1024:
+            sessions = self.sessions
+            self.identities = {c: i for c, i in identities.items() if c in sessions}
+
+    def _readers(self, topic: str, normal: list, shared: list) -> tuple[list, list]:
+        hooks = self.hooks
+        identity = self.client_identity
+        normal = [t for t in normal if hooks.allowed(identity(t[0]), topic, READ)]
+        readable_shared = []
+        for group_key, members in shared:
+            members = [m for m in members if hooks.allowed(identity(m[0]), topic, READ)]
+            if members:
+                readable_shared.append((group_key, members))
+        return normal, readable_shared
 
     def _deliver_shared(self, msg: Message, group_key: str, members: list, now: float,
                         exclude: Session | None = None) -> bool:
@@ -397,11 +430,15 @@ class Broker:
         """Retained messages matching a new subscription, with the retain flag set
         [MQTT-3.3.1-8]."""
         sub_ids = (opts.sub_id,) if opts.sub_id else ()
+        hooks = self.hooks
+        reader = self.client_identity(session.client_id) if hooks.check_acl else None
         for msg in self.retained.match(topic_filter):
             if msg.expired(now):
                 self.retained.pop(msg.topic)
                 if self.journal is not None:
                     self.journal.retained_changed(msg.topic)
+                continue
+            if reader is not None and not hooks.allowed(reader, msg.topic, READ):
                 continue
             qos = opts.qos if opts.qos < msg.qos else msg.qos
             if qos == 0:

@@ -11,7 +11,8 @@ from typing import Any
 
 import hbroker
 
-EXTENSIONS = ("hbroker_ext.codec", "hbroker_ext.topics", "hbroker_ext.sqlite_writer")
+EXTENSIONS = ("hbroker_ext.codec", "hbroker_ext.topics", "hbroker_ext.routing",
+              "hbroker_ext.sqlite_writer", "hbroker_ext.harcp")
 
 
 def compiled_extensions() -> list[str]:
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         "and stored message counts")
     inspect.add_argument("-c", "--config", help="TOML configuration file (default: embedded)")
     inspect.add_argument("--json", action="store_true", help="print JSON")
+    from hbroker.auth.passwd import add_parser as add_passwd_parser
+
+    add_passwd_parser(sub)
+    from hbroker.control.cli import add_parsers as add_control_parsers
+
+    add_control_parsers(sub)  # keys, device (HARCP, docs/harcp.md)
     return parser
 
 
@@ -123,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from hbroker.config import ConfigError, load_config
 
+    if args.command == "passwd":
+        from hbroker.auth.passwd import run as passwd_run
+
+        return passwd_run(args)
+    if args.command in ("keys", "device"):
+        from hbroker.control.cli import run as control_run
+
+        return control_run(args)
     if args.command in ("check-config", "storage"):
         try:
             config = load_config(args.config)
@@ -131,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.command == "storage":
             return _storage_inspect(config, args.json)
+        from hbroker.auth import build_hooks
+
+        try:
+            build_hooks(config)  # the password and ACL files must load too
+        except ConfigError as exc:
+            print(f"hbroker: {config.source}: {exc}", file=sys.stderr)
+            return 2
         print(config.to_toml(), end="")
         return 0
     if args.command in (None, "serve"):
@@ -152,5 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         hlog.setup_logging(level, fmt)
         from hbroker.server import serve
 
-        return serve(config, early_sighups)
+        try:
+            return serve(config, early_sighups)
+        except ConfigError as exc:  # a password or ACL file that cannot be used
+            print(f"hbroker: {config.source or '<default>'}: {exc}", file=sys.stderr)
+            return 2
     return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import tomllib
@@ -26,16 +27,99 @@ def opt(default: Any, doc: str, *, reload: bool = False, choices: tuple = (),
         "doc": doc, "reload": reload, "choices": choices, "min": minimum, "max": maximum})
 
 
+LISTENER_TYPES = ("tcp", "tls", "ws", "wss", "unix")
+TLS_TYPES = ("tls", "wss")
+WEBSOCKET_TYPES = ("ws", "wss")
+PROTOCOL_VERSIONS = (3, 4, 5)
+DEFAULT_WEBSOCKET_PATH = "/mqtt"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names only the machine itself (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
-    type: str = opt("tcp", "Transport of the listener. This version provides `tcp`; TLS, "
-                    "WebSocket and Unix-socket listeners come in a later release.",
-                    choices=("tcp",))
+    type: str = opt("tcp", "Transport of the listener: `tcp` (plain MQTT), `tls` (MQTT over "
+                    "TLS), `ws` (MQTT over WebSocket), `wss` (MQTT over WebSocket over TLS) or "
+                    "`unix` (a Unix-domain socket, see `path` and `mode`).",
+                    choices=LISTENER_TYPES)
     host: str = opt("127.0.0.1", "Address to listen on (`0.0.0.0` for every IPv4 address, "
-                    "`::` for IPv6).")
-    port: int = opt(1883, "TCP port; 0 picks any free port (useful in tests).",
-                    minimum=0, maximum=65535)
-    name: str = opt("", "Label used in logs; empty means `tcp://HOST:PORT`.")
+                    "`::` for IPv6). Not used by `unix` listeners.")
+    port: int = opt(1883, "TCP port; 0 picks any free port (useful in tests). Not used by "
+                    "`unix` listeners.", minimum=0, maximum=65535)
+    name: str = opt("", "Label used in logs and given to hooks; empty means `TYPE://HOST:PORT` "
+                    "(`unix://PATH`).")
+    path: str = opt("", "`unix`: the socket file (required); a stale socket file is replaced "
+                    "and the file is removed when the broker stops. `ws`/`wss`: the HTTP path "
+                    "of the WebSocket endpoint; empty means `/mqtt`.")
+    mode: str = opt("0660", "`unix`: permission bits of the socket file, in octal (who may "
+                    "connect).")
+    max_connections: int = opt(0, "Most simultaneous connections on this listener; further "
+                               "connections are closed at once. 0: only `limits."
+                               "max_connections` applies.", minimum=0)
+    protocol_versions: tuple[int, ...] = opt(PROTOCOL_VERSIONS, "MQTT protocol levels "
+                                             "accepted: 3 (3.1), 4 (3.1.1), 5 (5.0). A client "
+                                             "of another version is refused with CONNACK "
+                                             "0x01 (3.1/3.1.1) or 0x84 (5.0).")
+    allow_anonymous: bool | None = opt(None, "Accept clients that give no username (and no "
+                                       "certificate identity used as username). Unset: `true` "
+                                       "on `unix` listeners and on loopback addresses, `false` "
+                                       "on every other listener. A refused client gets CONNACK "
+                                       "0x05 (3.1.1) or 0x87 (5.0).")
+    certfile: str = opt("", "`tls`/`wss`: PEM file with the server certificate (and its chain). "
+                        "Required. Re-read on SIGHUP.")
+    keyfile: str = opt("", "`tls`/`wss`: PEM file with the private key of `certfile`. "
+                       "Required. Re-read on SIGHUP.")
+    cafile: str = opt("", "`tls`/`wss`: PEM file of the certificate authorities that client "
+                      "certificates must chain to. Empty: clients are not asked for a "
+                      "certificate. Re-read on SIGHUP.")
+    crlfile: str = opt("", "`tls`/`wss`: PEM certificate revocation list of `cafile`'s "
+                       "authority; a revoked client certificate fails the handshake. Needs "
+                       "`cafile`. Re-read on SIGHUP.")
+    require_certificate: bool = opt(False, "`tls`/`wss`: refuse clients without a valid "
+                                    "certificate (mutual TLS). Needs `cafile`. With `false` and "
+                                    "a `cafile`, a certificate is asked for but optional (an "
+                                    "invalid one still fails the handshake).")
+    certificate_identity: str = opt("cn", "`tls`/`wss`: which part of a client certificate "
+                                    "names the client: `cn` (subject common name), `san_dns` "
+                                    "or `san_email` (first DNS name or e-mail address of the "
+                                    "subject alternative names). Given to hooks as "
+                                    "`ClientInfo.certificate_identity`.",
+                                    choices=("cn", "san_dns", "san_email"))
+    use_identity_as_username: bool = opt(False, "`tls`/`wss`: the certificate identity "
+                                         "becomes the client's username, replacing the one in "
+                                         "CONNECT (Mosquitto's option). A client without a "
+                                         "certificate, or whose certificate lacks that "
+                                         "identity, is refused (0x05 / 0x87). Needs `cafile`.")
+    tls_version: str = opt("1.2", "`tls`/`wss`: lowest TLS version accepted.",
+                           choices=("1.2", "1.3"))
+    ciphers: str = opt("", "`tls`/`wss`: OpenSSL cipher list for TLS 1.2 (e.g. "
+                       "`ECDHE+AESGCM`); empty keeps Python's secure default. TLS 1.3 suites "
+                       "are OpenSSL's.")
+
+    def __post_init__(self) -> None:
+        if self.allow_anonymous is None:
+            local = self.type == "unix" or is_loopback(self.host)
+            object.__setattr__(self, "allow_anonymous", local)
+        if self.type in WEBSOCKET_TYPES and not self.path:
+            object.__setattr__(self, "path", DEFAULT_WEBSOCKET_PATH)
+        object.__setattr__(self, "protocol_versions", tuple(self.protocol_versions))
+
+    @property
+    def label(self) -> str:
+        """The listener's name in logs: `name`, or its type and address."""
+        if self.name:
+            return self.name
+        if self.type == "unix":
+            return f"unix://{self.path}"
+        return f"{self.type}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,12 +235,65 @@ class StorageConfig:
                         "clients get 0x97 Quota exceeded) until space is freed.", minimum=0)
 
 
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    password_file: str = opt("", "Password file (`user:hash` lines, managed with `hbroker passwd "
+                             "add|delete|list FILE USER`): a client giving a username must give "
+                             "its password (wrong or unknown: CONNACK 0x86 in 5.0, 0x04 in "
+                             "3.1.1). Empty: usernames are not checked against a file. Whether "
+                             "clients without a username are accepted is each listener's "
+                             "`allow_anonymous`. Re-read on SIGHUP.", reload=True)
+    scram: bool = opt(False, "Offer MQTT 5.0 enhanced authentication with `SCRAM-SHA-256` "
+                      "(Authentication Method in CONNECT), for the users of `password_file` "
+                      "whose entry holds SCRAM keys (`hbroker passwd add --scram`). Needs "
+                      "`password_file`.", reload=True)
+    webhook_url: str = opt("", "HTTP(S) URL that decides CONNECTs: the broker POSTs JSON "
+                           "`{username, password, client_id, peer, listener}` and accepts the "
+                           "client on a 2xx answer, refuses it (0x86 / 0x04) on any other "
+                           "answer, and with 0x88 Server unavailable (0x03) when the webhook "
+                           "cannot be reached in time. With `password_file` too, both must accept. "
+                           "Empty: no webhook.", reload=True)
+    webhook_timeout: float = opt(5.0, "Seconds the webhook may take to answer.", reload=True,
+                                 minimum=0.1, maximum=60)
+    webhook_cache_seconds: float = opt(60.0, "Seconds a webhook answer is reused for the same "
+                                       "username, password, client id, listener and peer "
+                                       "address; 0 asks every time. Failures to reach the "
+                                       "webhook are not cached.", reload=True, minimum=0,
+                                       maximum=86400)
+    failure_delay: float = opt(1.0, "Seconds the answer to a failed authentication is delayed "
+                               "when its address failed before; the delay doubles with each "
+                               "further failure (the connection waits, the broker does not). "
+                               "0 disables the delay.", reload=True, minimum=0, maximum=60)
+    failure_delay_max: float = opt(30.0, "Longest such delay, in seconds. An address is "
+                                   "forgotten after four times this without a failure.",
+                                   reload=True, minimum=0, maximum=3600)
+
+
+@dataclass(frozen=True, slots=True)
+class AclConfig:
+    file: str = opt("", "ACL file (TOML `[[rules]]`, see docs/security.md and "
+                    "examples/acl.toml): who may publish, subscribe and read which topics. "
+                    "Empty: every client may do everything. Once set, what no rule allows "
+                    "is denied. Re-read on SIGHUP; changed rules apply to existing "
+                    "subscriptions too.", reload=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    file: str = opt("", "Audit log: one JSON object per line for authentication failures, "
+                    "ACL denials, session takeovers, reloads and password-file changes. "
+                    "Empty: no audit log.", reload=True)
+
+
 SECTIONS: dict[str, type] = {
     "limits": LimitsConfig,
     "sessions": SessionsConfig,
     "sys": SysConfig,
     "logging": LoggingConfig,
     "storage": StorageConfig,
+    "auth": AuthConfig,
+    "acl": AclConfig,
+    "audit": AuditConfig,
 }
 
 SECTION_DOCS = {
@@ -167,11 +304,13 @@ SECTION_DOCS = {
     "sys": "The `$SYS/broker/...` statistics topics.",
     "logging": "Logging to standard error.",
     "storage": "Storage of broker state.",
+    "auth": "Client authentication (see docs/security.md).",
+    "acl": "Authorisation: the ACL file (see docs/security.md).",
+    "audit": "The audit log (see docs/security.md).",
 }
 
-_UNAVAILABLE = {
-    ("listeners", "type"): "tls, ws, wss and unix listeners are not available in this version",
-}
+# Choices this version knows but does not provide: (section, key) -> why.
+_UNAVAILABLE: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +321,9 @@ class Config:
     sys: SysConfig = SysConfig()
     logging: LoggingConfig = LoggingConfig()
     storage: StorageConfig = StorageConfig()
+    auth: AuthConfig = AuthConfig()
+    acl: AclConfig = AclConfig()
+    audit: AuditConfig = AuditConfig()
     source: str | None = field(default=None, compare=False)
 
     def to_toml(self) -> str:
@@ -229,6 +371,8 @@ class Config:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -251,15 +395,21 @@ def _toml_char(c: str) -> str:
 
 def _type_name(tp: Any) -> str:
     return {"int": "an integer", "float": "a number", "bool": "true or false",
-            "str": "a string"}.get(str(tp), str(tp))
+            "bool | None": "true or false", "str": "a string"}.get(str(tp), str(tp))
 
 
 def _check_value(where: str, path: str, f: dataclasses.Field, value: Any) -> Any:
     tp = str(f.type)
     meta = f.metadata
     got = f"got {value!r}" if not isinstance(value, str) else f'got "{value}"'
-    if tp == "bool":
+    if tp in ("bool", "bool | None"):
         ok = isinstance(value, bool)
+    elif tp == "tuple[int, ...]":
+        ok = isinstance(value, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if not ok:
+            raise ConfigError(f"{where}: {path}: expected a list of integers, {got}")
+        value = tuple(value)
     elif tp == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp == "float":
@@ -321,6 +471,60 @@ def _build(cls: type, where: str, prefix: str, table: Any) -> Any:
     return cls(**values)
 
 
+_TLS_ONLY = ("certfile", "keyfile", "cafile", "crlfile", "require_certificate",
+             "certificate_identity", "use_identity_as_username", "tls_version", "ciphers")
+_NEEDS_CAFILE = ("crlfile", "require_certificate", "use_identity_as_username")
+
+
+def _check_listener(where: str, prefix: str, lc: ListenerConfig) -> None:
+    """What one listener's options must satisfy together. An option that does not apply to
+    the listener's type must keep its default (so `to_toml()` output loads back)."""
+    kind = lc.type
+    defaults = ListenerConfig(type=kind)
+    table = {f.name for f in dataclasses.fields(lc)
+             if getattr(lc, f.name) != getattr(defaults, f.name)}
+    if kind not in TLS_TYPES:
+        for key in _TLS_ONLY:
+            if key in table:
+                raise ConfigError(f"{where}: {prefix}.{key}: only for tls and wss listeners "
+                                  f'(type is "{kind}")')
+    else:
+        for key in ("certfile", "keyfile"):
+            if not getattr(lc, key):
+                raise ConfigError(f"{where}: {prefix}.{key}: expected a PEM file name "
+                                  f'(type is "{kind}"), got nothing')
+        for key in _NEEDS_CAFILE:
+            if getattr(lc, key) and not lc.cafile:
+                raise ConfigError(f"{where}: {prefix}.cafile: expected the PEM file of the "
+                                  f"client certificates' authority ({key} is set), got nothing")
+    if kind == "unix":
+        if not lc.path:
+            raise ConfigError(f"{where}: {prefix}.path: expected the socket file name "
+                              '(type is "unix"), got nothing')
+        for key in ("host", "port"):
+            if key in table:
+                raise ConfigError(f"{where}: {prefix}.{key}: not used by unix listeners "
+                                  "(set path)")
+    elif kind in WEBSOCKET_TYPES:
+        if not lc.path.startswith("/"):
+            raise ConfigError(f'{where}: {prefix}.path: expected an HTTP path starting with '
+                              f'"/", got "{lc.path}"')
+    elif "path" in table:
+        raise ConfigError(f"{where}: {prefix}.path: only for unix, ws and wss listeners "
+                          f'(type is "{kind}")')
+    if "mode" in table and kind != "unix":
+        raise ConfigError(f"{where}: {prefix}.mode: only for unix listeners "
+                          f'(type is "{kind}")')
+    if not (len(lc.mode) in (3, 4) and all(c in "01234567" for c in lc.mode)):
+        raise ConfigError(f"{where}: {prefix}.mode: expected octal permission bits such as "
+                          f'"0660", got "{lc.mode}"')
+    versions = lc.protocol_versions
+    if not versions or len(set(versions)) != len(versions) \
+            or any(v not in PROTOCOL_VERSIONS for v in versions):
+        raise ConfigError(f"{where}: {prefix}.protocol_versions: expected a non-empty list of "
+                          f"distinct levels among 3, 4 and 5, got {list(versions)!r}")
+
+
 def parse_config(data: dict[str, Any], where: str) -> Config:
     values: dict[str, Any] = {}
     known = ["listeners", *SECTIONS]
@@ -334,7 +538,15 @@ def parse_config(data: dict[str, Any], where: str) -> Config:
         listeners = tuple(_build(ListenerConfig, where, f"listeners[{i}]", t)
                           for i, t in enumerate(raw))
         seen: dict[tuple[str, int], int] = {}
+        seen_paths: dict[str, int] = {}
         for i, lc in enumerate(listeners):
+            _check_listener(where, f"listeners[{i}]", lc)
+            if lc.type == "unix":
+                if lc.path in seen_paths:
+                    raise ConfigError(f"{where}: listeners[{i}].path: {lc.path} is already "
+                                      f"used by listeners[{seen_paths[lc.path]}]")
+                seen_paths[lc.path] = i
+                continue
             addr = (lc.host, lc.port)
             if lc.port and addr in seen:
                 raise ConfigError(f"{where}: listeners[{i}]: port {lc.port} on {lc.host} is "
@@ -348,7 +560,24 @@ def parse_config(data: dict[str, Any], where: str) -> Config:
     if storage is not None and storage.backend == "postgres" and not storage.dsn:
         raise ConfigError(f"{where}: storage.dsn: expected a PostgreSQL connection string "
                           "(backend is \"postgres\"), got nothing")
+    _check_auth(where, values.get("auth"))
     return Config(**values, source=where if where != "<default>" else None)
+
+
+def _check_auth(where: str, auth: AuthConfig | None) -> None:
+    if auth is None:
+        return
+    if auth.scram and not auth.password_file:
+        raise ConfigError(f"{where}: auth.password_file: expected the password file holding "
+                          "the SCRAM keys (auth.scram is true), got nothing")
+    url = auth.webhook_url
+    if url and not (url.startswith(("http://", "https://")) and len(url.split("/", 3)[2])):
+        raise ConfigError(f'{where}: auth.webhook_url: expected an http:// or https:// URL, '
+                          f'got "{url}"')
+    if auth.failure_delay_max < auth.failure_delay:
+        raise ConfigError(f"{where}: auth.failure_delay_max: expected a number of at least "
+                          f"auth.failure_delay ({_num(auth.failure_delay)}), got "
+                          f"{auth.failure_delay_max!r}")
 
 
 def load_config(path: str | os.PathLike | None) -> Config:

@@ -21,8 +21,6 @@ from hbroker_ext.codec import (
     DISCONNECT,
     MAXIMUM_PACKET_SIZE,
     MAXIMUM_QOS,
-    MESSAGE_EXPIRY_INTERVAL,
-    PAYLOAD_FORMAT_INDICATOR,
     PINGREQ,
     PUBACK,
     PUBCOMP,
@@ -39,7 +37,6 @@ from hbroker_ext.codec import (
     SUBSCRIBE,
     SUBSCRIPTION_IDENTIFIER,
     SUBSCRIPTION_IDENTIFIER_AVAILABLE,
-    TOPIC_ALIAS,
     TOPIC_ALIAS_MAXIMUM,
     UNSUBSCRIBE,
     WILDCARD_SUBSCRIPTION_AVAILABLE,
@@ -55,17 +52,20 @@ from hbroker_ext.codec import (
     encode,
     encode_ack,
 )
+from hbroker_ext.routing import handle_publish, write_publish
 from hbroker_ext.topics import parse_shared, valid_topic_filter, valid_topic_name
 
 from hbroker import hooks
+from hbroker.auth.backoff import peer_host
 from hbroker.broker import SubscriptionOptions
-from hbroker.hooks import ClientInfo
+from hbroker.hooks import AuthResult, ClientInfo
 from hbroker.reason_codes import ReasonCode, connack_code_for, reason_name
 from hbroker.session import NEVER, Message
 
 if TYPE_CHECKING:
     from hbroker.broker import Broker
     from hbroker.session import Session
+    from hbroker.transports import Listener
 
 log = logging.getLogger("hbroker.connection")
 
@@ -73,6 +73,10 @@ PROTOCOL_MAX_PACKET_SIZE = 268435460
 SESSION_EXPIRY_NEVER = 0xFFFFFFFF
 # A client that does not ask for a Receive Maximum gets the protocol's default [MQTT-3.1.2-?].
 DEFAULT_RECEIVE_MAXIMUM = 65535
+# Refusals that count as a failed guess for the per-address backoff (hbroker.auth.backoff);
+# 0x88 Server unavailable (an unreachable auth webhook) is not the client's doing.
+AUTH_FAILURES = frozenset((ReasonCode.BAD_USER_NAME_OR_PASSWORD, ReasonCode.NOT_AUTHORIZED,
+                           ReasonCode.BAD_AUTHENTICATION_METHOD))
 
 
 class Connection(asyncio.Protocol):
@@ -82,12 +86,13 @@ class Connection(asyncio.Protocol):
         "closing", "close_reason", "out", "write_paused", "topic_aliases_in",
         "topic_aliases_out", "topic_alias_maximum_out", "max_packet_size_out",
         "session_expiry_requested", "auth_method", "auth_state", "pending_connect",
-        "client_info", "deferred",
+        "client_info", "deferred", "certificate_identity",
     )
 
-    def __init__(self, broker: Broker, listener: str) -> None:
+    def __init__(self, broker: Broker, listener: Listener) -> None:
         self.broker = broker
-        self.listener = listener
+        self.listener = listener  # its settings: hbroker.transports.Listener
+        self.certificate_identity: str | None = None
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.framer = Framer(broker.limits.max_packet_size)
@@ -117,20 +122,25 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.peer = f"{peer[0]}:{peer[1]}"
-        elif peer:
-            self.peer = str(peer)
+        listener = self.listener
+        self.peer = listener.peer_name(transport)
         broker = self.broker
         broker.stats.connections_total += 1
         if len(broker.connections) >= broker.limits.max_connections:
             log.warning("connection refused: max_connections reached",
-                        extra={"peer": self.peer, "listener": self.listener})
+                        extra={"peer": self.peer, "listener": listener.name})
             self.closing = True
             self.close_reason = "max_connections reached"
             transport.close()
             return
+        if not listener.admit(self):
+            log.warning("connection refused: the listener's max_connections reached",
+                        extra={"peer": self.peer, "listener": listener.name})
+            self.closing = True
+            self.close_reason = "listener max_connections reached"
+            transport.close()
+            return
+        self.certificate_identity = listener.certificate_identity(transport)
         broker.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -193,11 +203,8 @@ class Connection(asyncio.Protocol):
             self.broker.mark_dirty(self)
         self.out.append(data)
 
-    def write_publish(self, data: bytes) -> None:
-        if not self.out:
-            self.broker.mark_dirty(self)
-        self.out.append(data)
-        self.broker.stats.publish_sent += 1
+    # write_publish(data): queue an encoded PUBLISH (compiled: hbroker_ext.routing)
+    write_publish = write_publish
 
     def send(self, packet: Any) -> None:
         self.write(encode(packet, self.protocol_version or 4))
@@ -303,12 +310,49 @@ class Connection(asyncio.Protocol):
         self.send(Connack(False, connack_code_for(self.protocol_version, reason_code)))
         log.info("connection refused: %s", why, extra={
             "client_id": self.client_id, "peer": self.peer, "protocol": self.protocol_version,
-            "reason": reason_name(reason_code)})
+            "username": self.username, "reason": reason_name(reason_code)})
         self.abort(f"CONNECT refused: {why}")
 
+    def refuse_auth(self, reason_code: int, why: str) -> None:
+        """A CONNECT refused for its credentials: logged, audited (on_auth_failed) and, when
+        its address failed before, answered only after a delay that doubles with each failure
+        (a timer, not a sleep: the broker serves everyone else meanwhile)."""
+        broker = self.broker
+        info = self.client_info
+        if info is None:
+            info = self.client_info = ClientInfo(
+                self.client_id or "", self.username, self.peer, self.protocol_version,
+                self.listener.name, self.certificate_identity, self.listener.config)
+        for hook in broker.hooks.on_auth_failed:
+            hook(info, reason_code, why)
+        delay = 0.0
+        if reason_code in AUTH_FAILURES:
+            delay = broker.auth_backoff.failed(peer_host(self.peer), time.monotonic())
+        if delay <= 0 or self.transport is None or broker.loop is None:
+            self.refuse_connect(reason_code, why)
+            return
+        log.info("connection refused: %s (answered in %.2f s: earlier failures from this "
+                 "address)", why, delay, extra={
+                     "client_id": self.client_id, "peer": self.peer, "username": self.username,
+                     "protocol": self.protocol_version, "reason": reason_name(reason_code)})
+        self.closing = True  # nothing more is read or handled
+        self.close_reason = f"CONNECT refused: {why}"
+        self.transport.pause_reading()
+        broker.loop.call_later(delay, self._refuse_late, reason_code)
+
+    def _refuse_late(self, reason_code: int) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.write_output([encode(Connack(False, connack_code_for(self.protocol_version,
+                                                                  reason_code)),
+                                  self.protocol_version)])
+        transport.close()
+
     def handle_connect(self, p: Any) -> None:
-        if self.connected or self.pending_connect is not None:
-            # [MQTT-3.1.0-2] a second CONNECT is a protocol error.
+        if self.connected or self.pending_connect is not None or self.client_info is not None:
+            # [MQTT-3.1.0-2] a second CONNECT is a protocol error (also while the first one
+            # is being authenticated).
             self.protocol_error(ReasonCode.PROTOCOL_ERROR, "second CONNECT")
             return
         broker = self.broker
@@ -321,6 +365,24 @@ class Connection(asyncio.Protocol):
         client_id = p.client_id
         self.client_id = client_id or None
         self.username = p.username
+
+        listener = self.listener
+        if p.protocol_version not in listener.protocol_versions:
+            # [MQTT-3.1.2-2] a protocol level the listener does not accept: 0x01 / 0x84.
+            self.refuse_connect(ReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
+                                f"protocol level {p.protocol_version} not accepted on "
+                                f"listener {listener.name}")
+            return
+        if listener.use_identity_as_username:
+            if self.certificate_identity is None:
+                self.refuse_auth(ReasonCode.NOT_AUTHORIZED,
+                                 "no client certificate identity to use as username")
+                return
+            self.username = self.certificate_identity
+        if self.username is None and not listener.allow_anonymous:
+            self.refuse_auth(ReasonCode.NOT_AUTHORIZED,
+                             f"anonymous clients not allowed on listener {listener.name}")
+            return
 
         if len(client_id) > sessions_cfg.max_client_id_length:
             self.refuse_connect(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
@@ -348,8 +410,8 @@ class Connection(asyncio.Protocol):
                 return
 
         method = props.get(AUTHENTICATION_METHOD)
-        client_info = ClientInfo(client_id, p.username, self.peer, p.protocol_version,
-                                 self.listener)
+        client_info = ClientInfo(client_id, self.username, self.peer, p.protocol_version,
+                                 listener.name, self.certificate_identity, listener.config)
         self.client_info = client_info
         if method is not None:
             hook = broker.hooks.auth_method_hooks.get(method)
@@ -368,16 +430,57 @@ class Connection(asyncio.Protocol):
                 self.send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, auth_props))
                 return
             if result.reason_code != ReasonCode.SUCCESS:
-                self.refuse_connect(result.reason_code, "enhanced authentication failed")
+                self.refuse_auth(result.reason_code, f"{method} authentication failed")
                 return
-        for authenticate in broker.hooks.authenticate:
-            code = authenticate(client_info, p.password)
+            # Authenticated by the method: the authenticate hooks are not asked.
+            self.accept_authenticated(p, result)
+            return
+        self.authenticate(p, 0)
+
+    def authenticate(self, p: Any, start: int) -> None:
+        """Ask the authenticate hooks from `start` on; every one must allow. A hook that
+        answers with an awaitable (a password hash in a thread, a webhook) is waited for
+        without blocking the loop: reading stops until it answers, then the rest follow."""
+        checks = self.broker.hooks.authenticate
+        info = self.client_info
+        for i in range(start, len(checks)):
+            code = checks[i](info, p.password)
+            if not isinstance(code, int):
+                future = asyncio.ensure_future(code)
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                future.add_done_callback(
+                    lambda f, i=i: self._authenticated(p, i, f))  # type: ignore[misc]
+                return
             if code:
-                self.refuse_connect(code, "authentication failed")
+                self.refuse_auth(code, "authentication failed")
                 return
         self.accept_connect(p)
 
-    def accept_connect(self, p: Any) -> None:
+    def _authenticated(self, p: Any, index: int, future: asyncio.Future) -> None:
+        if self.closing:
+            return  # the client left while it was being authenticated
+        try:
+            code = future.result()
+        except Exception:
+            log.exception("authentication hook failed", extra={
+                "client_id": self.client_id, "peer": self.peer})
+            code = ReasonCode.UNSPECIFIED_ERROR
+        if code:
+            self.refuse_auth(code, "authentication failed")
+            return
+        if self.transport is not None:
+            self.transport.resume_reading()
+        self.authenticate(p, index + 1)
+
+    def accept_authenticated(self, p: Any, result: AuthResult) -> None:
+        """Enhanced authentication succeeded: the method's identity becomes the username,
+        and its last data (e.g. SCRAM's server-final-message) goes in the CONNACK."""
+        if result.username is not None:
+            self.username = result.username
+        self.accept_connect(p, result.data)
+
+    def accept_connect(self, p: Any, auth_data: bytes | None = None) -> None:
         broker = self.broker
         limits = broker.limits
         sessions_cfg = broker.config.sessions
@@ -392,6 +495,15 @@ class Connection(asyncio.Protocol):
             if v5:
                 connack_props[ASSIGNED_CLIENT_IDENTIFIER] = client_id  # [MQTT-3.2.2-16]
         self.client_id = client_id
+        listener = self.listener
+        info = ClientInfo(client_id, self.username, self.peer, p.protocol_version,
+                          listener.name, self.certificate_identity, listener.config)
+        if p.will is not None and broker.hooks.check_acl and not broker.hooks.allowed(
+                info, p.will.topic, hooks.PUBLISH):
+            # The will is published on the client's behalf: it needs the client's right to
+            # publish there (as in Mosquitto, the CONNECT is refused: 0x87 / 0x05).
+            self.refuse_connect(ReasonCode.NOT_AUTHORIZED, "will topic not authorised")
+            return
 
         keepalive = p.keepalive
         max_keepalive = limits.max_keepalive
@@ -421,6 +533,8 @@ class Connection(asyncio.Protocol):
                 expiry = expiration if expiration else NEVER
             send_window = limits.max_inflight
 
+        previous = broker.sessions.get(client_id)
+        broker.remember_identity(info, previous is not None and bool(previous.subscriptions))
         session, present = broker.open_session(self, client_id, p.clean_start,
                                                p.protocol_version, now)
         self.session = session
@@ -462,119 +576,27 @@ class Connection(asyncio.Protocol):
                 connack_props[RESPONSE_INFORMATION] = f"responses/{client_id}"
             if self.auth_method is not None:
                 connack_props[AUTHENTICATION_METHOD] = self.auth_method
+                if auth_data is not None:
+                    connack_props[AUTHENTICATION_DATA] = auth_data
         # [MQTT-3.2.2-2] session present is 0 with clean start.
         self.send(Connack(present, 0, connack_props or None))
         if present:
             session.resend_inflight(now)
             session.drain(now)
-        info = ClientInfo(client_id, p.username, self.peer, p.protocol_version, self.listener)
         self.client_info = info
         for hook in broker.hooks.on_connected:
             hook(info)
         log.info("client connected", extra={
             "client_id": client_id, "peer": self.peer, "protocol": p.protocol_version,
             "clean_start": p.clean_start, "keepalive": keepalive,
-            "session_present": present})
+            "session_present": present, "username": self.username,
+            "listener": listener.name})
 
     # -- PUBLISH and its acknowledgements ----------------------------------------------
 
-    def handle_publish(self, p: Any) -> None:
-        broker = self.broker
-        limits = broker.limits
-        session = self.session
-        assert session is not None
-        qos = p.qos
-        broker.stats.publish_received += 1
-        if qos > limits.max_qos:
-            # [MQTT-3.2.2-11]
-            self.protocol_error(ReasonCode.QOS_NOT_SUPPORTED, f"PUBLISH with QoS {qos}")
-            return
-        if p.retain and not limits.retain_available:
-            self.protocol_error(ReasonCode.RETAIN_NOT_SUPPORTED, "retain not available")
-            return
-        topic = p.topic
-        props = p.properties
-        expires_at = 0.0
-        now = self.last_received
-        if props is not None:
-            props = dict(props)
-            alias = props.pop(TOPIC_ALIAS, 0)
-            if alias:
-                if alias > limits.topic_alias_maximum:
-                    # [MQTT-3.3.2-9]
-                    self.protocol_error(ReasonCode.TOPIC_ALIAS_INVALID,
-                                        f"topic alias {alias} above maximum")
-                    return
-                if topic:
-                    self.topic_aliases_in[alias] = topic
-                else:
-                    topic = self.topic_aliases_in.get(alias)
-                    if topic is None:
-                        self.protocol_error(ReasonCode.PROTOCOL_ERROR,
-                                            f"unknown topic alias {alias}")
-                        return
-            if SUBSCRIPTION_IDENTIFIER in props:
-                # [MQTT-3.3.4-6] a client must not send a subscription identifier.
-                self.protocol_error(ReasonCode.PROTOCOL_ERROR,
-                                    "PUBLISH from a client with a subscription identifier")
-                return
-            expiry = props.pop(MESSAGE_EXPIRY_INTERVAL, None)
-            if expiry is not None:
-                expires_at = now + expiry if expiry else now
-            if props.get(PAYLOAD_FORMAT_INDICATOR) == 1:
-                try:
-                    p.payload.decode("utf-8")
-                except UnicodeDecodeError:
-                    self._refuse_publish(p, ReasonCode.PAYLOAD_FORMAT_INVALID,
-                                         "payload is not UTF-8 as its format indicator says")
-                    return
-            if not props:
-                props = None
-        if topic.startswith("$SYS"):
-            self._refuse_publish(p, ReasonCode.NOT_AUTHORIZED, "clients may not publish to $SYS")
-            return
-        if broker.hooks.check_acl and not broker.hooks.allowed(self.client_info, topic,
-                                                                hooks.PUBLISH):
-            self._refuse_publish(p, ReasonCode.NOT_AUTHORIZED, "not authorised")
-            return
-        if qos == 2:
-            pid = p.packet_id
-            if pid in session.awaiting_pubrel:
-                # [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is not delivered again.
-                self.ack(PUBREC, pid)
-                return
-            if len(session.awaiting_pubrel) >= limits.max_inflight:
-                # [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
-                self.protocol_error(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
-                                    "receive maximum exceeded")
-                return
-        msg = Message(topic, p.payload, qos, p.retain, props, expires_at, self.client_id)
-        journal = broker.journal
-        # A message that must outlive a crash is acknowledged once it is stored (sync mode),
-        # and refused while storage is failing. Periodic mode needs no look at the targets.
-        if qos and journal is not None and (journal.sync or journal.degraded) and (
-                self.deferred or p.retain or broker.has_durable_target(topic)):
-            if journal.degraded:
-                self.refuse_unstored(msg, p.packet_id, journal.full)
-                return
-            if qos == 2:
-                session.await_pubrel(p.packet_id)
-                if session.expiry_interval:
-                    journal.qos2_changed(session, p.packet_id)
-            journal.defer(self, msg, p.packet_id)
-            return
-        reached = broker.publish(msg, now)
-        if qos == 1:
-            code = 0 if reached or self.protocol_version != 5 else \
-                ReasonCode.NO_MATCHING_SUBSCRIBERS
-            self.ack(PUBACK, p.packet_id, code)
-        elif qos == 2:
-            session.await_pubrel(p.packet_id)
-            if journal is not None and session.expiry_interval:
-                journal.qos2_changed(session, p.packet_id)
-            code = 0 if reached or self.protocol_version != 5 else \
-                ReasonCode.NO_MATCHING_SUBSCRIBERS
-            self.ack(PUBREC, p.packet_id, code)
+    # handle_publish(p): a PUBLISH from the client, checked, acknowledged and routed; on the
+    # path of every message, so compiled (hbroker_ext.routing.handle_publish).
+    handle_publish = handle_publish
 
     def refuse_unstored(self, msg: Message, packet_id: int, full: bool) -> None:
         """A QoS 1/2 PUBLISH that storage could not take: never acknowledged as a success.
@@ -742,7 +764,11 @@ class Connection(asyncio.Protocol):
             else:
                 self.protocol_error(ReasonCode.PROTOCOL_ERROR, "AUTH without a matching method")
             return
-        hook = self.broker.hooks.auth_method_hooks[method]
+        hook = self.broker.hooks.auth_method_hooks.get(method)
+        if hook is None:  # the method was switched off by a reload
+            self.protocol_error(ReasonCode.BAD_AUTHENTICATION_METHOD,
+                                f"authentication method {method!r} no longer offered")
+            return
         assert self.client_info is not None
         result = hook.enhanced_auth(self.client_info, method, props.get(AUTHENTICATION_DATA),
                                     self.auth_state)
@@ -755,15 +781,21 @@ class Connection(asyncio.Protocol):
             return
         if result.reason_code != ReasonCode.SUCCESS:
             if self.connected:
+                for hook_failed in self.broker.hooks.on_auth_failed:
+                    hook_failed(self.client_info, result.reason_code,
+                                f"{method} re-authentication failed")
                 self.protocol_error(result.reason_code, "re-authentication failed")
             else:
-                self.refuse_connect(result.reason_code, "enhanced authentication failed")
+                self.refuse_auth(result.reason_code, f"{method} authentication failed")
             return
         if self.pending_connect is not None:
             pending, self.pending_connect = self.pending_connect, None
-            self.accept_connect(pending)
+            self.accept_authenticated(pending, result)
         else:
-            self.send(Auth(ReasonCode.SUCCESS, {AUTHENTICATION_METHOD: method}))
+            done: dict[int, Any] = {AUTHENTICATION_METHOD: method}
+            if result.data is not None:
+                done[AUTHENTICATION_DATA] = result.data
+            self.send(Auth(ReasonCode.SUCCESS, done))
 
 
 # Incoming packet type -> handler. Packets only a server sends (CONNACK, SUBACK, UNSUBACK,

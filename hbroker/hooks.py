@@ -8,8 +8,12 @@ costs one truth test of an empty tuple.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hbroker.config import ListenerConfig
 
 # Actions for check_acl.
 PUBLISH = "publish"
@@ -26,6 +30,13 @@ class ClientInfo:
     peer: str
     protocol_version: int
     listener: str
+    # The identity of the client's verified TLS certificate (the listener's
+    # `certificate_identity`: CN or a subject alternative name), None without one. With the
+    # listener's `use_identity_as_username` it is also `username`.
+    certificate_identity: str | None = None
+    # The settings of the listener the client connected through (`hbroker.config.
+    # ListenerConfig`), for hooks whose decision depends on it (e.g. per-listener auth).
+    listener_config: ListenerConfig | None = None
 
 
 @dataclass(slots=True)
@@ -34,12 +45,14 @@ class AuthResult:
 
     `reason_code` 0x00 ends authentication with success, 0x18 (Continue authentication) sends
     `data` back in an AUTH packet, any code ≥ 0x80 refuses the client. `state` is kept by the
-    broker between steps and handed back to the hook.
+    broker between steps and handed back to the hook. `username`, on success, is the identity
+    the method authenticated (it replaces CONNECT's username for ACLs and logs).
     """
 
     reason_code: int
     data: bytes | None = None
     state: Any = None
+    username: str | None = None
 
 
 class Hook:
@@ -53,8 +66,14 @@ class Hook:
     def on_stop(self) -> None:
         """Called once when the broker stops."""
 
-    def authenticate(self, client: ClientInfo, password: bytes | None) -> int:
-        """Decide a CONNECT: return 0x00 to allow, or a CONNACK reason code (0x86, 0x87…)."""
+    def authenticate(self, client: ClientInfo,
+                     password: bytes | None) -> int | Awaitable[int]:
+        """Decide a CONNECT: return 0x00 to allow, or a CONNACK reason code (0x86, 0x87…).
+
+        A hook that must wait (a slow hash in a thread, an HTTP call) returns an awaitable of
+        that code instead: the connection stops reading until it completes, other clients are
+        served meanwhile. Returning an int keeps the synchronous path. Not called for clients
+        that authenticated through an enhanced authentication method."""
         return 0
 
     def auth_methods(self) -> tuple[str, ...]:
@@ -76,9 +95,12 @@ class Hook:
     def on_disconnected(self, client: ClientInfo, reason: str) -> None:
         """A client's connection closed, for whatever reason."""
 
+    def on_auth_failed(self, client: ClientInfo, reason_code: int, reason: str) -> None:
+        """A CONNECT (or re-authentication) was refused for its credentials."""
+
 
 EVENTS = ("on_start", "on_stop", "authenticate", "enhanced_auth", "check_acl", "on_connected",
-          "on_disconnected")
+          "on_disconnected", "on_auth_failed")
 
 
 class Hooks:

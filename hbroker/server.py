@@ -11,6 +11,7 @@ import signal
 import socket
 import time
 
+from hbroker import auth
 from hbroker import log as hlog
 from hbroker.broker import Broker
 from hbroker.config import Config, ConfigError, load_config
@@ -19,6 +20,7 @@ from hbroker.hooks import Hooks
 from hbroker.storage import StorageError, open_backend
 from hbroker.storage.journal import Journal
 from hbroker.storage.restore import restore
+from hbroker.transports import Listener, ListenerError, describe
 
 log = logging.getLogger("hbroker.server")
 
@@ -33,16 +35,11 @@ SHUTDOWN_GRACE = 3.0  # seconds given to transports to flush their DISCONNECTs
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
-def listener_name(lc: object) -> str:
-    name = getattr(lc, "name", "")
-    return name or f"{lc.type}://{lc.host}:{lc.port}"  # type: ignore[attr-defined]
-
-
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.broker = Broker(config, Hooks())
-        self.servers: list[asyncio.AbstractServer] = []
+        self.broker = Broker(config, Hooks(auth.build_hooks(config)))
+        self.listeners: list[Listener] = []
         self.stopping: asyncio.Event | None = None
         self.started = False
         self.reload_pending = False
@@ -69,16 +66,20 @@ class Server:
         loop = asyncio.get_running_loop()
         broker = self.broker
         broker.loop = loop
+        source = self.config.source or "<default>"
+        # TLS files are read before storage is opened: a wrong path fails fast.
+        listeners = [Listener(lc, f"{source}: listeners[{i}]")
+                     for i, lc in enumerate(self.config.listeners)]
         await self.open_storage()
-        for lc in self.config.listeners:
-            name = listener_name(lc)
-            server = await loop.create_server(
-                lambda name=name: Connection(broker, name), lc.host, lc.port,
-                reuse_address=True, backlog=1024)
-            self.servers.append(server)
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                log.info("listening", extra={"listener": name, "address": f"{host}:{port}"})
+
+        def make_connection(listener: Listener) -> Connection:
+            return Connection(broker, listener)
+
+        for listener in listeners:
+            await listener.start(loop, make_connection, broker.limits.max_packet_size,
+                                 broker.limits.connect_timeout)
+            self.listeners.append(listener)
+            log.info("listening", extra=describe(listener))
         broker.start(loop)
 
     async def run(self, early_sighups: list[int] | None = None) -> int:
@@ -94,13 +95,15 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self.start()
-        except StorageError as exc:
+        except (StorageError, ListenerError) as exc:
             log.error("cannot start: %s", exc)
+            for listener in self.listeners:
+                listener.close()
             return 1
         self.started = True
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
-        log.info("hbroker started", extra={"listeners": len(self.servers)})
+        log.info("hbroker started", extra={"listeners": len(self.listeners)})
         notify_systemd("READY=1")
         if self.reload_pending:
             self.reload()
@@ -122,8 +125,8 @@ class Server:
         self.stopping.set()
 
     async def stop(self) -> None:
-        for server in self.servers:
-            server.close()
+        for listener in self.listeners:
+            listener.close()
         self.broker.stop()
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while self.broker.connections and time.monotonic() < deadline:
@@ -147,12 +150,29 @@ class Server:
         effective = old.merge_reload(new)
         self.config = effective
         self.broker.apply_config(effective)
+        auth.reload_hooks(self.broker, effective)  # password file, ACL, webhook, audit
         hlog.set_level(effective.logging.level)
+        self.reload_certificates()
         log.info("SIGHUP: configuration reloaded", extra={
             "applied": ", ".join(applied) or "nothing changed"})
         if needs_restart:
             log.warning("SIGHUP: these changes need a restart and were not applied: %s",
                         ", ".join(needs_restart))
+
+
+    def reload_certificates(self) -> None:
+        """SIGHUP: every tls/wss listener reads its certificate, key, CA and CRL files again.
+        Open connections keep their session; new handshakes use the new files. A listener
+        whose files are unusable keeps the ones it has."""
+        for listener in self.listeners:
+            if listener.tls is None:
+                continue
+            try:
+                listener.reload_tls()
+            except ListenerError as exc:
+                log.error("SIGHUP: certificates not reloaded: %s", exc)
+                continue
+            log.info("SIGHUP: certificates reloaded", extra={"listener": listener.name})
 
 
 def notify_systemd(state: str) -> None:

@@ -931,12 +931,18 @@ cdef inline void _put_bin(bytearray out, b):
     out += b
 
 
+cdef bytes _NO_PROPERTIES = b"\x00"
+
+
 cdef bytes _encode_properties(props):
     """The whole property block, length included."""
-    cdef bytearray body = bytearray()
+    cdef bytearray body
     cdef bytearray out
     cdef int pid
     cdef int ptype
+    if not props:
+        return _NO_PROPERTIES  # most packets: a zero length and nothing else
+    body = bytearray()
     if props:
         for pid, value in props.items():
             if pid < 0 or pid >= 64 or _PROP_TYPE[pid] == 0:

@@ -137,7 +137,7 @@ async def _probe_broker() -> None:
     server = Server(config)
     await server.start()
     try:
-        port = server.servers[0].sockets[0].getsockname()[1]
+        port = server.listeners[0].server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         reader, writer = await asyncio.open_connection("localhost", port)
         # CONNECT: protocol MQTT level 4, clean session, keep alive 60, client id "probe".
         writer.write(b"\x10\x11\x00\x04MQTT\x04\x02\x00\x3c\x00\x05probe")

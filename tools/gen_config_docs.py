@@ -69,14 +69,17 @@ def _allowed(f: dataclasses.Field) -> str:
         return f"≥ {num(lo)}"
     if hi is not None:
         return f"≤ {num(hi)}"
-    return "true, false" if str(f.type) == "bool" else "any"
+    if str(f.type).startswith("tuple[int"):
+        return "list of integers"
+    return "true, false" if str(f.type) in ("bool", "bool | None") else "any"
 
 
 def _table(cls: type) -> list[str]:
     rows = ["| key | type | default | allowed | reload | description |",
             "|---|---|---|---|---|---|"]
     for f in _fields(cls):
-        rows.append(f"| `{f.name}` | {f.type} | `{_toml_value(f.default)}` | {_allowed(f)} | "
+        default = "unset" if f.default is None else f"`{_toml_value(f.default)}`"
+        rows.append(f"| `{f.name}` | {f.type} | {default} | {_allowed(f)} | "
                     f"{'yes' if f.metadata['reload'] else 'no'} | {f.metadata['doc']} |")
     return rows
 
@@ -100,9 +103,10 @@ def render_example() -> str:
            ""]
     out += _comment(SECTION_DOCS["listeners"])
     out.append("[[listeners]]")
+    default_listener = ListenerConfig()  # defaults that depend on the type or host, resolved
     for f in _fields(ListenerConfig):
         out += _comment(f.metadata["doc"])
-        out.append(f"{f.name} = {_toml_value(f.default)}")
+        out.append(f"{f.name} = {_toml_value(getattr(default_listener, f.name))}")
     for name, cls in SECTIONS.items():
         out.append("")
         out += _comment(SECTION_DOCS[name])

@@ -8,4 +8,18 @@ command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     missing+=(postgresql)
 fi
+# The C agent (c_agent/, `make c-agent`): CMake, pkg-config and libsodium's headers.
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+[ -f /usr/include/sodium.h ] || missing+=(libsodium-dev)
+# The browser test (tests/integration/test_listeners_browser.py): headless Chromium running
+# MQTT.js, which comes from npm into build/browser (see below).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 bash "$(dirname "$0")/apt-install.sh" "${missing[@]}"
+BROWSER_DEPS="$(dirname "$0")/../build/browser"
+if [ ! -f "$BROWSER_DEPS/node_modules/mqtt/dist/mqtt.min.js" ]; then
+    echo "installing from npm: mqtt (MQTT.js) into build/browser"
+    mkdir -p "$BROWSER_DEPS"
+    npm install --prefix "$BROWSER_DEPS" --no-save --no-audit --no-fund --silent "mqtt@^5.10"
+fi

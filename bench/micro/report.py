@@ -77,6 +77,12 @@ GROUPS: dict[str, tuple[str, str]] = {
         "unsubscribe rows time fixed-size batches (`benchmark.pedantic`), each after an "
         "untimed setup that adds or removes the same filters.",
     ),
+    "harcp": (
+        "HARCP frames (`hbroker_ext/harcp.pyx`, `hbroker/control/harcp.py`)",
+        "One signed execute, the shared vector `execute_signed` (35-byte payload, 139 bytes "
+        "signed); Ed25519 through pynacl (libsodium). *ops/s* of the first and fourth rows "
+        "are frames/s; the share of Ed25519 follows the table.",
+    ),
     "retained": (
         "Retained messages (`RetainedTree`), 100,000 topics",
         "Topics `site/s<a>/d<b>/m<c>`, 100 sites × 50 devices × 20 metrics. `get` runs over "
@@ -109,6 +115,20 @@ def machine_line(report: dict[str, Any]) -> str:
     return (f"Machine: {cpus} CPUs{f' ({model})' if model else ''}, "
             f"{m.get('platform') or m.get('system', '')}; {python}{cython}; "
             f"hbroker commit {commit}.")
+
+
+def share_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """For rows whose `extra_info` names the row they are `part_of`: their share of its
+    median (the share of time in Ed25519 of the HARCP rows)."""
+    medians = {b.get("extra_info", {}).get("label"): b["stats"]["median"] for b in rows}
+    out = []
+    for b in rows:
+        info = b.get("extra_info", {})
+        whole = medians.get(info.get("part_of"))
+        if whole:
+            out.append(f"- {info['label']}: {b['stats']['median'] / whole * 100:.0f} % of "
+                       f"{info['part_of']}.")
+    return [*out, ""] if out else []
 
 
 def markdown(report: dict[str, Any], json_path: Path | None) -> str:
@@ -168,6 +188,7 @@ def markdown(report: dict[str, Any], json_path: Path | None) -> str:
                 f"{1 / median:,.0f} | {per_item} | {s['iqr'] / median * 100:.0f} % | "
                 f"{fmt_time(s['min'])} | {s['rounds']:,} × {s['iterations']:,} |")
         lines.append("")
+        lines += share_lines(rows)
     if run.get("other_cpu") is not None:
         lines += [f"Other processes used {run['other_cpu'] * 100:.0f} % of a CPU on average "
                   "while this ran (the benchmarks use one).", ""]

@@ -21,6 +21,8 @@ def free_port() -> int:
 
 
 def _toml(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -28,19 +30,45 @@ def _toml(value: Any) -> str:
     return repr(value)
 
 
+def _probe(lc: dict[str, Any]) -> None:
+    """Connect to a listener and close at once (OSError while it does not listen)."""
+    if lc.get("type") == "unix":
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(0.2)
+            s.connect(lc["path"])
+        return
+    socket.create_connection((lc["host"], lc["port"]), timeout=0.2).close()
+
+
 class BrokerProcess:
     """One `hbroker serve` process on a free port, with its own configuration file."""
 
     def __init__(self, workdir: Path, sections: dict[str, dict[str, Any]],
-                 wrapper: list[str] | None = None) -> None:
-        """`wrapper`: a command prefix the broker runs under (it must exec the rest)."""
+                 wrapper: list[str] | None = None,
+                 listeners: list[dict[str, Any]] | None = None) -> None:
+        """`wrapper`: a command prefix the broker runs under (it must exec the rest).
+        `listeners`: the [[listeners]] tables; a listener other than `unix` without a port
+        gets a free one, on 127.0.0.1 unless it names a host. Default: one tcp listener.
+        `self.listeners` holds them as written; `host`/`port` are the first one's with a
+        port."""
         self.wrapper = wrapper or []
-        self.host = "127.0.0.1"
-        self.port = free_port()
         self.workdir = workdir
         self.config_path = workdir / "hbroker.toml"
-        lines = ["[[listeners]]", 'type = "tcp"', f'host = "{self.host}"', f"port = {self.port}",
-                 ""]
+        self.listeners: list[dict[str, Any]] = []
+        for given in listeners or [{"type": "tcp"}]:
+            lc = dict(given)
+            if lc.get("type", "tcp") != "unix":
+                lc.setdefault("host", "127.0.0.1")
+                lc.setdefault("port", free_port())
+            self.listeners.append(lc)
+        first = next((lc for lc in self.listeners if "port" in lc), None)
+        self.host = first["host"] if first else "127.0.0.1"
+        self.port = first["port"] if first else 0
+        lines = []
+        for lc in self.listeners:
+            lines.append("[[listeners]]")
+            lines += [f"{k} = {_toml(v)}" for k, v in lc.items()]
+            lines.append("")
         sections = {"logging": {"level": "debug"}, **sections}
         for name, values in sections.items():
             lines.append(f"[{name}]")
@@ -80,11 +108,14 @@ class BrokerProcess:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 15
+        waiting = list(self.listeners)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                while waiting:
+                    _probe(waiting[0])
+                    waiting.pop(0)
                 return
             except OSError:
                 time.sleep(0.05)

@@ -155,7 +155,8 @@ class PahoClient:
     def __init__(self, host: str, port: int, client_id: str, version: int = 5,
                  clean: bool = True, session_expiry: int | None = None,
                  will: tuple | None = None, keepalive: int = 60,
-                 connect_properties: Properties | None = None) -> None:
+                 connect_properties: Properties | None = None, username: str | None = None,
+                 password: str | None = None) -> None:
         protocol = {5: paho.MQTTv5, 4: paho.MQTTv311, 3: paho.MQTTv31}[version]
         kwargs: dict[str, Any] = {"client_id": client_id, "protocol": protocol}
         if version != 5:
@@ -176,6 +177,8 @@ class PahoClient:
         c.on_message = lambda cl, ud, msg: self.messages.put(msg)
         c.on_subscribe = self._on_subscribe
         c.on_publish = self._on_publish
+        if username is not None:
+            c.username_pw_set(username, password)
         if will is not None:
             topic, payload, qos, retain, *rest = will
             c.will_set(topic, payload, qos, retain, properties=rest[0] if rest else None)

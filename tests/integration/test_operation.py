@@ -193,8 +193,8 @@ def test_version_prints_version_event_loop_and_compiled_extensions():
     lines = out.stdout.splitlines()
     assert lines[0].startswith("hbroker 0.")
     assert any(line.startswith("event loop: uvloop") for line in lines)
-    assert ("compiled extensions: hbroker_ext.codec, hbroker_ext.topics, "
-            "hbroker_ext.sqlite_writer") in lines
+    assert ("compiled extensions: hbroker_ext.codec, hbroker_ext.topics, hbroker_ext.routing, "
+            "hbroker_ext.sqlite_writer, hbroker_ext.harcp") in lines
 
 
 def test_check_config_prints_effective_configuration(tmp_path):
@@ -220,7 +220,8 @@ def test_serve_refuses_bad_config_with_clear_error(tmp_path):
     cfg.write_text('[[listeners]]\ntype = "tls"\n')
     out = run_cli("serve", "-c", str(cfg))
     assert out.returncode == 2
-    assert "listeners[0].type" in out.stderr and "not available" in out.stderr
+    assert out.stderr == (f"hbroker: {cfg}: listeners[0].certfile: expected a PEM file name "
+                          '(type is "tls"), got nothing\n')
 
 
 def test_every_connection_close_is_logged_once_with_client_and_reason(make_broker, uid):

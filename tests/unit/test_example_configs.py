@@ -12,7 +12,8 @@ from hbroker.cli import main
 from hbroker.config import SECTIONS, ListenerConfig, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
+ACL_EXAMPLE = ROOT / "examples" / "acl.toml"
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.toml") if p != ACL_EXAMPLE)
 GATEWAY = ROOT / "examples" / "gateway.toml"
 
 
@@ -46,3 +47,26 @@ def test_gateway_configuration_keeps_state_in_the_units_state_directory() -> Non
     unit = (ROOT / "packaging" / "hbroker.service").read_text()
     assert "StateDirectory=hbroker" in unit
     assert "ConfigurationDirectory=hbroker" in unit
+
+
+def test_example_acl_file_loads_and_means_what_its_comments_say(tmp_path: Path) -> None:
+    from hbroker.auth.acl import load_acl
+
+    acl = load_acl(ACL_EXAMPLE)
+    assert acl.check("alice", "console", "$SYS/broker/uptime", "read")
+    assert acl.check("alice", "console", "factory/#", "subscribe")
+    # "#" would reach the denied maintenance/... topics: refused (docs/security.md).
+    assert not acl.check("alice", "console", "#", "subscribe")
+    assert not acl.check("alice", "console", "factory/x", "publish")
+    assert not acl.check("alice", "console", "maintenance/reset", "read")
+    assert acl.check("bob", "bob-1", "devices/bob/temp", "publish")
+    assert not acl.check("bob", "bob-1", "devices/alice/temp", "publish")
+    assert not acl.check("bob", "bob-1", "$SYS/broker/uptime", "read")
+    assert acl.check("gw-north", "gw-north", "telemetry/gw-north/pump1", "publish")
+    assert not acl.check("gw-north", "field-1", "telemetry/field-1/pump1", "publish")
+    assert acl.check(None, "anything", "public/site1/status", "read")
+    assert not acl.check(None, "anything", "public/#", "subscribe")
+    # A broker configuration naming it passes check-config (which loads the ACL file too).
+    config = tmp_path / "hbroker.toml"
+    config.write_text(f'[acl]\nfile = "{ACL_EXAMPLE}"\n')
+    assert main(["check-config", "-c", str(config)]) == 0

@@ -51,3 +51,44 @@ def test_enhanced_auth_methods_are_registered_by_name():
     result = hooks.auth_method_hooks["SCRAM-SHA-256"].enhanced_auth(CLIENT, "SCRAM-SHA-256",
                                                                     None, None)
     assert (result.reason_code, result.data, result.state) == (0x18, b"challenge", "step1")
+
+
+class AuditFailures(Hook):
+    def __init__(self) -> None:
+        self.failures: list[tuple[str, int, str]] = []
+
+    def on_auth_failed(self, client: ClientInfo, reason_code: int, reason: str) -> None:
+        self.failures.append((client.client_id, reason_code, reason))
+
+
+def test_auth_failure_listeners_are_registered_like_any_event():
+    audit = AuditFailures()
+    hooks = Hooks([DenySecrets(), audit])
+    assert len(hooks.on_auth_failed) == 1
+    for hook in hooks.on_auth_failed:
+        hook(CLIENT, 0x86, "bad password")
+    assert audit.failures == [("c1", 0x86, "bad password")]
+    assert not Hooks([DenySecrets()]).provides("on_auth_failed")
+
+
+def test_an_authenticate_hook_may_answer_later():
+    import asyncio
+
+    class Later(Hook):
+        async def _decide(self) -> int:
+            return 0x87
+
+        def authenticate(self, client: ClientInfo, password: bytes | None):
+            return self._decide()
+
+    hooks = Hooks([Later()])
+    (authenticate,) = hooks.authenticate
+    answer = authenticate(CLIENT, b"pw")
+    assert not isinstance(answer, int)
+    assert asyncio.run(answer) == 0x87
+
+
+def test_enhanced_auth_result_carries_the_authenticated_username():
+    assert AuthResult(0).username is None
+    assert AuthResult(0, b"v=...", None, username="bob").username == "bob"
+

@@ -1,0 +1,176 @@
+"""The authentication, authorisation and audit hooks built from `[auth]`, `[acl]`, `[audit]`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from hbroker_ext.topics import parse_shared
+
+from hbroker.auth.acl import Acl
+from hbroker.auth.audit import AuditLog
+from hbroker.auth.passwords import PasswordFile
+from hbroker.auth.scram import METHOD, ScramError, ScramServer, ServerFirst
+from hbroker.auth.webhook import WebhookAuthenticator
+from hbroker.hooks import READ, SUBSCRIBE, AuthResult, ClientInfo, Hook
+from hbroker.reason_codes import ReasonCode
+
+log = logging.getLogger("hbroker.auth")
+
+# Password checks (scrypt: tens of milliseconds, memory-hard) run here, off the event loop;
+# two threads bound the CPU and memory a burst of CONNECTs can take.
+_executor: ThreadPoolExecutor | None = None
+
+
+def password_executor() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hbroker-auth")
+    return _executor
+
+
+class AuthHook(Hook):
+    """The hooks of this package: replaced as a whole when SIGHUP reloads them."""
+
+
+class PasswordAuth(AuthHook):
+    """Username and password from the password file; the scrypt check runs in a thread."""
+
+    name = "password_file"
+
+    def __init__(self, passwords: PasswordFile) -> None:
+        self.passwords = passwords
+
+    def authenticate(self, client: ClientInfo, password: bytes | None) -> Any:
+        username = client.username
+        if username is None:
+            return 0  # anonymous: the listener's allow_anonymous decided (Connection)
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(password_executor(), self._check, username, password)
+
+    def _check(self, username: str, password: bytes | None) -> int:
+        if self.passwords.check(username, password):
+            return 0
+        return ReasonCode.BAD_USER_NAME_OR_PASSWORD
+
+
+class WebhookAuth(AuthHook):
+    name = "webhook"
+
+    def __init__(self, webhook: WebhookAuthenticator) -> None:
+        self.webhook = webhook
+
+    def authenticate(self, client: ClientInfo, password: bytes | None) -> Any:
+        cached = self.webhook.cached(client, password)
+        if cached is not None:
+            return cached
+        return self.webhook.decide(client, password)
+
+    def on_stop(self) -> None:
+        try:
+            asyncio.get_running_loop().create_task(self.webhook.close())
+        except RuntimeError:
+            pass  # no loop running: nothing was ever opened on it
+
+
+class ScramAuth(AuthHook):
+    """SCRAM-SHA-256 through the AUTH packet, with the keys of the password file."""
+
+    name = "scram"
+
+    def __init__(self, passwords: PasswordFile) -> None:
+        self.server = ScramServer(passwords.scram)
+
+    def auth_methods(self) -> tuple[str, ...]:
+        return (METHOD,)
+
+    def enhanced_auth(self, client: ClientInfo, method: str, data: bytes | None,
+                      state: Any) -> AuthResult:
+        if data is None:
+            return AuthResult(ReasonCode.BAD_USER_NAME_OR_PASSWORD)
+        try:
+            if not isinstance(state, ServerFirst):
+                # CONNECT, or the first AUTH of a re-authentication.
+                server_first, first = self.server.client_first(data)
+                if client.username is not None and client.username != first.username:
+                    raise ScramError("SCRAM username differs from CONNECT's username")
+                return AuthResult(ReasonCode.CONTINUE_AUTHENTICATION, server_first, first)
+            server_final = self.server.client_final(data, state)
+        except ScramError as exc:
+            log.info("SCRAM-SHA-256 failed: %s", exc, extra={
+                "client_id": client.client_id, "peer": client.peer})
+            return AuthResult(ReasonCode.BAD_USER_NAME_OR_PASSWORD)
+        return AuthResult(ReasonCode.SUCCESS, server_final, None, username=state.username)
+
+
+class AclHook(AuthHook):
+    """The ACL file. Denied publishes and subscribes are audited (at most AUDIT_PER_SECOND
+    records a second; the rest are counted in the next record's `suppressed`)."""
+
+    name = "acl"
+    AUDIT_PER_SECOND = 100
+
+    def __init__(self, acl: Acl, audit: AuditLog | None) -> None:
+        self.acl = acl
+        self.audit = audit
+        self._second = 0
+        self._in_second = 0
+        self._suppressed = 0
+
+    def check_acl(self, client: ClientInfo, topic: str, action: str) -> bool:
+        if action == SUBSCRIBE:
+            group, inner = parse_shared(topic)
+            if group is not None:
+                topic = inner
+        if self.acl.check(client.username, client.client_id, topic, action):
+            return True
+        if action != READ:
+            self._denied(client, topic, action)
+        return False
+
+    def _denied(self, client: ClientInfo, topic: str, action: str) -> None:
+        log.info("%s denied by the ACL", action, extra={
+            "client_id": client.client_id, "username": client.username, "peer": client.peer,
+            "topic": topic})
+        if self.audit is None:
+            return
+        second = int(time.monotonic())
+        if second != self._second:
+            self._second, self._in_second = second, 0
+        if self._in_second >= self.AUDIT_PER_SECOND:
+            self._suppressed += 1
+            return
+        self._in_second += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        self.audit.record("acl_denied", action=action, topic=topic,
+                          client_id=client.client_id, username=client.username,
+                          peer=client.peer, listener=client.listener,
+                          suppressed=suppressed or None)
+
+
+# The close reason hbroker.broker gives a connection whose session another one took over.
+TAKEN_OVER = "session taken over"
+
+
+class AuditHook(AuthHook):
+    name = "audit"
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+
+    def on_auth_failed(self, client: ClientInfo, reason_code: int, reason: str) -> None:
+        self.audit.record("auth_failure", client_id=client.client_id,
+                          username=client.username, peer=client.peer,
+                          listener=client.listener, reason_code=reason_code, reason=reason)
+
+    def on_disconnected(self, client: ClientInfo, reason: str) -> None:
+        if reason == TAKEN_OVER:
+            self.audit.record("session_taken_over", client_id=client.client_id,
+                              username=client.username, peer=client.peer,
+                              listener=client.listener)
+
+    def on_stop(self) -> None:
+        self.audit.close()

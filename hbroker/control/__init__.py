@@ -1,0 +1,1 @@
+"""The IoT control plane: HARCP, the signed device control protocol (docs/harcp.md)."""

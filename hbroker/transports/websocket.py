@@ -1,0 +1,209 @@
+"""MQTT over WebSocket (MQTT 5.0 section 6, 3.1.1 section 6) for `ws` and `wss` listeners.
+
+The WebSocket protocol itself (HTTP upgrade, framing, masking, ping/pong, close handshake) is the
+`websockets` package's sans-I/O `ServerProtocol`. `WebSocketProtocol` sits between the socket
+and the MQTT `Connection` and hands the connection a `WebSocketTransport`, so the connection
+sees the same byte stream as on TCP: the payloads of binary frames, in order, whatever the
+frame boundaries (one packet may span frames, one frame may hold several packets), and what it
+writes goes out as binary frames (one frame per coalesced write).
+
+The MQTT connection exists from the first byte, so the broker's connect timeout also closes
+sockets that never finish the HTTP upgrade, and listener limits apply at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+log = logging.getLogger("hbroker.transports")
+
+MQTT_SUBPROTOCOL = Subprotocol("mqtt")
+
+
+class WebSocketTransport(asyncio.Transport):
+    """The transport an MQTT connection writes to: its bytes become binary frames."""
+
+    __slots__ = ("_carrier",)
+
+    def __init__(self, carrier: WebSocketProtocol) -> None:
+        super().__init__()
+        self._carrier = carrier
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._carrier.send_binary(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._carrier.send_binary(b"".join(list_of_data))
+
+    def close(self) -> None:
+        self._carrier.close()
+
+    def abort(self) -> None:
+        self._carrier.abort()
+
+    def is_closing(self) -> bool:
+        return self._carrier.is_closing()
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._carrier.get_extra_info(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self._carrier.get_write_buffer_size()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._carrier.raw().set_write_buffer_limits(high, low)
+
+    def pause_reading(self) -> None:
+        self._carrier.raw().pause_reading()
+
+    def resume_reading(self) -> None:
+        self._carrier.raw().resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._carrier.raw().is_reading()
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """The socket's protocol on a `ws`/`wss` listener, carrying one MQTT connection."""
+
+    __slots__ = ("inner", "path", "max_size", "transport", "ws", "adapter", "closing",
+                 "upgraded")
+
+    def __init__(self, inner: asyncio.Protocol, path: str, max_size: int) -> None:
+        self.inner = inner
+        self.path = path
+        self.max_size = max_size
+        self.transport: asyncio.Transport | None = None
+        self.ws = ServerProtocol(subprotocols=[MQTT_SUBPROTOCOL], max_size=max_size,
+                                 logger=log)
+        self.adapter = WebSocketTransport(self)
+        self.closing = False
+        self.upgraded = False
+
+    # -- the socket's side ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.inner.connection_made(self.adapter)
+
+    def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        ws.receive_data(data)
+        inner = self.inner
+        for event in ws.events_received():
+            if self.closing:
+                break
+            if isinstance(event, Frame):
+                opcode = event.opcode
+                if opcode is Opcode.BINARY or opcode is Opcode.CONT:
+                    payload = event.data
+                    if payload:
+                        inner.data_received(payload if type(payload) is bytes
+                                            else bytes(payload))
+                elif opcode is Opcode.TEXT:
+                    # [MQTT-6.0.0-1] MQTT control packets travel in binary data frames only.
+                    log.info("websocket: text frame, closing", extra={
+                        "peer": self.get_extra_info("peername")})
+                    ws.fail(CloseCode.INVALID_DATA, "MQTT needs binary frames")
+                    self.closing = True
+            elif isinstance(event, Request):
+                self._upgrade(event)
+        self._send_pending()
+
+    def _upgrade(self, request: Request) -> None:
+        ws = self.ws
+        if request.path.partition("?")[0] != self.path:
+            response = ws.reject(404, f"No MQTT WebSocket endpoint at this path (try "
+                                      f"{self.path}).\n")
+        else:
+            response = ws.accept(request)
+        ws.send_response(response)
+        if response.status_code == 101:
+            self.upgraded = True
+        else:
+            log.info("websocket: upgrade refused", extra={
+                "peer": self.get_extra_info("peername"), "path": request.path,
+                "status": response.status_code})
+            self.closing = True
+
+    def eof_received(self) -> bool | None:
+        self.ws.receive_eof()
+        self._send_pending()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    # -- the MQTT connection's side --------------------------------------------------------
+
+    def raw(self) -> asyncio.Transport:
+        assert self.transport is not None
+        return self.transport
+
+    def send_binary(self, data: bytes) -> None:
+        if self.ws.state is State.OPEN and data:
+            self.ws.send_binary(data)
+            self._send_pending()
+
+    def close(self) -> None:
+        if self.closing:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.closing = True
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(CloseCode.NORMAL_CLOSURE)
+        self._send_pending()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def is_closing(self) -> bool:
+        return self.closing or self.transport is None or self.transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if self.transport is None:
+            return default
+        return self.transport.get_extra_info(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def _send_pending(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        chunks = self.ws.data_to_send()
+        if not chunks:
+            return
+        eof = False
+        if chunks[-1] == b"":  # the protocol wants the connection closed after these bytes
+            chunks.pop()
+            eof = True
+        if chunks and not transport.is_closing():
+            transport.writelines(chunks)
+        if eof or self.ws.state is State.CLOSED:
+            self.closing = True
+            transport.close()

@@ -1,0 +1,688 @@
+# cython: language_level=3
+"""The per-message half of the broker, compiled: application messages, their deliveries,
+sessions' outgoing flow (section 4.1: the inflight window, the bounded queue, incoming QoS 2
+packet ids) and the PUBLISH fan-out.
+
+`hbroker.session` re-exports `Message`, `Delivery` and `Session`. `publish_bytes` encodes a
+message for one connection, once per distinct form; `route` delivers a message to the
+non-shared subscriptions of a topic, writing QoS 0 copies straight into the connections'
+output. Connections, the broker's statistics and the storage journal stay Python objects:
+this module reads their attributes and calls their methods; it does no I/O of its own.
+"""
+
+import math
+from collections import deque
+
+from libc.math cimport ceil
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
+
+from hbroker_ext.codec import (
+    MESSAGE_EXPIRY_INTERVAL,
+    PUBREL,
+    SUBSCRIPTION_IDENTIFIER,
+    TOPIC_ALIAS,
+    encode_ack,
+    encode_publish,
+    set_packet_id,
+)
+
+NEVER = math.inf
+
+# Most sessions never queue a message or receive a QoS 2 PUBLISH: they share these empty,
+# immutable stand-ins until they do (a deque costs 624 bytes, a set 216; with 10,000 idle
+# connections that was a third of the broker's memory per connection).
+NO_QUEUE = ()
+NO_PACKET_IDS = frozenset()
+
+# Outgoing QoS 1/2 states.
+AWAITING_PUBACK_OR_PUBREC = 1  # PUBLISH sent
+AWAITING_PUBCOMP = 2  # PUBREL sent
+
+# Encodings of one message kept for reuse across its fan-out beyond the first one; a message
+# is rarely delivered in more than a handful of distinct forms.
+DEF ENCODING_CACHE_LIMIT = 16
+
+
+cdef class Stats:
+    """The broker's counters, for $SYS and metrics: incremented on the hot path (typed, so
+    compiled code adds to them without a Python attribute lookup), read by Python."""
+
+    cdef public long long packets_received
+    cdef public long long packets_sent
+    cdef public long long bytes_received
+    cdef public long long bytes_sent
+    cdef public long long publish_received
+    cdef public long long publish_sent
+    cdef public long long publish_routed
+    cdef public long long publish_dropped
+    cdef public long long clients_connected
+    cdef public long long clients_maximum
+    cdef public long long connections_total
+    cdef public long long takeovers
+    cdef public long long wills_published
+    cdef public long long sessions_expired
+    cdef public long long retained_changes
+    cdef public long long dropped_qos0_slow
+    cdef public long long dropped_queue_full
+    cdef public long long dropped_expired
+    cdef public long long dropped_too_large
+    cdef public long long protocol_errors
+
+    NAMES = ("packets_received", "packets_sent", "bytes_received", "bytes_sent",
+             "publish_received", "publish_sent", "publish_routed", "publish_dropped",
+             "clients_connected", "clients_maximum", "connections_total", "takeovers",
+             "wills_published", "sessions_expired", "retained_changes", "dropped_qos0_slow",
+             "dropped_queue_full", "dropped_expired", "dropped_too_large", "protocol_errors")
+
+    def as_dict(self):
+        return {name: getattr(self, name) for name in self.NAMES}
+
+
+cdef class Message:
+    """An application message as the broker received it, shared by every delivery of it.
+
+    `properties` holds the 5.0 properties that travel with the message to subscribers (the
+    topic alias, subscription identifiers and message expiry are per delivery, not here).
+    `expires_at` is a monotonic deadline, or 0 when the message does not expire.
+    Durable storage (hbroker.storage.journal) keeps the row id, the number of stored
+    deliveries (and deferred routings) that need the row, and whether the row was written.
+    """
+
+    cdef public str topic
+    cdef public bytes payload
+    cdef public int qos
+    cdef public bint retain
+    cdef public object properties
+    cdef public double expires_at
+    cdef public object sender
+    cdef public long long store_id
+    cdef public long store_refs
+    cdef public bint store_written
+    # The first encoding made, by (protocol version, QoS, retain, subscription ids, expiry):
+    # every copy of a 1:N fan-out to one kind of client. Other forms go to `encodings`.
+    cdef int _version
+    cdef int _qos
+    cdef bint _retain
+    cdef object _sub_ids
+    cdef long _expiry
+    cdef bytes _encoded
+    cdef public object encodings
+
+    def __init__(self, str topic, payload, int qos, bint retain, properties,
+                 double expires_at, sender):
+        self.topic = topic
+        self.payload = payload if type(payload) is bytes else bytes(payload)
+        self.qos = qos
+        self.retain = retain
+        self.properties = properties
+        self.expires_at = expires_at
+        self.sender = sender
+        self.encodings = None
+        self.store_id = 0
+        self.store_refs = 0
+        self.store_written = False
+        self._encoded = None
+
+    def __repr__(self):
+        return f"<Message {self.topic!r} qos={self.qos} retain={self.retain}>"
+
+    cpdef bint expired(self, double now):
+        return self.expires_at != 0 and now >= self.expires_at
+
+    cpdef long remaining_expiry(self, double now):
+        """Message Expiry Interval to send: the time left, in whole seconds [MQTT-3.3.2-6]."""
+        cdef double left = ceil(self.expires_at - now)
+        return <long>left if left > 0 else 0
+
+    cdef bytes _cached(self, int version, int qos, bint retain, object sub_ids, long expiry):
+        if self._encoded is not None and self._version == version and self._qos == qos \
+                and self._retain == retain and self._expiry == expiry \
+                and (self._sub_ids is sub_ids or self._sub_ids == sub_ids):
+            return self._encoded
+        if self.encodings is not None:
+            return self.encodings.get((version, qos, retain, sub_ids, expiry))
+        return None
+
+    cdef void _cache(self, int version, int qos, bint retain, object sub_ids, long expiry,
+                     bytes data):
+        if self._encoded is None:
+            self._version = version
+            self._qos = qos
+            self._retain = retain
+            self._sub_ids = sub_ids
+            self._expiry = expiry
+            self._encoded = data
+            return
+        if self.encodings is None:
+            self.encodings = {}
+        if len(self.encodings) < ENCODING_CACHE_LIMIT:
+            self.encodings[(version, qos, retain, sub_ids, expiry)] = data
+
+
+cdef class Delivery:
+    """One message on its way to one session: queued, or inflight with a packet id.
+    `seq` is non-zero while the journal tracks it for a durable session; `written` tells
+    whether its row has been written."""
+
+    cdef public Message message
+    cdef public int qos
+    cdef public bint retain
+    cdef public object sub_ids
+    cdef public int packet_id
+    cdef public int state
+    cdef public object group
+    cdef public long long seq
+    cdef public bint written
+
+    def __init__(self, Message message, int qos, bint retain, sub_ids, group):
+        self.message = message
+        self.qos = qos
+        self.retain = retain
+        self.sub_ids = sub_ids
+        self.packet_id = 0
+        self.state = 0
+        self.group = group
+        self.seq = 0
+        self.written = False
+
+    def __repr__(self):
+        return (f"<Delivery {self.message.topic!r} qos={self.qos} packet_id={self.packet_id} "
+                f"state={self.state}>")
+
+
+cpdef object delivery_properties(Message msg, object sub_ids, long expiry):
+    """The properties of one delivery: the message's, plus its subscription identifiers and
+    the message expiry left (`expiry` < 0: none)."""
+    if not sub_ids and expiry < 0:
+        return msg.properties
+    props = dict(msg.properties) if msg.properties else {}
+    if sub_ids:
+        props[SUBSCRIPTION_IDENTIFIER] = list(sub_ids)
+    if expiry >= 0:
+        props[MESSAGE_EXPIRY_INTERVAL] = expiry
+    return props
+
+
+cdef bytes _encode_with_topic_alias(object conn, Message msg, int qos, bint retain,
+                                    object sub_ids, long expiry):
+    """Encode for a client that accepts topic aliases: the first topics get an alias each, and
+    later messages on an aliased topic are sent with an empty topic name [MQTT-3.3.2-12]."""
+    props = delivery_properties(msg, sub_ids, expiry)
+    aliases = conn.topic_aliases_out
+    topic = msg.topic
+    alias = aliases.get(topic)
+    if alias is None:
+        if len(aliases) < conn.topic_alias_maximum_out:
+            alias = aliases[topic] = len(aliases) + 1
+            props = dict(props) if props else {}
+            props[TOPIC_ALIAS] = alias
+    else:
+        props = dict(props) if props else {}
+        props[TOPIC_ALIAS] = alias
+        topic = ""
+    return encode_publish(topic, msg.payload, qos, retain, False, 1 if qos else 0, props, 5)
+
+
+cpdef object publish_bytes(object conn, Message msg, int qos, bint retain, object sub_ids,
+                           int packet_id, bint dup, double now):
+    """The PUBLISH packet for one delivery on one connection, or None if it is too large.
+
+    Encodings are cached on the message by everything that shapes them except the packet id, so
+    a fan-out encodes once per distinct form and QoS 1/2 copies only patch the packet id.
+    """
+    cdef int version = conn.protocol_version
+    cdef long expiry = msg.remaining_expiry(now) if msg.expires_at != 0 else -1
+    cdef bytes data
+    if conn.topic_aliases_out is not None:
+        data = _encode_with_topic_alias(conn, msg, qos, retain, sub_ids, expiry)
+    else:
+        data = msg._cached(version, qos, retain, sub_ids, expiry)
+        if data is None:
+            props = delivery_properties(msg, sub_ids, expiry) if version == 5 else None
+            data = encode_publish(msg.topic, msg.payload, qos, retain, False, 1 if qos else 0,
+                                  props, version)
+            msg._cache(version, qos, retain, sub_ids, expiry, data)
+    if qos:
+        data = set_packet_id(data, packet_id, dup)
+    if len(data) > <Py_ssize_t>conn.max_packet_size_out:
+        # [MQTT-3.1.2-25] a message too large for the client is discarded for that client.
+        conn.broker.stats.dropped_too_large += 1
+        return None
+    return data
+
+
+cdef inline void _write_publish(object conn, bytes data, Stats stats) except *:
+    cdef list out = conn.out
+    if not out:
+        conn.broker.mark_dirty(conn)
+    out.append(data)
+    stats.publish_sent += 1
+
+
+def write_publish(conn, bytes data):
+    """Queue an encoded PUBLISH on a connection's output for this loop iteration (the broker
+    flushes every connection that has output once per iteration)."""
+    _write_publish(conn, data, conn.broker.stats)
+
+
+cdef class Session:
+    """The state MQTT keeps for a client id across network connections (section 4.1)."""
+
+    cdef public object client_id
+    cdef public int protocol_version
+    cdef public object connection
+    # topic filter (as subscribed, `$share/...` included) -> SubscriptionOptions
+    cdef public dict subscriptions
+    cdef public object expiry_interval  # seconds after disconnect; NEVER for no expiry
+    cdef public dict inflight  # packet id -> Delivery
+    cdef public object queue  # NO_QUEUE, a deque once something is queued
+    cdef public long long queued_bytes
+    cdef public int next_packet_id
+    # incoming QoS 2 packet ids [MQTT-4.3.3-9]; a set once there is one (await_pubrel)
+    cdef public object awaiting_pubrel
+    cdef public object will
+    cdef public object will_delay
+    cdef public object will_due  # monotonic time at which a delayed will is published
+    cdef public object expires_at  # monotonic time at which a disconnected session ends
+    cdef public long send_window  # the client's Receive Maximum, or max_inflight for 3.1.1
+    cdef public long long max_queued_messages
+    cdef public long long max_queued_bytes
+    cdef public bint queue_qos0
+    cdef public long long dropped
+    cdef public Stats stats
+    cdef public object journal
+    cdef public bint ended
+
+    def __init__(self, client_id, int protocol_version, *, max_queued_messages,
+                 max_queued_bytes, bint queue_qos0, Stats stats, journal=None):
+        self.client_id = client_id
+        self.protocol_version = protocol_version
+        self.connection = None
+        self.subscriptions = {}
+        self.expiry_interval = 0
+        self.inflight = {}
+        self.queue = NO_QUEUE
+        self.queued_bytes = 0
+        self.next_packet_id = 1
+        self.awaiting_pubrel = NO_PACKET_IDS
+        self.will = None
+        self.will_delay = 0
+        self.will_due = 0
+        self.expires_at = NEVER
+        self.send_window = 65535
+        self.max_queued_messages = max_queued_messages
+        self.max_queued_bytes = max_queued_bytes
+        self.queue_qos0 = queue_qos0
+        self.dropped = 0
+        self.stats = stats
+        self.journal = journal
+        self.ended = False
+
+    def __repr__(self):
+        return f"<Session {self.client_id!r} v{self.protocol_version}>"
+
+    # -- durable storage -------------------------------------------------------------------
+
+    cdef void _stored(self, Delivery delivery) except *:
+        """A delivery was queued or changed state: recorded if this session outlives its
+        connection (a session without expiry is gone after a crash anyway)."""
+        if self.journal is not None and self.expiry_interval:
+            self.journal.delivery_changed(self, delivery)
+
+    cdef void _unstored(self, Delivery delivery) except *:
+        if delivery.seq:
+            self.journal.delivery_removed(self, delivery)
+
+    # -- outgoing flow ---------------------------------------------------------------------
+
+    cpdef deliver(self, Delivery delivery, double now):
+        """Send now if the client is connected and the window allows, otherwise queue."""
+        conn = self.connection
+        if conn is None or conn.closing:
+            if delivery.qos or self.queue_qos0:
+                self._enqueue(delivery)
+            return
+        if delivery.qos == 0:
+            if conn.write_paused and conn.transport_buffer_size() > self.max_queued_bytes:
+                # A slow reader: QoS 0 is dropped within the bound, never buffered without one.
+                self.stats.dropped_qos0_slow += 1
+                return
+            _write_qos0(conn, delivery, now, self.stats)
+            return
+        if self.queue or len(self.inflight) >= self.send_window:
+            self._enqueue(delivery)
+            return
+        self._send_new(delivery, conn, now)
+
+    cpdef deliver_qos0(self, Message msg, bint retain, object sub_ids, double now):
+        """QoS 0 to a connected, unblocked client: no Delivery object on the way."""
+        conn = self.connection
+        if conn is None or conn.closing or conn.write_paused:
+            self.deliver(Delivery(msg, 0, retain, sub_ids, None), now)
+            return
+        data = publish_bytes(conn, msg, 0, retain, sub_ids, 0, False, now)
+        if data is not None:
+            _write_publish(conn, data, self.stats)
+
+    def queue_for_append(self):
+        if self.queue is NO_QUEUE:
+            self.queue = deque()
+        return self.queue
+
+    def await_pubrel(self, int packet_id):
+        """An incoming QoS 2 PUBLISH was PUBRECed: its packet id waits for the PUBREL."""
+        if self.awaiting_pubrel is NO_PACKET_IDS:
+            self.awaiting_pubrel = set()
+        self.awaiting_pubrel.add(packet_id)
+
+    cdef void _enqueue(self, Delivery delivery) except *:
+        cdef Py_ssize_t size = len(delivery.message.payload)
+        if (len(self.queue) >= self.max_queued_messages
+                or self.queued_bytes + size > self.max_queued_bytes):
+            self.dropped += 1
+            self.stats.dropped_queue_full += 1
+            return
+        self.queue_for_append().append(delivery)
+        self.queued_bytes += size
+        self._stored(delivery)
+
+    cdef void _send_new(self, Delivery delivery, object conn, double now) except *:
+        cdef int pid = self._allocate_packet_id()
+        data = publish_bytes(conn, delivery.message, delivery.qos, delivery.retain,
+                             delivery.sub_ids, pid, False, now)
+        if data is None:
+            self._unstored(delivery)
+            return
+        delivery.packet_id = pid
+        delivery.state = AWAITING_PUBACK_OR_PUBREC
+        self.inflight[pid] = delivery
+        self._stored(delivery)
+        _write_publish(conn, data, self.stats)
+
+    cdef int _allocate_packet_id(self) except -1:
+        cdef int pid = self.next_packet_id
+        cdef dict inflight = self.inflight
+        while pid in inflight:
+            pid = pid % 65535 + 1
+        self.next_packet_id = pid % 65535 + 1
+        return pid
+
+    cpdef drain(self, double now):
+        """Move queued messages to the client while its window has room."""
+        cdef Delivery delivery
+        conn = self.connection
+        if conn is None or conn.closing:
+            return
+        queue = self.queue
+        while queue and len(self.inflight) < self.send_window:
+            delivery = queue.popleft()
+            self.queued_bytes -= len(delivery.message.payload)
+            if delivery.message.expired(now):
+                # [MQTT-3.3.2-5] an expired message is not delivered.
+                self.stats.dropped_expired += 1
+                self._unstored(delivery)
+                continue
+            if delivery.qos == 0:
+                self._unstored(delivery)
+                _write_qos0(conn, delivery, now, self.stats)
+            else:
+                self._send_new(delivery, conn, now)
+
+    def resend_inflight(self, double now):
+        """On session resume, re-send unacknowledged PUBLISH with DUP and PUBREL [MQTT-4.4.0-1]."""
+        cdef Delivery delivery
+        conn = self.connection
+        for pid, delivery in list(self.inflight.items()):
+            if delivery.state == AWAITING_PUBCOMP:
+                conn.write(encode_ack(PUBREL, pid, 0, conn.protocol_version))
+                continue
+            data = publish_bytes(conn, delivery.message, delivery.qos, delivery.retain,
+                                 delivery.sub_ids, pid, True, now)
+            if data is None:
+                del self.inflight[pid]
+                self._unstored(delivery)
+            else:
+                _write_publish(conn, data, self.stats)
+
+    cpdef bint on_puback(self, int packet_id, double now) except *:
+        cdef Delivery delivery
+        found = self.inflight.get(packet_id)
+        if found is None:
+            return False
+        delivery = found
+        if delivery.qos != 1:
+            return False
+        del self.inflight[packet_id]
+        self._unstored(delivery)
+        if self.queue:
+            self.drain(now)
+        return True
+
+    cpdef bint on_pubrec(self, int packet_id, int reason_code) except *:
+        """Returns False when the packet id is unknown; the caller answers PUBREL 0x92."""
+        cdef Delivery delivery
+        found = self.inflight.get(packet_id)
+        if found is None:
+            return False
+        delivery = found
+        if delivery.qos != 2:
+            return False
+        if reason_code >= 0x80:
+            # [MQTT-4.3.3-?] a PUBREC with an error ends the exchange; the id is free again.
+            del self.inflight[packet_id]
+            self._unstored(delivery)
+            return True
+        delivery.state = AWAITING_PUBCOMP
+        self._stored(delivery)
+        return True
+
+    cpdef bint on_pubcomp(self, int packet_id, double now) except *:
+        cdef Delivery delivery
+        found = self.inflight.get(packet_id)
+        if found is None:
+            return False
+        delivery = found
+        if delivery.state != AWAITING_PUBCOMP:
+            return False
+        del self.inflight[packet_id]
+        self._unstored(delivery)
+        if self.queue:
+            self.drain(now)
+        return True
+
+    def take_shared_deliveries(self):
+        """Remove and return the shared-subscription messages not yet acknowledged, so the
+        broker can offer them to another member of the group."""
+        cdef Delivery d
+        taken = [d for d in self.inflight.values()
+                 if d.group is not None and d.state == AWAITING_PUBACK_OR_PUBREC]
+        for d in taken:
+            del self.inflight[d.packet_id]
+        queued = [d for d in self.queue if d.group is not None]
+        if queued:
+            self.queue = deque(d for d in self.queue if d.group is None)
+            self.queued_bytes = sum(len(d.message.payload) for d in self.queue)
+            taken.extend(queued)
+        for d in taken:
+            self._unstored(d)
+            d.packet_id = 0
+            d.state = 0
+        return taken
+
+
+cdef void _write_qos0(object conn, Delivery delivery, double now, Stats stats) except *:
+    data = publish_bytes(conn, delivery.message, 0, delivery.retain, delivery.sub_ids, 0,
+                         False, now)
+    if data is not None:
+        _write_publish(conn, data, stats)
+
+
+def route(dict sessions, tuple normal, Message msg, double now, object skip):
+    """Deliver `msg` to the non-shared subscriptions matching its topic and return how many it
+    reached. `normal` holds one entry per subscribed client: (client id, granted QoS, retain as
+    published, subscription ids, the options for the sender's own subscription or None when
+    No Local excludes it). `skip`: client ids that have the message already, or None."""
+    cdef int reached = 0
+    cdef int qos
+    cdef int msg_qos = msg.qos
+    cdef bint retain
+    cdef tuple entry
+    cdef PyObject* found
+    cdef Session session
+    sender = msg.sender
+    for entry in normal:
+        client_id = entry[0]
+        if skip is not None and client_id in skip:
+            continue
+        if client_id == sender:
+            local = entry[4]
+            if local is None:
+                continue  # [MQTT-3.8.3-3] No Local
+            qos = (<tuple>local)[0]
+            rap = (<tuple>local)[1]
+            sub_ids = (<tuple>local)[2]
+        else:
+            qos = entry[1]
+            rap = entry[2]
+            sub_ids = entry[3]
+        found = PyDict_GetItem(sessions, client_id)
+        if found is NULL:
+            continue
+        session = <Session>found
+        reached += 1
+        if qos > msg_qos:
+            qos = msg_qos
+        retain = msg.retain and rap
+        if qos == 0:
+            session.deliver_qos0(msg, retain, sub_ids, now)
+        else:
+            session.deliver(Delivery(msg, qos, retain, sub_ids, None), now)
+    return reached
+
+
+# -- incoming PUBLISH ------------------------------------------------------------------------
+
+# Reason codes used below (hbroker.reason_codes.ReasonCode).
+DEF RC_NO_MATCHING_SUBSCRIBERS = 0x10
+DEF RC_PROTOCOL_ERROR = 0x82
+DEF RC_NOT_AUTHORIZED = 0x87
+DEF RC_TOPIC_ALIAS_INVALID = 0x94
+DEF RC_RECEIVE_MAXIMUM_EXCEEDED = 0x93
+DEF RC_PAYLOAD_FORMAT_INVALID = 0x99
+DEF RC_RETAIN_NOT_SUPPORTED = 0x9A
+DEF RC_QOS_NOT_SUPPORTED = 0x9B
+# Property identifiers and packet types (hbroker_ext.codec).
+DEF P_PAYLOAD_FORMAT_INDICATOR = 0x01
+DEF P_MESSAGE_EXPIRY_INTERVAL = 0x02
+DEF P_SUBSCRIPTION_IDENTIFIER = 0x0B
+DEF P_TOPIC_ALIAS = 0x23
+DEF T_PUBACK = 4
+DEF T_PUBREC = 5
+
+_ACTION_PUBLISH = "publish"  # hbroker.hooks.PUBLISH
+
+
+def handle_publish(conn, p):
+    """A PUBLISH from a client (section 3.3): checked, acknowledged and routed. A method of
+    `hbroker.connection.Connection`; the rare outcomes (protocol errors, refusals, storage
+    deferral) call back into the connection and the journal."""
+    cdef int qos = p.qos
+    cdef int version
+    cdef double now
+    cdef double expires_at = 0
+    cdef int alias
+    cdef int pid
+    cdef Session session
+    cdef Message msg
+    broker = conn.broker
+    limits = broker.limits
+    session = conn.session
+    session.stats.publish_received += 1
+    if qos > limits.max_qos:
+        # [MQTT-3.2.2-11]
+        conn.protocol_error(RC_QOS_NOT_SUPPORTED, f"PUBLISH with QoS {qos}")
+        return
+    retain = p.retain
+    if retain and not limits.retain_available:
+        conn.protocol_error(RC_RETAIN_NOT_SUPPORTED, "retain not available")
+        return
+    topic = p.topic
+    props = p.properties
+    now = conn.last_received
+    if props is not None:
+        props = dict(props)
+        alias = props.pop(P_TOPIC_ALIAS, 0)
+        if alias:
+            if alias > limits.topic_alias_maximum:
+                # [MQTT-3.3.2-9]
+                conn.protocol_error(RC_TOPIC_ALIAS_INVALID, f"topic alias {alias} above maximum")
+                return
+            if topic:
+                conn.topic_aliases_in[alias] = topic
+            else:
+                topic = conn.topic_aliases_in.get(alias)
+                if topic is None:
+                    conn.protocol_error(RC_PROTOCOL_ERROR, f"unknown topic alias {alias}")
+                    return
+        if P_SUBSCRIPTION_IDENTIFIER in props:
+            # [MQTT-3.3.4-6] a client must not send a subscription identifier.
+            conn.protocol_error(RC_PROTOCOL_ERROR,
+                                "PUBLISH from a client with a subscription identifier")
+            return
+        expiry = props.pop(P_MESSAGE_EXPIRY_INTERVAL, None)
+        if expiry is not None:
+            expires_at = now + expiry if expiry else now
+        if props.get(P_PAYLOAD_FORMAT_INDICATOR) == 1:
+            try:
+                p.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                conn._refuse_publish(p, RC_PAYLOAD_FORMAT_INVALID,
+                                     "payload is not UTF-8 as its format indicator says")
+                return
+        if not props:
+            props = None
+    if topic.startswith("$SYS"):
+        conn._refuse_publish(p, RC_NOT_AUTHORIZED, "clients may not publish to $SYS")
+        return
+    hooks = broker.hooks
+    if hooks.check_acl and not hooks.allowed(conn.client_info, topic, _ACTION_PUBLISH):
+        conn._refuse_publish(p, RC_NOT_AUTHORIZED, "not authorised")
+        return
+    if qos == 2:
+        pid = p.packet_id
+        if pid in session.awaiting_pubrel:
+            # [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is not delivered again.
+            conn.write(encode_ack(T_PUBREC, pid, 0, conn.protocol_version))
+            return
+        if len(session.awaiting_pubrel) >= limits.max_inflight:
+            # [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
+            conn.protocol_error(RC_RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
+            return
+    msg = Message(topic, p.payload, qos, retain, props, expires_at, conn.client_id)
+    journal = broker.journal
+    # A message that must outlive a crash is acknowledged once it is stored (sync mode),
+    # and refused while storage is failing. Periodic mode needs no look at the targets.
+    if qos and journal is not None and (journal.sync or journal.degraded) and (
+            conn.deferred or retain or broker.has_durable_target(topic)):
+        if journal.degraded:
+            conn.refuse_unstored(msg, p.packet_id, journal.full)
+            return
+        if qos == 2:
+            session.await_pubrel(p.packet_id)
+            if session.expiry_interval:
+                journal.qos2_changed(session, p.packet_id)
+        journal.defer(conn, msg, p.packet_id)
+        return
+    reached = broker.publish(msg, now)
+    if qos == 0:
+        return
+    version = conn.protocol_version
+    code = 0 if reached or version != 5 else RC_NO_MATCHING_SUBSCRIBERS
+    if qos == 1:
+        conn.write(encode_ack(T_PUBACK, p.packet_id, code, version))
+    else:
+        session.await_pubrel(p.packet_id)
+        if journal is not None and session.expiry_interval:
+            journal.qos2_changed(session, p.packet_id)
+        conn.write(encode_ack(T_PUBREC, p.packet_id, code, version))
