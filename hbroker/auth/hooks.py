@@ -48,6 +48,10 @@ class PasswordAuth(AuthHook):
         username = client.username
         if username is None:
             return 0  # anonymous: the listener's allow_anonymous decided (Connection)
+        if certificate_authenticated(client):
+            # The client certificate, checked in the TLS handshake, names the user: no
+            # password is asked for (Mosquitto's use_identity_as_username does the same).
+            return 0
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(password_executor(), self._check, username, password)
 
@@ -55,6 +59,15 @@ class PasswordAuth(AuthHook):
         if self.passwords.check(username, password):
             return 0
         return ReasonCode.BAD_USER_NAME_OR_PASSWORD
+
+
+def certificate_authenticated(client: ClientInfo) -> bool:
+    """Whether the username is the identity of a verified client certificate, on a listener
+    with `use_identity_as_username`."""
+    settings = client.listener_config
+    return (client.certificate_identity is not None and settings is not None
+            and settings.use_identity_as_username
+            and client.username == client.certificate_identity)
 
 
 class WebhookAuth(AuthHook):

@@ -8,6 +8,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,6 +158,32 @@ def test_certificate_identity_becomes_the_username(start: Any, pki: PKI, identit
     line = next(line for line in log.splitlines() if "client connected client_id=id-user" in line)
     assert f" username={username} " in line and " listener=devices" in line, line
     client.close()
+
+
+def test_identity_as_username_needs_no_password_with_a_password_file(
+        tmp_path: Path, pki: PKI) -> None:
+    # The certificate authenticates the client: a password file configured for the other
+    # clients does not refuse it, while a password client on the same broker is checked.
+    passwd = tmp_path / "passwd"
+    subprocess.run([sys.executable, "-m", "hbroker", "passwd", "add", str(passwd), "alice",
+                    "--password", "secret"], check=True, capture_output=True)
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    broker = BrokerProcess(workdir, {"storage": {"backend": "memory"},
+                                     "auth": {"password_file": str(passwd)}},
+                           listeners=[mtls_listener(pki, use_identity_as_username=True)])
+    try:
+        device = Paho("cert-only", broker.port, tls=tls_context(pki.ca.cert, pki.client))
+        assert device.accepted
+        device.close()
+        wrong = SocketClient(tls_socket(broker.port, tls_context(pki.ca.cert, pki.client)))
+        # The certificate names the user whatever CONNECT claims; a claimed password is not
+        # what lets it in, so a wrong one changes nothing.
+        assert wrong.connect("cert-wrong-password", username="alice",
+                             password=b"wrong").reason_code == 0
+        wrong.close()
+    finally:
+        assert broker.stop() == 0, broker.log()
 
 
 def test_identity_as_username_refuses_a_client_without_certificate(start: Any,
