@@ -196,6 +196,12 @@ def decode(buf, Py_ssize_t max_payload=4096):
         raise HarcpError(UNKNOWN_TYPE, f"type {data[1]}")
     if data[2] & 0xFE:
         raise HarcpError(RESERVED_FLAG, f"flags {data[2]:#04x}")
+    if not data[2] & 0x01:
+        for i in range(31, 39):
+            if data[i]:
+                # An unsigned frame names no key: otherwise unsigned frames could advance a
+                # real key's sequence (§1).
+                raise HarcpError(MALFORMED, "an unsigned frame with a non-zero key id")
     pos = C_HEADER_SIZE
     for i in range(C_VARINT_MAX_BYTES):
         if pos >= n:

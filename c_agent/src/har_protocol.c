@@ -73,6 +73,13 @@ int har_frame_decode(const uint8_t *buf, size_t len, size_t max_payload, har_fra
         return HAR_E_UNKNOWN_TYPE;
     if (out->flags & (uint8_t)~HAR_FLAG_SIGNED)
         return HAR_E_RESERVED_FLAG;
+    if (!(out->flags & HAR_FLAG_SIGNED)) {
+        /* an unsigned frame names no key: otherwise unsigned frames could advance a real
+         * key's sequence (docs/harcp.md section 1) */
+        for (i = 0; i < HAR_KEY_ID_LEN; i++)
+            if (out->key_id[i])
+                return HAR_E_MALFORMED;
+    }
 
     pos = HAR_HEADER_LEN;
     for (i = 0;; i++) {

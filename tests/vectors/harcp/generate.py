@@ -368,6 +368,12 @@ def reject_vectors() -> list[dict[str, Any]]:
         good("oversize")[:39] + b"\x81\x08", dev, "oversize")
     add("oversize_4_byte_length", "The largest 4-byte length (0xff 0xff 0xff 0x7f).",
         good("oversize_4_byte_length")[:39] + b"\xff\xff\xff\x7f", dev, "oversize")
+    add("unsigned_with_key_id", "An unsigned frame (flags 0) carrying the controller's key id "
+        "at a device that allows unsigned frames: an unsigned frame's key id must be zero, "
+        "otherwise anyone could advance a real key's sequence with unsigned frames.",
+        frame("execute", execute("", {"on": True}), name="unsigned_with_key_id", signer=None,
+              key_id=key_id_of("controller"), sequence=4_000_000_000),
+        device_receiver(allow_unsigned=True), "malformed")
     # 2. signed?
     add("unsigned_refused", "An unsigned execute at a device that requires signatures.",
         frame("execute", execute("", {"on": True}), name="unsigned_refused", signer=None),
