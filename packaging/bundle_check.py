@@ -176,8 +176,12 @@ def runtime_modules(root: Path) -> list[str]:
         importlib.import_module(name)
     probe()
     for name, module in list(sys.modules.items()):
-        if getattr(module, "__spec__", None) is not None:  # real modules, not Cython's
-            wanted.add(name)                                 # in-memory helpers
+        # Real modules under their own names: not Cython's in-memory helpers (no spec), nor
+        # the aliases some extensions add (CFFI's nacl._sodium is also `_sodium`; os.path is
+        # posixpath), which no import statement asks for.
+        if getattr(module, "__spec__", None) is not None and \
+                getattr(module, "__name__", name) == name:
+            wanted.add(name)
     return sorted(n for n in wanted
                   if n not in DEV_ONLY and not n.startswith(DEV_ONLY_PREFIXES))
 
