@@ -453,10 +453,7 @@ cdef class Session:
         delivery = found
         if delivery.qos != 1:
             return False
-        del self.inflight[packet_id]
-        self._unstored(delivery)
-        if self.queue:
-            self.drain(now)
+        self._completed(packet_id, delivery, now)
         return True
 
     cpdef bint on_pubrec(self, int packet_id, int reason_code) except *:
@@ -485,11 +482,16 @@ cdef class Session:
         delivery = found
         if delivery.state != AWAITING_PUBCOMP:
             return False
+        self._completed(packet_id, delivery, now)
+        return True
+
+    cdef void _completed(self, int packet_id, Delivery delivery, double now) except *:
+        """The last acknowledgement of an outgoing QoS 1/2 message: its packet id is free and
+        the window has room for what is queued."""
         del self.inflight[packet_id]
         self._unstored(delivery)
         if self.queue:
             self.drain(now)
-        return True
 
     def take_shared_deliveries(self):
         """Remove and return the shared-subscription messages not yet acknowledged, so the

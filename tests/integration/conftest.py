@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from broker_process import ROOT, BrokerProcess
+from certs import PKI, make_pki
 
 __all__ = ["ROOT", "BrokerProcess"]
 
@@ -110,3 +111,29 @@ def make_durable_broker(request: pytest.FixtureRequest, tmp_path: Path,
 def uid(request: pytest.FixtureRequest) -> str:
     """A name unique to this test, for client ids and topics on the shared broker."""
     return request.node.name.replace("[", "-").replace("]", "").replace("/", "-")[:60]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """A CA with server and client certificates (tests/integration/certs.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Any]:
+    """start(listener tables..., **sections) -> a broker (memory storage) with these
+    listeners and configuration sections; stopped cleanly at the end of the test."""
+    started: list[BrokerProcess] = []
+
+    def run(*listeners: dict[str, Any], **sections: dict[str, Any]) -> BrokerProcess:
+        workdir = tmp_path / f"broker{len(started)}"
+        workdir.mkdir()
+        b = BrokerProcess(workdir, {"storage": {"backend": "memory"}, **sections},
+                          listeners=list(listeners))
+        started.append(b)
+        return b
+
+    yield run
+    for b in started:
+        if b.proc.poll() is None:
+            assert b.stop() == 0, b.log()

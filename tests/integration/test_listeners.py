@@ -9,33 +9,13 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from broker_process import BrokerProcess
 from clients import WAIT, RawClient
 from hbroker_ext.codec import Connect
 from listener_clients import Paho, SocketClient, roundtrip
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Any]:
-    started: list[BrokerProcess] = []
-
-    def run(*listeners: dict[str, Any], **sections: dict[str, Any]) -> BrokerProcess:
-        workdir = tmp_path / f"broker{len(started)}"
-        workdir.mkdir()
-        b = BrokerProcess(workdir, {"storage": {"backend": "memory"}, **sections},
-                          listeners=list(listeners))
-        started.append(b)
-        return b
-
-    yield run
-    for b in started:
-        if b.proc.poll() is None:
-            assert b.stop() == 0, b.log()
 
 
 def unix_client(path: Path, version: int = 5) -> SocketClient:

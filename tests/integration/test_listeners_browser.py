@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from broker_process import ROOT, BrokerProcess
-from certs import PKI, make_pki
+from certs import PKI
 from listener_clients import Paho
 
 MQTT_JS = ROOT / "build" / "browser" / "node_modules" / "mqtt" / "dist" / "mqtt.min.js"
@@ -42,10 +42,6 @@ client.on("error", (err) => {{ document.title = "error: " + err; }});
 </script></body></html>
 """
 
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

@@ -10,39 +10,15 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from broker_process import BrokerProcess
-from certs import PKI, make_pki
+from certs import PKI
 from clients import WAIT
 from hbroker_ext.codec import Connect
 from listener_clients import Paho, SocketClient, roundtrip, tls_context, tls_refused, tls_socket
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Any]:
-    """start(listener_settings...) -> a broker whose listeners are these tables."""
-    started: list[BrokerProcess] = []
-
-    def run(*listeners: dict[str, Any]) -> BrokerProcess:
-        workdir = tmp_path / f"broker{len(started)}"
-        workdir.mkdir()
-        b = BrokerProcess(workdir, {"storage": {"backend": "memory"}}, listeners=list(listeners))
-        started.append(b)
-        return b
-
-    yield run
-    for b in started:
-        if b.proc.poll() is None:
-            assert b.stop() == 0, b.log()
 
 
 def tls_listener(pki: PKI, **settings: Any) -> dict[str, Any]:
@@ -161,29 +137,23 @@ def test_certificate_identity_becomes_the_username(start: Any, pki: PKI, identit
 
 
 def test_identity_as_username_needs_no_password_with_a_password_file(
-        tmp_path: Path, pki: PKI) -> None:
+        start: Any, tmp_path: Path, pki: PKI) -> None:
     # The certificate authenticates the client: a password file configured for the other
     # clients does not refuse it, while a password client on the same broker is checked.
     passwd = tmp_path / "passwd"
     subprocess.run([sys.executable, "-m", "hbroker", "passwd", "add", str(passwd), "alice",
                     "--password", "secret"], check=True, capture_output=True)
-    workdir = tmp_path / "broker"
-    workdir.mkdir()
-    broker = BrokerProcess(workdir, {"storage": {"backend": "memory"},
-                                     "auth": {"password_file": str(passwd)}},
-                           listeners=[mtls_listener(pki, use_identity_as_username=True)])
-    try:
-        device = Paho("cert-only", broker.port, tls=tls_context(pki.ca.cert, pki.client))
-        assert device.accepted
-        device.close()
-        wrong = SocketClient(tls_socket(broker.port, tls_context(pki.ca.cert, pki.client)))
-        # The certificate names the user whatever CONNECT claims; a claimed password is not
-        # what lets it in, so a wrong one changes nothing.
-        assert wrong.connect("cert-wrong-password", username="alice",
-                             password=b"wrong").reason_code == 0
-        wrong.close()
-    finally:
-        assert broker.stop() == 0, broker.log()
+    broker = start(mtls_listener(pki, use_identity_as_username=True),
+                   auth={"password_file": str(passwd)})
+    device = Paho("cert-only", broker.port, tls=tls_context(pki.ca.cert, pki.client))
+    assert device.accepted
+    device.close()
+    wrong = SocketClient(tls_socket(broker.port, tls_context(pki.ca.cert, pki.client)))
+    # The certificate names the user whatever CONNECT claims; a claimed password is not what
+    # lets it in, so a wrong one changes nothing.
+    assert wrong.connect("cert-wrong-password", username="alice",
+                         password=b"wrong").reason_code == 0
+    wrong.close()
 
 
 def test_identity_as_username_refuses_a_client_without_certificate(start: Any,

@@ -3,40 +3,17 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from broker_process import BrokerProcess
-from certs import PKI, make_pki
+from certs import PKI
 from clients import WAIT
 from hbroker_ext.codec import Connect, Framer, Pingreq, Publish, Subscribe, Subscription, encode
 from listener_clients import Paho, roundtrip, tls_context
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Any]:
-    started: list[BrokerProcess] = []
-
-    def run(*listeners: dict[str, Any]) -> BrokerProcess:
-        workdir = tmp_path / f"broker{len(started)}"
-        workdir.mkdir()
-        b = BrokerProcess(workdir, {"storage": {"backend": "memory"}}, listeners=list(listeners))
-        started.append(b)
-        return b
-
-    yield run
-    for b in started:
-        if b.proc.poll() is None:
-            assert b.stop() == 0, b.log()
 
 
 def ws_connect(broker: BrokerProcess, path: str = "/mqtt") -> ClientConnection:
