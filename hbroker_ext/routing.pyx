@@ -520,11 +520,39 @@ cdef void _write_qos0(object conn, Delivery delivery, double now, Stats stats) e
         _write_publish(conn, data, stats)
 
 
+def publish(broker, Message msg, double now, skip=None):
+    """`Broker.publish`: route one application message; returns the number of subscriptions
+    it reached. `skip`: client ids that have it already (routing again after a restart).
+
+    The topic's targets come from the broker's match cache while the subscription tree has
+    not changed (the same test as `Broker._targets`, which fills the cache)."""
+    cdef int reached
+    cdef Stats stats = broker.stats
+    if msg.retain:
+        broker._retain(msg)
+    topic = msg.topic
+    entry = None
+    if broker.subscriptions.generation == broker._match_generation:
+        entry = (<dict>broker._match_cache).get(topic)
+    if entry is None:
+        entry = broker._targets(topic)
+    normal, shared = entry
+    reached = _route(broker.sessions, normal, msg, now, skip)
+    if shared:
+        reached += broker._publish_shared(msg, shared, now, skip)
+    stats.publish_routed += 1
+    return reached
+
+
 def route(dict sessions, tuple normal, Message msg, double now, object skip):
     """Deliver `msg` to the non-shared subscriptions matching its topic and return how many it
     reached. `normal` holds one entry per subscribed client: (client id, granted QoS, retain as
     published, subscription ids, the options for the sender's own subscription or None when
     No Local excludes it). `skip`: client ids that have the message already, or None."""
+    return _route(sessions, normal, msg, now, skip)
+
+
+cdef int _route(dict sessions, tuple normal, Message msg, double now, object skip) except -1:
     cdef int reached = 0
     cdef int qos
     cdef int msg_qos = msg.qos
