@@ -77,6 +77,14 @@ GROUPS: dict[str, tuple[str, str]] = {
         "unsubscribe rows time fixed-size batches (`benchmark.pedantic`), each after an "
         "untimed setup that adds or removes the same filters.",
     ),
+    "publish path": (
+        "The broker's work per PUBLISH, in one process (`test_publish_path_micro.py`)",
+        "A read of 15 PUBLISHes (topic `site/s42/d17/temperature`, 64-byte payload) through "
+        "`Connection.data_received`: framing, `handle_publish`, the match cache, the fan-out "
+        "into the subscribers' output and the broker's flush to fake transports (no sockets, "
+        "no event loop). At QoS 1 the subscriber's 15 PUBACKs are fed back in the same call. "
+        "*Per item*: per message published.",
+    ),
     "harcp": (
         "HARCP frames (`hbroker_ext/harcp.pyx`, `hbroker/control/harcp.py`)",
         "One signed execute, the shared vector `execute_signed` (35-byte payload, 139 bytes "
