@@ -19,12 +19,15 @@ from hbroker_ext.topics import RetainedTree, SubscriptionTree
 from hbroker.auth.backoff import FailureBackoff
 from hbroker.config import Config
 from hbroker.hooks import READ, ClientInfo, Hooks
+from hbroker.quotas import ConnectionRate, new_publish_quota, topic_limits
 from hbroker.reason_codes import ReasonCode
 from hbroker.session import NEVER, Delivery, Message, Session
 from hbroker.stats import Stats
 from hbroker.sys_topics import SysPublisher
 
 if TYPE_CHECKING:
+    from hbroker_ext.routing import PublishQuota
+
     from hbroker.connection import Connection
     from hbroker.storage.journal import Journal
 
@@ -106,6 +109,11 @@ class Broker:
         self.auth_backoff = FailureBackoff(config.auth.failure_delay,
                                            config.auth.failure_delay_max)
         self._shared_next: dict[str, int] = {}
+        # [quotas]: per-address connection rate, topic limits, and the connections whose
+        # reading is paused for their publish rate -> when to resume (by the sweep).
+        self.connection_rate = ConnectionRate(config.quotas)
+        self.topic_limits = topic_limits(config.quotas)
+        self.throttled: dict[Connection, float] = {}
         self._dirty: list[Connection] = []
         self.flush_scheduled = False
         # Durable state (None with the memory backend): see hbroker.storage.journal.
@@ -145,6 +153,8 @@ class Broker:
         self.config = config
         self.limits = config.limits
         self.auth_backoff.configure(config.auth.failure_delay, config.auth.failure_delay_max)
+        self.connection_rate.configure(config.quotas)
+        self.topic_limits = topic_limits(config.quotas)
 
     # -- output coalescing -----------------------------------------------------------
 
@@ -184,6 +194,9 @@ class Broker:
                        max_queued_bytes=self.limits.max_queued_bytes,
                        queue_qos0=self.config.sessions.queue_qos0_messages,
                        stats=self.stats, journal=self.journal)
+
+    def new_publish_quota(self, protocol_version: int, now: float) -> PublishQuota | None:
+        return new_publish_quota(self.config.quotas, protocol_version, now)
 
     def assign_client_id(self) -> str:
         return f"auto-{uuid.uuid4()}"
@@ -494,13 +507,20 @@ class Broker:
 
     def sweep(self, now: float) -> None:
         connect_timeout = self.limits.connect_timeout
+        throttled = self.throttled
+        if throttled:
+            for conn, resume_at in list(throttled.items()):
+                if now >= resume_at:
+                    del throttled[conn]
+                    conn.end_throttle(now)
         for conn in list(self.connections):
             if conn.closing:
                 continue
             if not conn.connected:
                 if now - conn.opened_at > connect_timeout:
                     conn.abort("no CONNECT within connect_timeout")
-            elif conn.keepalive and now - conn.last_received > conn.keepalive * 1.5:
+            elif conn.keepalive and now - conn.last_received > conn.keepalive * 1.5 \
+                    and conn not in throttled:  # a throttled client's PINGREQs wait unread
                 # [MQTT-3.1.2-22] one and a half times the keep alive without a packet.
                 conn.disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive timeout",
                                 publish_will=True)

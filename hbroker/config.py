@@ -31,6 +31,8 @@ LISTENER_TYPES = ("tcp", "tls", "ws", "wss", "unix")
 TLS_TYPES = ("tls", "wss")
 WEBSOCKET_TYPES = ("ws", "wss")
 PROTOCOL_VERSIONS = (3, 4, 5)
+# The authentication sources a listener may restrict itself to (`ListenerConfig.auth`).
+AUTH_SOURCES = ("password_file", "webhook", "scram")
 DEFAULT_WEBSOCKET_PATH = "/mqtt"
 
 
@@ -103,6 +105,20 @@ class ListenerConfig:
     ciphers: str = opt("", "`tls`/`wss`: OpenSSL cipher list for TLS 1.2 (e.g. "
                        "`ECDHE+AESGCM`); empty keeps Python's secure default. TLS 1.3 suites "
                        "are OpenSSL's.")
+    password_file: str = opt("", "Password file for the clients of this listener, in place of "
+                             "`auth.password_file` (Mosquitto's per-listener `password_file`); "
+                             "its SCRAM keys serve `auth.scram` on this listener too. Empty: "
+                             "`auth.password_file` applies. Re-read on SIGHUP (a new file name "
+                             "needs a restart).")
+    auth: tuple[str, ...] = opt(AUTH_SOURCES, "Authentication sources that apply to this "
+                                "listener's clients, among those configured in `[auth]`: "
+                                "`password_file` (this listener's or `auth.password_file`), "
+                                "`webhook` (`auth.webhook_url`), `scram` (`auth.scram`). "
+                                "Every source listed must be configured; the default list "
+                                "means every configured source. `[]` checks no username (for "
+                                "listeners with `allow_anonymous` or certificate identities "
+                                "only). Clients authenticated by `use_identity_as_username` "
+                                "are never asked for a password.", choices=AUTH_SOURCES)
 
     def __post_init__(self) -> None:
         if self.allow_anonymous is None:
@@ -111,6 +127,7 @@ class ListenerConfig:
         if self.type in WEBSOCKET_TYPES and not self.path:
             object.__setattr__(self, "path", DEFAULT_WEBSOCKET_PATH)
         object.__setattr__(self, "protocol_versions", tuple(self.protocol_versions))
+        object.__setattr__(self, "auth", tuple(self.auth))
 
     @property
     def label(self) -> str:
@@ -163,6 +180,63 @@ class LimitsConfig:
                                    minimum=0, maximum=65535)
     connect_timeout: float = opt(10.0, "Seconds a new connection may stay open without sending "
                                  "CONNECT.", reload=True, minimum=0.1)
+
+
+PUBLISH_RATE_ACTIONS = ("refuse", "throttle", "disconnect")
+
+
+@dataclass(frozen=True, slots=True)
+class QuotasConfig:
+    max_connection_rate: float = opt(0.0, "New connections accepted per second from one source "
+                                     "address (IP), a token bucket refilled at this rate. A "
+                                     "connection over it is closed at once, before any MQTT "
+                                     "packet, and counted; the address is logged at most once "
+                                     "every 10 seconds. 0: no limit. Not applied to `unix` "
+                                     "listeners.", reload=True, minimum=0)
+    connection_rate_burst: int = opt(0, "Connections one address may open at once before "
+                                     "`max_connection_rate` applies (the bucket's size). 0: "
+                                     "the rate rounded up, at least 1.", reload=True, minimum=0)
+    max_publish_rate: float = opt(0.0, "PUBLISH packets per second one client may send (a "
+                                  "token bucket per connection). What a client over it sees "
+                                  "is set by `publish_rate_action`. 0: no limit. Applies to "
+                                  "connections made after a reload.", reload=True, minimum=0)
+    publish_rate_burst: int = opt(0, "PUBLISH packets a client may send at once before "
+                                  "`max_publish_rate` applies. 0: the rate rounded up, at "
+                                  "least 1.", reload=True, minimum=0)
+    max_publish_bytes_rate: float = opt(0.0, "Payload bytes per second one client may publish "
+                                        "(a second token bucket; same actions as "
+                                        "`max_publish_rate`). 0: no limit. Applies to "
+                                        "connections made after a reload.", reload=True,
+                                        minimum=0)
+    publish_bytes_burst: int = opt(0, "Payload bytes a client may publish at once before "
+                                   "`max_publish_bytes_rate` applies. 0: the rate rounded up. "
+                                   "A single message larger than the burst passes when the "
+                                   "bucket is full and leaves it in debt.", reload=True,
+                                   minimum=0)
+    publish_rate_action: str = opt("refuse", "A PUBLISH over a publish rate: `refuse`: a 5.0 "
+                                   "client's QoS 1/2 message gets PUBACK/PUBREC 0x97 (Quota "
+                                   "exceeded) and is not routed, its QoS 0 message is dropped "
+                                   "and counted; a 3.1.1 client, which cannot be told, is "
+                                   "throttled instead. `throttle`: every client is throttled: "
+                                   "its message is accepted and the broker stops reading from "
+                                   "its socket until its bucket is out of debt (backpressure; "
+                                   "nothing is refused or lost). `disconnect`: the message is "
+                                   "not routed and the connection is closed (5.0: DISCONNECT "
+                                   "0x96 Message rate too high).", reload=True,
+                                   choices=PUBLISH_RATE_ACTIONS)
+    max_subscriptions: int = opt(0, "Subscriptions one session may hold; a SUBSCRIBE beyond "
+                                 "it gets 0x97 (Quota exceeded, 5.0) or 0x80 (3.1.1) for each "
+                                 "filter over the limit (re-subscribing an existing filter "
+                                 "always succeeds). 0: no limit.", reload=True, minimum=0)
+    max_topic_levels: int = opt(128, "Most levels (`/`-separated parts) in a PUBLISH topic "
+                                "name or a SUBSCRIBE topic filter (without its `$share/GROUP/` "
+                                "prefix). Over it: PUBLISH is refused with 0x90 (Topic Name "
+                                "invalid), SUBSCRIBE with 0x8F (Topic Filter invalid) or 0x80 "
+                                "(3.1.1).", reload=True, minimum=1, maximum=32768)
+    max_topic_length: int = opt(65535, "Longest PUBLISH topic name or SUBSCRIBE topic filter, "
+                                "in characters; same refusals as `max_topic_levels`. 65535: "
+                                "only the protocol's own limit.", reload=True, minimum=1,
+                                maximum=65535)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,11 +316,12 @@ class AuthConfig:
                              "its password (wrong or unknown: CONNACK 0x86 in 5.0, 0x04 in "
                              "3.1.1). Empty: usernames are not checked against a file. Whether "
                              "clients without a username are accepted is each listener's "
-                             "`allow_anonymous`. Re-read on SIGHUP.", reload=True)
+                             "`allow_anonymous`. A listener's own `password_file` replaces "
+                             "it for that listener's clients. Re-read on SIGHUP.", reload=True)
     scram: bool = opt(False, "Offer MQTT 5.0 enhanced authentication with `SCRAM-SHA-256` "
                       "(Authentication Method in CONNECT), for the users of `password_file` "
                       "whose entry holds SCRAM keys (`hbroker passwd add --scram`). Needs "
-                      "`password_file`.", reload=True)
+                      "`password_file` (or a listener's own).", reload=True)
     webhook_url: str = opt("", "HTTP(S) URL that decides CONNECTs: the broker POSTs JSON "
                            "`{username, password, client_id, peer, listener}` and accepts the "
                            "client on a 2xx answer, refuses it (0x86 / 0x04) on any other "
@@ -287,6 +362,7 @@ class AuditConfig:
 
 SECTIONS: dict[str, type] = {
     "limits": LimitsConfig,
+    "quotas": QuotasConfig,
     "sessions": SessionsConfig,
     "sys": SysConfig,
     "logging": LoggingConfig,
@@ -300,6 +376,8 @@ SECTION_DOCS = {
     "listeners": "Network listeners. Repeat `[[listeners]]` for several; without any, one "
                  "tcp listener on 127.0.0.1:1883.",
     "limits": "Protocol limits and resource bounds, per client unless said otherwise.",
+    "quotas": "Quotas and abuse resistance: connection and publish rates, subscriptions "
+              "and topic sizes (see docs/security.md).",
     "sessions": "Session lifetime and client identifiers.",
     "sys": "The `$SYS/broker/...` statistics topics.",
     "logging": "Logging to standard error.",
@@ -317,6 +395,7 @@ _UNAVAILABLE: dict[tuple[str, str], str] = {}
 class Config:
     listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
     limits: LimitsConfig = LimitsConfig()
+    quotas: QuotasConfig = QuotasConfig()
     sessions: SessionsConfig = SessionsConfig()
     sys: SysConfig = SysConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -410,6 +489,8 @@ def _check_value(where: str, path: str, f: dataclasses.Field, value: Any) -> Any
         if not ok:
             raise ConfigError(f"{where}: {path}: expected a list of integers, {got}")
         value = tuple(value)
+    elif tp == "tuple[str, ...]":
+        return _check_names(where, path, meta.get("choices") or (), value, got)
     elif tp == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp == "float":
@@ -442,6 +523,23 @@ def _check_value(where: str, path: str, f: dataclasses.Field, value: Any) -> Any
         raise ConfigError(f"{where}: {path}: expected {expected}"
                           f"{f' ({note})' if note else ''}, {got}")
     return value
+
+
+def _check_names(where: str, path: str, choices: tuple, value: Any, got: str) -> tuple:
+    """A list of distinct names among `choices`."""
+    names = [f"'{c}'" for c in choices]
+    expected = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: {path}: expected a list of names among {expected}, {got}")
+    for name in value:
+        if name not in choices:
+            close = difflib.get_close_matches(name, choices, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f'{where}: {path}: unknown name "{name}"{hint}; expected names '
+                              f"among {expected}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}: {path}: expected distinct names, {got}")
+    return tuple(value)
 
 
 def _num(x: float) -> str:
@@ -560,14 +658,18 @@ def parse_config(data: dict[str, Any], where: str) -> Config:
     if storage is not None and storage.backend == "postgres" and not storage.dsn:
         raise ConfigError(f"{where}: storage.dsn: expected a PostgreSQL connection string "
                           "(backend is \"postgres\"), got nothing")
-    _check_auth(where, values.get("auth"))
+    _check_auth(where, values.get("auth"), values.get("listeners", ()))
     return Config(**values, source=where if where != "<default>" else None)
 
 
-def _check_auth(where: str, auth: AuthConfig | None) -> None:
+def _check_auth(where: str, auth: AuthConfig | None,
+                listeners: tuple[ListenerConfig, ...]) -> None:
+    for i, lc in enumerate(listeners):
+        _check_listener_auth(where, f"listeners[{i}]", lc, auth or AuthConfig())
     if auth is None:
         return
-    if auth.scram and not auth.password_file:
+    if auth.scram and not auth.password_file \
+            and not any(lc.password_file for lc in listeners):
         raise ConfigError(f"{where}: auth.password_file: expected the password file holding "
                           "the SCRAM keys (auth.scram is true), got nothing")
     url = auth.webhook_url
@@ -578,6 +680,29 @@ def _check_auth(where: str, auth: AuthConfig | None) -> None:
         raise ConfigError(f"{where}: auth.failure_delay_max: expected a number of at least "
                           f"auth.failure_delay ({_num(auth.failure_delay)}), got "
                           f"{auth.failure_delay_max!r}")
+
+
+def _check_listener_auth(where: str, prefix: str, lc: ListenerConfig,
+                         auth: AuthConfig) -> None:
+    """A listener's own authentication sources against those `[auth]` configures."""
+    sources = lc.auth
+    if lc.password_file and "password_file" not in sources and "scram" not in sources:
+        raise ConfigError(f"{where}: {prefix}.password_file: not used: {prefix}.auth names "
+                          "neither 'password_file' nor 'scram'")
+    if sources == AUTH_SOURCES:
+        return  # the default: every source configured in [auth]
+    configured = {"password_file": bool(lc.password_file or auth.password_file),
+                  "webhook": bool(auth.webhook_url), "scram": auth.scram}
+    needs = {"password_file": f"{prefix}.password_file or auth.password_file",
+             "webhook": "auth.webhook_url", "scram": "auth.scram = true"}
+    for source in sources:
+        if not configured[source]:
+            raise ConfigError(f'{where}: {prefix}.auth: "{source}" is not configured (it '
+                              f"needs {needs[source]})")
+    if not sources and not lc.allow_anonymous and not lc.use_identity_as_username:
+        raise ConfigError(f"{where}: {prefix}.auth: an empty list accepts any username "
+                          "without a check; set allow_anonymous = true to mean that, or "
+                          "name a source")
 
 
 def load_config(path: str | os.PathLike | None) -> Config:

@@ -59,6 +59,7 @@ from hbroker import hooks
 from hbroker.auth.backoff import peer_host
 from hbroker.broker import SubscriptionOptions
 from hbroker.hooks import AuthResult, ClientInfo
+from hbroker.quotas import REFUSAL_LOG_INTERVAL
 from hbroker.reason_codes import ReasonCode, connack_code_for, reason_name
 from hbroker.session import NEVER, Message
 
@@ -126,6 +127,24 @@ class Connection(asyncio.Protocol):
         self.peer = listener.peer_name(transport)
         broker = self.broker
         broker.stats.connections_total += 1
+        rate = broker.connection_rate
+        if rate.enabled and listener.config.type != "unix":
+            host = peer_host(self.peer)
+            now = time.monotonic()
+            if not rate.admit(host, now):
+                # [quotas] max_connection_rate: closed before reading anything; one log line
+                # per address per interval, however many sockets a flood opens.
+                broker.stats.connections_rate_limited += 1
+                refused = rate.refused(host, now)
+                if refused:
+                    log.warning("connection refused: connection rate exceeded (%d refused "
+                                "from this address since the last report; reported at most "
+                                "every %d s)", refused, REFUSAL_LOG_INTERVAL,
+                                extra={"peer": self.peer, "listener": listener.name})
+                self.closing = True
+                self.close_reason = "connection rate exceeded"
+                transport.close()
+                return
         if len(broker.connections) >= broker.limits.max_connections:
             log.warning("connection refused: max_connections reached",
                         extra={"peer": self.peer, "listener": listener.name})
@@ -178,6 +197,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         broker = self.broker
         broker.connections.discard(self)
+        broker.throttled.pop(self, None)
         if not self.closing:
             self.closing = True
             self.close_reason = f"connection lost: {exc}" if exc else "closed by client"
@@ -408,6 +428,10 @@ class Connection(asyncio.Protocol):
             if not valid_topic_name(will.topic):
                 self.refuse_connect(ReasonCode.TOPIC_NAME_INVALID, "invalid will topic")
                 return
+            if not broker.topic_limits.allows(will.topic):
+                self.refuse_connect(ReasonCode.TOPIC_NAME_INVALID,
+                                    "will topic over max_topic_levels or max_topic_length")
+                return
 
         method = props.get(AUTHENTICATION_METHOD)
         client_info = ClientInfo(client_id, self.username, self.peer, p.protocol_version,
@@ -541,6 +565,7 @@ class Connection(asyncio.Protocol):
         self.connected = True
         session.expiry_interval = expiry
         session.send_window = send_window
+        session.publish_quota = broker.new_publish_quota(p.protocol_version, now)
         if p.will is not None:
             will = p.will
             will_props = dict(will.properties) if will.properties else None
@@ -613,6 +638,60 @@ class Connection(asyncio.Protocol):
         code = ReasonCode.QUOTA_EXCEEDED if full else ReasonCode.UNSPECIFIED_ERROR
         self.write_now(encode_ack(PUBACK if msg.qos == 1 else PUBREC, packet_id, code, 5))
 
+    def throttle(self, resume_at: float) -> None:
+        """Over its publish rate with `throttle` (or a 3.1.1 client with `refuse`): the
+        PUBLISH was accepted; reading stops until the broker's sweep sees the bucket out of
+        debt (no timer per connection). TCP carries the backpressure to the client."""
+        broker = self.broker
+        if self not in broker.throttled:
+            broker.stats.publish_throttled += 1
+            if self.transport is not None:
+                self.transport.pause_reading()
+            quota = self.session.publish_quota if self.session is not None else None
+            if quota is not None and self.last_received - quota.logged_at \
+                    >= REFUSAL_LOG_INTERVAL:
+                quota.logged_at = self.last_received
+                log.info("publish rate exceeded: reading paused (throttled)", extra={
+                    "client_id": self.client_id, "peer": self.peer})
+        broker.throttled[self] = resume_at
+
+    def end_throttle(self, now: float) -> None:
+        if self.closing or self.transport is None:
+            return
+        self.last_received = now  # its keep alive counts from here
+        self.transport.resume_reading()
+
+    def publish_over_rate(self, p: Any, byte_rate: bool) -> None:
+        """A PUBLISH over the client's publish rate, with `refuse` (5.0) or `disconnect`.
+        PUBACK and PUBREC have no 0x96 (Message rate too high) [MQTT-3.4.2-1, MQTT-3.5.2-1]:
+        both rates answer 0x97 Quota exceeded; 0x96 is a DISCONNECT reason code."""
+        broker = self.broker
+        broker.stats.publish_rate_limited += 1
+        broker.stats.publish_dropped += 1
+        session = self.session
+        assert session is not None
+        quota = session.publish_quota
+        what = "byte rate (max_publish_bytes_rate)" if byte_rate \
+            else "message rate (max_publish_rate)"
+        if quota.disconnect:
+            code = ReasonCode.QUOTA_EXCEEDED if byte_rate else ReasonCode.MESSAGE_RATE_TOO_HIGH
+            log.warning("publish %s exceeded: disconnecting", what, extra={
+                "client_id": self.client_id, "peer": self.peer, "reason": reason_name(code)})
+            self.disconnect(code, f"publish {what} exceeded", publish_will=True)
+            return
+        quota.refused += 1
+        now = self.last_received
+        if now - quota.logged_at >= REFUSAL_LOG_INTERVAL:
+            log.warning("publish refused: %s exceeded (%d refused since the last report)",
+                        what, quota.refused, extra={"client_id": self.client_id,
+                                                    "peer": self.peer})
+            quota.logged_at = now
+            quota.refused = 0
+        if p.qos == 1:
+            self.ack(PUBACK, p.packet_id, ReasonCode.QUOTA_EXCEEDED)
+        elif p.qos == 2:
+            self.ack(PUBREC, p.packet_id, ReasonCode.QUOTA_EXCEEDED)
+
     def _refuse_publish(self, p: Any, reason_code: int, why: str) -> None:
         """A PUBLISH the broker will not route: 5.0 QoS 1/2 get the reason code in the
         acknowledgement; QoS 0 and 3.1.1 are dropped silently (3.1.1 has no way to say no)."""
@@ -683,12 +762,19 @@ class Connection(asyncio.Protocol):
         codes: list[int] = []
         granted: list[tuple[str, SubscriptionOptions, bool]] = []
         acl = broker.hooks.check_acl
+        topic_limits = broker.topic_limits
+        max_subscriptions = broker.config.quotas.max_subscriptions
         for s in p.subscriptions:
             topic_filter = s.topic_filter
             if not valid_topic_filter(topic_filter):
                 codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else failure)
                 continue
             group, inner = parse_shared(topic_filter)
+            if len(topic_filter) > topic_limits.max_length or not topic_limits.allows(inner):
+                # [quotas] max_topic_length (the whole filter), max_topic_levels (without
+                # the $share/GROUP/ prefix).
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else failure)
+                continue
             if group is not None:
                 if not limits.shared_subscription_available:
                     codes.append(ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else failure)
@@ -703,6 +789,11 @@ class Connection(asyncio.Protocol):
                 continue
             if acl and not broker.hooks.allowed(self.client_info, topic_filter, hooks.SUBSCRIBE):
                 codes.append(ReasonCode.NOT_AUTHORIZED if v5 else failure)
+                continue
+            if max_subscriptions and topic_filter not in session.subscriptions \
+                    and len(session.subscriptions) >= max_subscriptions:
+                # [quotas] max_subscriptions; replacing a subscription always succeeds.
+                codes.append(ReasonCode.QUOTA_EXCEEDED if v5 else failure)
                 continue
             qos = min(s.qos, limits.max_qos)
             opts = SubscriptionOptions(qos, s.no_local, s.retain_as_published,

@@ -38,6 +38,9 @@ class SysPublisher:
             "$SYS/broker/publish/messages/dropped": str(
                 s.dropped_qos0_slow + s.dropped_queue_full + s.dropped_expired
                 + s.dropped_too_large),
+            "$SYS/broker/quotas/connections/refused": str(s.connections_rate_limited),
+            "$SYS/broker/quotas/publish/refused": str(s.publish_rate_limited),
+            "$SYS/broker/quotas/publish/throttled": str(s.publish_throttled),
             "$SYS/broker/bytes/received": str(s.bytes_received),
             "$SYS/broker/bytes/sent": str(s.bytes_sent),
             "$SYS/broker/subscriptions/count": str(len(b.subscriptions)),

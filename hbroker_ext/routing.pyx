@@ -68,12 +68,16 @@ cdef class Stats:
     cdef public long long dropped_expired
     cdef public long long dropped_too_large
     cdef public long long protocol_errors
+    cdef public long long connections_rate_limited
+    cdef public long long publish_rate_limited
+    cdef public long long publish_throttled
 
     NAMES = ("packets_received", "packets_sent", "bytes_received", "bytes_sent",
              "publish_received", "publish_sent", "publish_routed", "publish_dropped",
              "clients_connected", "clients_maximum", "connections_total", "takeovers",
              "wills_published", "sessions_expired", "retained_changes", "dropped_qos0_slow",
-             "dropped_queue_full", "dropped_expired", "dropped_too_large", "protocol_errors")
+             "dropped_queue_full", "dropped_expired", "dropped_too_large", "protocol_errors",
+             "connections_rate_limited", "publish_rate_limited", "publish_throttled")
 
     def as_dict(self):
         return {name: getattr(self, name) for name in self.NAMES}
@@ -266,6 +270,124 @@ def write_publish(conn, bytes data):
     _write_publish(conn, data, conn.broker.stats)
 
 
+# -- quotas ([quotas], hbroker.quotas) ------------------------------------------------------
+
+cdef class TokenBucket:
+    """`rate` tokens per second, at most `burst` held; starts full. `allows`/`try_take` refuse
+    what the bucket cannot cover (an amount above the burst is covered by a full bucket, which
+    it leaves in debt); `take` always takes and reports how long the debt lasts."""
+
+    cdef public double rate
+    cdef public double burst
+    cdef public double tokens
+    cdef public double updated
+
+    def __init__(self, double rate, double burst, double now):
+        if not rate > 0 or not burst > 0:
+            raise ValueError("a token bucket needs a positive rate and burst")
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated = now
+
+    cdef inline void _refill(self, double now):
+        if now > self.updated:
+            self.tokens += (now - self.updated) * self.rate
+            if self.tokens > self.burst:
+                self.tokens = self.burst
+            self.updated = now
+
+    cpdef bint allows(self, double amount, double now):
+        """Whether `amount` could be taken now (nothing is taken)."""
+        self._refill(now)
+        return self.tokens >= (amount if amount < self.burst else self.burst)
+
+    cpdef bint try_take(self, double amount, double now):
+        if self.allows(amount, now):
+            self.tokens -= amount
+            return True
+        return False
+
+    cpdef double take(self, double amount, double now):
+        """Take `amount` even into debt; the seconds until the bucket is out of debt."""
+        self._refill(now)
+        self.tokens -= amount
+        return -self.tokens / self.rate if self.tokens < 0 else 0.0
+
+
+DEF OVER_MESSAGE_RATE = 1
+DEF OVER_BYTE_RATE = 2
+
+
+cdef class PublishQuota:
+    """One connection's publish rates: a bucket of PUBLISH packets and one of payload bytes
+    (None when that rate is off). `throttle`: over-rate messages are accepted and the caller
+    stops reading (backpressure); otherwise they are refused (`disconnect`: by closing).
+    `refused`/`logged_at`: refusals since the last log line, and when that line was written."""
+
+    cdef public TokenBucket messages
+    cdef public TokenBucket payload_bytes
+    cdef public bint throttle
+    cdef public bint disconnect
+    cdef public long long refused
+    cdef public double logged_at
+
+    def __init__(self, TokenBucket messages, TokenBucket payload_bytes, bint throttle,
+                 bint disconnect):
+        self.messages = messages
+        self.payload_bytes = payload_bytes
+        self.throttle = throttle
+        self.disconnect = disconnect
+        self.refused = 0
+        self.logged_at = -math.inf
+
+    cpdef int check(self, Py_ssize_t size, double now):
+        """0 and both buckets charged when a PUBLISH of `size` payload bytes fits them;
+        otherwise nothing is charged and the rate it exceeds: 1 messages, 2 bytes."""
+        if self.messages is not None and not self.messages.allows(1.0, now):
+            return OVER_MESSAGE_RATE
+        if self.payload_bytes is not None and not self.payload_bytes.allows(<double>size, now):
+            return OVER_BYTE_RATE
+        if self.messages is not None:
+            self.messages.tokens -= 1.0
+        if self.payload_bytes is not None:
+            self.payload_bytes.tokens -= <double>size
+        return 0
+
+    cpdef double charge(self, Py_ssize_t size, double now):
+        """Charge a PUBLISH that is accepted anyway; the seconds before reading may resume."""
+        cdef double delay = 0.0
+        cdef double d
+        if self.messages is not None:
+            delay = self.messages.take(1.0, now)
+        if self.payload_bytes is not None:
+            d = self.payload_bytes.take(<double>size, now)
+            if d > delay:
+                delay = d
+        return delay
+
+
+cdef class TopicLimits:
+    """`[quotas] max_topic_levels` and `max_topic_length`, typed for the PUBLISH path."""
+
+    cdef public Py_ssize_t max_levels
+    cdef public Py_ssize_t max_length
+
+    def __init__(self, Py_ssize_t max_levels, Py_ssize_t max_length):
+        self.max_levels = max_levels
+        self.max_length = max_length
+
+    cpdef bint allows(self, str topic):
+        """Whether a topic name (or a filter without its `$share/GROUP/` prefix) is within
+        both limits."""
+        cdef Py_ssize_t n = len(topic)
+        if n > self.max_length:
+            return False
+        # n characters hold at most n + 1 levels: count the separators only when that could
+        # exceed the limit (one comparison for the usual short topic).
+        return n < self.max_levels or topic.count("/") < self.max_levels
+
+
 cdef class Session:
     """The state MQTT keeps for a client id across network connections (section 4.1)."""
 
@@ -293,6 +415,9 @@ cdef class Session:
     cdef public Stats stats
     cdef public object journal
     cdef public bint ended
+    # The connection's publish rate buckets ([quotas]); None when no rate is configured, so
+    # the check costs one comparison per PUBLISH.
+    cdef public PublishQuota publish_quota
 
     def __init__(self, client_id, int protocol_version, *, max_queued_messages,
                  max_queued_bytes, bint queue_qos0, Stats stats, journal=None):
@@ -318,6 +443,7 @@ cdef class Session:
         self.stats = stats
         self.journal = journal
         self.ended = False
+        self.publish_quota = None
 
     def __repr__(self):
         return f"<Session {self.client_id!r} v{self.protocol_version}>"
@@ -601,6 +727,7 @@ DEF RC_TOPIC_ALIAS_INVALID = 0x94
 DEF RC_RECEIVE_MAXIMUM_EXCEEDED = 0x93
 DEF RC_PAYLOAD_FORMAT_INVALID = 0x99
 DEF RC_RETAIN_NOT_SUPPORTED = 0x9A
+DEF RC_TOPIC_NAME_INVALID = 0x90
 DEF RC_QOS_NOT_SUPPORTED = 0x9B
 # Property identifiers and packet types (hbroker_ext.codec).
 DEF P_PAYLOAD_FORMAT_INDICATOR = 0x01
@@ -625,6 +752,10 @@ def handle_publish(conn, p):
     cdef int pid
     cdef Session session
     cdef Message msg
+    cdef PublishQuota quota
+    cdef TopicLimits topic_limits
+    cdef int over
+    cdef double delay
     broker = conn.broker
     limits = broker.limits
     session = conn.session
@@ -672,6 +803,16 @@ def handle_publish(conn, p):
                 return
         if not props:
             props = None
+    topic_limits = broker.topic_limits
+    if not topic_limits.allows(topic):
+        # Well formed but not accepted: 0x90 in the acknowledgement for 5.0 QoS 1/2, the
+        # connection stays open (MQTT 5.0 section 3.4.2.1: "The Topic Name is not malformed,
+        # but is not accepted by this Client or Server"). 3.1.1 cannot be told: acknowledged
+        # and dropped, as the 3.1.1 spec allows for a refused PUBLISH [MQTT-3.3.5-2].
+        conn._refuse_publish(p, RC_TOPIC_NAME_INVALID,
+                             f"topic over max_topic_levels ({topic_limits.max_levels}) or "
+                             f"max_topic_length ({topic_limits.max_length})")
+        return
     if topic.startswith("$SYS"):
         conn._refuse_publish(p, RC_NOT_AUTHORIZED, "clients may not publish to $SYS")
         return
@@ -689,6 +830,17 @@ def handle_publish(conn, p):
             # [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
             conn.protocol_error(RC_RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
             return
+    quota = session.publish_quota
+    if quota is not None:
+        if quota.throttle:
+            delay = quota.charge(len(p.payload), now)
+            if delay > 0:
+                conn.throttle(now + delay)
+        else:
+            over = quota.check(len(p.payload), now)
+            if over:
+                conn.publish_over_rate(p, over == OVER_BYTE_RATE)
+                return
     msg = Message(topic, p.payload, qos, retain, props, expires_at, conn.client_id)
     journal = broker.journal
     # A message that must outlive a crash is acknowledged once it is stored (sync mode),

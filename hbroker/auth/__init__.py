@@ -8,10 +8,13 @@ broker recompute which subscribers may read which topics. See docs/security.md.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hbroker.config import Config, ConfigError
 from hbroker.hooks import Hook, Hooks
+
+if TYPE_CHECKING:
+    from hbroker.auth.hooks import PasswordFiles
 
 __all__ = ["build_hooks", "reload_hooks"]
 
@@ -26,20 +29,16 @@ def build_hooks(config: Config) -> list[Hook]:
     from hbroker.auth.acl import AclError, load_acl
     from hbroker.auth.audit import AuditLog
     from hbroker.auth.hooks import AclHook, AuditHook, PasswordAuth, ScramAuth, WebhookAuth
-    from hbroker.auth.passwords import PasswordFile, PasswordFileError
     from hbroker.auth.webhook import WebhookAuthenticator
 
     hooks: list[Hook] = []
     audit = AuditLog(config.audit.file) if config.audit.file else None
     auth = config.auth
-    if auth.password_file:
-        try:
-            passwords = PasswordFile(auth.password_file)
-        except PasswordFileError as exc:
-            raise ConfigError(f"auth.password_file: {exc}") from None
-        hooks.append(PasswordAuth(passwords))
+    files = _password_files(config)
+    if files is not None:
+        hooks.append(PasswordAuth(files))
         if auth.scram:
-            hooks.append(ScramAuth(passwords))
+            hooks.append(ScramAuth(files))
     if auth.webhook_url:
         hooks.append(WebhookAuth(WebhookAuthenticator(auth.webhook_url, auth.webhook_timeout,
                                                       auth.webhook_cache_seconds)))
@@ -52,6 +51,29 @@ def build_hooks(config: Config) -> list[Hook]:
     if audit is not None:
         hooks.append(AuditHook(audit))
     return hooks
+
+
+def _password_files(config: Config) -> PasswordFiles | None:
+    """`auth.password_file` and the listeners' own password files, each loaded once; None
+    when no password file is configured."""
+    from hbroker.auth.hooks import PasswordFiles
+    from hbroker.auth.passwords import PasswordFile, PasswordFileError
+
+    def load(key: str, path: str) -> PasswordFile:
+        try:
+            return PasswordFile(path)
+        except PasswordFileError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+
+    default = load("auth.password_file", config.auth.password_file) \
+        if config.auth.password_file else None
+    by_path: dict[str, PasswordFile] = {}
+    for i, lc in enumerate(config.listeners):
+        if lc.password_file and lc.password_file not in by_path:
+            by_path[lc.password_file] = load(f"listeners[{i}].password_file", lc.password_file)
+    if default is None and not by_path:
+        return None
+    return PasswordFiles(default, by_path)
 
 
 def reload_hooks(broker: Any, config: Config) -> bool:
@@ -80,7 +102,8 @@ def reload_hooks(broker: Any, config: Config) -> bool:
             h.audit.record("reload", password_file=config.auth.password_file or None,
                            acl_file=config.acl.file or None,
                            users=next((len(x.passwords) for x in new
-                                       if isinstance(x, PasswordAuth)), None),
+                                       if isinstance(x, PasswordAuth)
+                                       and x.passwords is not None), None),
                            acl_rules=next((len(x.acl.rules) for x in new
                                            if isinstance(x, AclHook)), None))
     log.info("SIGHUP: authentication and ACL reloaded",

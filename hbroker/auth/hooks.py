@@ -15,6 +15,7 @@ from hbroker.auth.audit import AuditLog
 from hbroker.auth.passwords import PasswordFile
 from hbroker.auth.scram import METHOD, ScramError, ScramServer, ServerFirst
 from hbroker.auth.webhook import WebhookAuthenticator
+from hbroker.config import ListenerConfig
 from hbroker.hooks import READ, SUBSCRIBE, AuthResult, ClientInfo, Hook
 from hbroker.reason_codes import ReasonCode
 
@@ -36,13 +37,40 @@ class AuthHook(Hook):
     """The hooks of this package: replaced as a whole when SIGHUP reloads them."""
 
 
+def applies(source: str, settings: ListenerConfig | None) -> bool:
+    """Whether the authentication source `source` applies to the clients of a listener
+    (its `auth` list); a client without listener settings gets every configured source."""
+    return settings is None or source in settings.auth
+
+
+class PasswordFiles:
+    """The broker-wide password file and the listeners' own (`listeners.password_file`),
+    each loaded once however many listeners name it."""
+
+    def __init__(self, default: PasswordFile | None,
+                 by_path: dict[str, PasswordFile] | None = None) -> None:
+        self.default = default
+        self.by_path = by_path or {}
+
+    def for_listener(self, settings: ListenerConfig | None) -> PasswordFile | None:
+        if settings is not None and settings.password_file:
+            return self.by_path[settings.password_file]
+        return self.default
+
+
 class PasswordAuth(AuthHook):
-    """Username and password from the password file; the scrypt check runs in a thread."""
+    """Username and password from the password file of the client's listener (or the
+    broker-wide one); the scrypt check runs in a thread."""
 
     name = "password_file"
 
-    def __init__(self, passwords: PasswordFile) -> None:
-        self.passwords = passwords
+    def __init__(self, files: PasswordFiles) -> None:
+        self.files = files
+
+    @property
+    def passwords(self) -> PasswordFile | None:
+        """The broker-wide password file (`auth.password_file`)."""
+        return self.files.default
 
     def authenticate(self, client: ClientInfo, password: bytes | None) -> Any:
         username = client.username
@@ -52,11 +80,19 @@ class PasswordAuth(AuthHook):
             # The client certificate, checked in the TLS handshake, names the user: no
             # password is asked for (Mosquitto's use_identity_as_username does the same).
             return 0
+        settings = client.listener_config
+        if not applies("password_file", settings):
+            return 0  # the listener's `auth` leaves this source out: others decide
+        passwords = self.files.for_listener(settings)
+        if passwords is None:
+            return 0  # neither the listener nor [auth] names a password file
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(password_executor(), self._check, username, password)
+        return loop.run_in_executor(password_executor(), self._check, passwords, username,
+                                    password)
 
-    def _check(self, username: str, password: bytes | None) -> int:
-        if self.passwords.check(username, password):
+    @staticmethod
+    def _check(passwords: PasswordFile, username: str, password: bytes | None) -> int:
+        if passwords.check(username, password):
             return 0
         return ReasonCode.BAD_USER_NAME_OR_PASSWORD
 
@@ -77,6 +113,8 @@ class WebhookAuth(AuthHook):
         self.webhook = webhook
 
     def authenticate(self, client: ClientInfo, password: bytes | None) -> Any:
+        if not applies("webhook", client.listener_config):
+            return 0
         cached = self.webhook.cached(client, password)
         if cached is not None:
             return cached
@@ -90,28 +128,38 @@ class WebhookAuth(AuthHook):
 
 
 class ScramAuth(AuthHook):
-    """SCRAM-SHA-256 through the AUTH packet, with the keys of the password file."""
+    """SCRAM-SHA-256 through the AUTH packet, with the keys of the password file of the
+    client's listener (or the broker-wide one)."""
 
     name = "scram"
 
-    def __init__(self, passwords: PasswordFile) -> None:
-        self.server = ScramServer(passwords.scram)
+    def __init__(self, files: PasswordFiles) -> None:
+        self.files = files
+        self.servers = {id(f): ScramServer(f.scram)
+                        for f in (files.default, *files.by_path.values()) if f is not None}
 
     def auth_methods(self) -> tuple[str, ...]:
         return (METHOD,)
 
     def enhanced_auth(self, client: ClientInfo, method: str, data: bytes | None,
                       state: Any) -> AuthResult:
+        settings = client.listener_config
+        passwords = self.files.for_listener(settings)
+        if not applies("scram", settings) or passwords is None:
+            log.info("SCRAM-SHA-256 not offered on listener %s", client.listener, extra={
+                "client_id": client.client_id, "peer": client.peer})
+            return AuthResult(ReasonCode.BAD_AUTHENTICATION_METHOD)
         if data is None:
             return AuthResult(ReasonCode.BAD_USER_NAME_OR_PASSWORD)
+        server = self.servers[id(passwords)]
         try:
             if not isinstance(state, ServerFirst):
                 # CONNECT, or the first AUTH of a re-authentication.
-                server_first, first = self.server.client_first(data)
+                server_first, first = server.client_first(data)
                 if client.username is not None and client.username != first.username:
                     raise ScramError("SCRAM username differs from CONNECT's username")
                 return AuthResult(ReasonCode.CONTINUE_AUTHENTICATION, server_first, first)
-            server_final = self.server.client_final(data, state)
+            server_final = server.client_final(data, state)
         except ScramError as exc:
             log.info("SCRAM-SHA-256 failed: %s", exc, extra={
                 "client_id": client.client_id, "peer": client.peer})

@@ -74,7 +74,7 @@ class Paho:
     def __init__(self, client_id: str, port: int = 0, *, host: str = "127.0.0.1",
                  transport: str = "tcp", version: int = 5, tls: ssl.SSLContext | None = None,
                  ws_path: str = "/mqtt", username: str | None = None,
-                 unix_path: str | None = None) -> None:
+                 unix_path: str | None = None, password: str | None = None) -> None:
         protocol = {5: paho.MQTTv5, 4: paho.MQTTv311, 3: paho.MQTTv31}[version]
         self.client = c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
                                       protocol=protocol, transport=transport)  # type: ignore[arg-type]
@@ -90,7 +90,7 @@ class Paho:
         if transport == "websockets":
             c.ws_set_options(path=ws_path)
         if username is not None:
-            c.username_pw_set(username)
+            c.username_pw_set(username, password)
         if transport == "unix":
             c.connect(unix_path or "", 1883, 60)  # paho checks the port even here
         else:

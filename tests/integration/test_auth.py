@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -515,3 +516,89 @@ def test_anonymous_clients_refused_by_the_listener_are_audited(tmp_path: Path) -
     failures = [r for r in audit_records(audit) if r["event"] == "auth_failure"]
     assert [(r["client_id"], r["listener"], r["reason_code"]) for r in failures] == [
         ("anon5", "field", 0x87), ("anon4", "field", 0x87)]
+
+
+# -- per-listener authentication sources --------------------------------------------------
+
+
+def connect_on(port: int, client_id: str, username: str | None, password: str | None,
+               version: int = 5, **kw: Any) -> int:
+    c = RawClient("127.0.0.1", port, version)
+    try:
+        return c.connect(client_id, username=username,
+                         password=password.encode() if password is not None else None,
+                         **kw).reason_code
+    finally:
+        c.close()
+
+
+def test_each_listener_applies_its_own_password_file_and_sources(
+        tmp_path: Path, webhook: WebhookServer) -> None:
+    from broker_process import BrokerProcess, free_port
+
+    write_users(tmp_path / "passwords", USERS)
+    write_users(tmp_path / "field-passwords", {"device": "secret"})
+    field, hooked, main_port = free_port(), free_port(), free_port()
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    broker = BrokerProcess(
+        workdir, {"storage": {"backend": "memory"},
+                  "auth": {"password_file": str(tmp_path / "passwords"),
+                           "webhook_url": webhook.url, "webhook_cache_seconds": 0.0,
+                           "failure_delay": 0.0}},
+        listeners=[{"type": "tcp", "name": "field", "port": field,
+                    "password_file": str(tmp_path / "field-passwords"),
+                    "auth": ["password_file"]},
+                   {"type": "tcp", "name": "hooked", "port": hooked, "auth": ["webhook"]},
+                   {"type": "tcp", "name": "main", "port": main_port}])
+    try:
+        # field: its own file only; the broker-wide users and the webhook do not apply.
+        assert connect_on(field, "f1", "device", "secret") == 0
+        assert connect_on(field, "f2", "alice", "wonderland") == 0x86
+        assert connect_on(field, "f3", "device", "wrong", version=4) == 0x04
+        assert webhook.requests == []
+        # hooked: the webhook alone decides, the password file is not asked.
+        assert connect_on(hooked, "h1", "fast", "pw") == 0
+        assert connect_on(hooked, "h2", "alice", "wonderland") == 0x86
+        assert [r["listener"] for r in webhook.requests] == ["hooked", "hooked"]
+        # main: every configured source: the broker-wide file and the webhook must accept.
+        assert connect_on(main_port, "m1", "device", "secret") == 0x86
+        assert connect_on(main_port, "m2", "alice", "wonderland") == 0x86  # webhook: no
+        assert connect_on(main_port, "m3", "fast", "pw") == 0x86  # not in the file
+        # SIGHUP re-reads the listener's password file.
+        write_users(tmp_path / "field-passwords", {"device": "rotated"})
+        sighup_and_wait(broker)
+        assert connect_on(field, "f4", "device", "rotated") == 0
+        assert connect_on(field, "f5", "device", "secret") == 0x86
+    finally:
+        assert broker.stop() == 0, broker.log()
+
+
+def test_scram_is_offered_only_where_the_listener_lists_it(tmp_path: Path) -> None:
+    from broker_process import BrokerProcess, free_port
+
+    write_users(tmp_path / "passwords", USERS, scram=True)
+    plain, scram = free_port(), free_port()
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    broker = BrokerProcess(
+        workdir, {"storage": {"backend": "memory"},
+                  "auth": {"password_file": str(tmp_path / "passwords"), "scram": True,
+                           "failure_delay": 0.0}},
+        listeners=[{"type": "tcp", "name": "plain", "port": plain,
+                    "auth": ["password_file"]},
+                   {"type": "tcp", "name": "scram", "port": scram}])
+    try:
+        on_scram = SimpleNamespace(host="127.0.0.1", port=scram)
+        connack, c, client = scram_connect(on_scram, "s1", "alice", "wonderland")
+        c.close()
+        assert (connack.packet_type, connack.reason_code) == (2, 0)
+        assert client.verify(connack.properties[AUTHENTICATION_DATA])
+        on_plain = SimpleNamespace(host="127.0.0.1", port=plain)
+        connack, c, _ = scram_connect(on_plain, "s2", "alice", "wonderland")
+        c.close()
+        assert (connack.packet_type, connack.reason_code) == (2, 0x8C)  # Bad auth. method
+        # Plain passwords still work on the listener that does not offer SCRAM.
+        assert connect_on(plain, "p1", "alice", "wonderland") == 0
+    finally:
+        assert broker.stop() == 0, broker.log()

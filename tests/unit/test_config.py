@@ -186,7 +186,8 @@ format = "json"
 BAD_SNIPPETS: list[tuple[str, str, str, str]] = [
     # Unknown keys, top-level and nested.
     ("unknown-top-level", "bogus = 1\n", "bogus",
-     "unknown key 'bogus' (expected one of: listeners, limits, sessions, sys, logging, "
+     "unknown key 'bogus' (expected one of: listeners, limits, quotas, sessions, sys, "
+     "logging, "
      "storage, auth, acl, audit)"),
     ("scram-without-password-file", "[auth]\nscram = true\n", "auth.password_file",
      "auth.password_file: expected the password file holding the SCRAM keys (auth.scram is "
@@ -210,7 +211,7 @@ BAD_SNIPPETS: list[tuple[str, str, str, str]] = [
      "unknown key 'listeners[0].secure' (expected one of: type, host, port, name, path, "
      "mode, max_connections, protocol_versions, allow_anonymous, certfile, keyfile, cafile, "
      "crlfile, require_certificate, certificate_identity, use_identity_as_username, "
-     "tls_version, ciphers)"),
+     "tls_version, ciphers, password_file, auth)"),
     ("unknown-in-second-listener", "[[listeners]]\nport = 1\n[[listeners]]\nprot = 2\n",
      "listeners[1].prot", "unknown key 'listeners[1].prot' (did you mean 'port'?)"),
     ("nested-table-in-section", "[sys.extra]\nx = 1\n", "sys.extra",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hbroker.config import ConfigError, ListenerConfig, load_config
+from hbroker.config import AUTH_SOURCES, ConfigError, ListenerConfig, load_config
 
 
 def load(tmp_path: Path, text: str) -> tuple[ListenerConfig, ...]:
@@ -140,6 +140,30 @@ BAD_LISTENERS: list[tuple[str, str, str]] = [
      'listeners[0].allow_anonymous: expected true or false, got "yes"'),
     ("max-connections-negative", "max_connections = -1",
      "listeners[0].max_connections: expected an integer of at least 0, got -1"),
+    ("auth-misspelt-source", 'auth = ["pasword_file"]',
+     'listeners[0].auth: unknown name "pasword_file" (did you mean \'password_file\'?); '
+     "expected names among 'password_file', 'webhook' and 'scram'"),
+    ("auth-as-string", 'auth = "webhook"',
+     "listeners[0].auth: expected a list of names among 'password_file', 'webhook' and "
+     "'scram', got \"webhook\""),
+    ("auth-repeated", 'auth = ["webhook", "webhook"]\n[auth]\nwebhook_url = "http://a/b"',
+     "listeners[0].auth: expected distinct names, got ['webhook', 'webhook']"),
+    ("auth-webhook-not-configured", 'auth = ["webhook"]',
+     'listeners[0].auth: "webhook" is not configured (it needs auth.webhook_url)'),
+    ("auth-scram-not-configured", 'password_file = "p"\nauth = ["password_file", "scram"]',
+     'listeners[0].auth: "scram" is not configured (it needs auth.scram = true)'),
+    ("auth-password-file-not-configured", 'auth = ["password_file"]',
+     'listeners[0].auth: "password_file" is not configured (it needs '
+     "listeners[0].password_file or auth.password_file)"),
+    ("auth-empty-without-anonymous", 'host = "0.0.0.0"\nauth = []',
+     "listeners[0].auth: an empty list accepts any username without a check; set "
+     "allow_anonymous = true to mean that, or name a source"),
+    ("password-file-left-out-of-auth",
+     'password_file = "p"\nauth = ["webhook"]\n[auth]\nwebhook_url = "http://a/b"',
+     "listeners[0].password_file: not used: listeners[0].auth names neither "
+     "'password_file' nor 'scram'"),
+    ("password-file-as-list", 'password_file = ["p"]',
+     "listeners[0].password_file: expected a string, got ['p']"),
 ]
 
 
@@ -162,3 +186,42 @@ def test_two_unix_listeners_on_one_path_are_refused(tmp_path: Path) -> None:
         load_config(path)
     assert str(info.value) == (f"{path}: listeners[1].path: /tmp/a.sock is already used by "
                                "listeners[0]")
+
+
+def test_listener_authentication_sources_load_and_print_back_equal(tmp_path: Path) -> None:
+    path = tmp_path / "hbroker.toml"
+    path.write_text("""
+[[listeners]]
+host = "0.0.0.0"
+port = 1883
+password_file = "field-passwords"
+auth = ["password_file"]
+
+[[listeners]]
+port = 1884
+auth = []
+
+[[listeners]]
+host = "0.0.0.0"
+port = 1885
+
+[auth]
+password_file = "passwords"
+webhook_url = "http://auth.example/mqtt"
+""")
+    config = load_config(path)
+    field, local, default = config.listeners
+    assert (field.password_file, field.auth) == ("field-passwords", ("password_file",))
+    assert local.auth == ()
+    assert (default.password_file, default.auth) == ("", AUTH_SOURCES)
+    again = tmp_path / "again.toml"
+    again.write_text(config.to_toml())
+    assert load_config(again) == config
+
+
+def test_scram_may_take_its_keys_from_a_listener_password_file_only(tmp_path: Path) -> None:
+    path = tmp_path / "hbroker.toml"
+    path.write_text('[[listeners]]\npassword_file = "p"\nauth = ["scram"]\n'
+                    "[auth]\nscram = true\n")
+    lc, = load_config(path).listeners
+    assert (lc.password_file, lc.auth) == ("p", ("scram",))
