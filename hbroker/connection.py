@@ -52,7 +52,7 @@ from hbroker_ext.codec import (
     encode,
     encode_ack,
 )
-from hbroker_ext.routing import handle_publish, write_publish
+from hbroker_ext.routing import handle_packets, handle_publish, write_publish
 from hbroker_ext.topics import parse_shared, valid_topic_filter, valid_topic_name
 
 from hbroker import hooks
@@ -175,23 +175,9 @@ class Connection(asyncio.Protocol):
             packets = exc.packets or ()
             error = exc
         stats.packets_received += len(packets)
-        handlers = _HANDLERS
-        for packet in packets:
-            if self.closing:
-                return
-            if not self.connected and packet.packet_type != CONNECT and not (
-                    packet.packet_type == AUTH and self.pending_connect is not None):
-                # [MQTT-3.1.0-1] the first packet must be CONNECT.
-                self.abort("first packet was not CONNECT")
-                return
-            handler = handlers.get(packet.packet_type)
-            if handler is None:
-                # A packet only a server sends (CONNACK, SUBACK, …) is a protocol error.
-                self.protocol_error(ReasonCode.PROTOCOL_ERROR,
-                                    f"unexpected packet type {packet.packet_type} from client")
-                return
-            handler(self, packet)
-        if error is not None and not self.closing:
+        # Every packet in order, compiled (hbroker_ext.routing.handle_packets): PUBLISH goes
+        # straight to handle_publish, the others to _HANDLERS. [MQTT-3.1.0-1] is checked there.
+        if handle_packets(self, packets, _HANDLERS) and error is not None and not self.closing:
             self.codec_error(error)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -734,16 +734,50 @@ DEF P_PAYLOAD_FORMAT_INDICATOR = 0x01
 DEF P_MESSAGE_EXPIRY_INTERVAL = 0x02
 DEF P_SUBSCRIPTION_IDENTIFIER = 0x0B
 DEF P_TOPIC_ALIAS = 0x23
+DEF T_CONNECT = 1
+DEF T_PUBLISH = 3
 DEF T_PUBACK = 4
 DEF T_PUBREC = 5
+DEF T_AUTH = 15
 
 _ACTION_PUBLISH = "publish"  # hbroker.hooks.PUBLISH
+
+
+def handle_packets(conn, packets, dict handlers):
+    """The packets of one read, in order (`Connection.data_received`): PUBLISH straight to
+    `handle_publish`, the others to their handler in `handlers` (packet type -> function of
+    the connection and the packet). Returns False when the connection stopped reading (it
+    is closing, or a packet was refused) before the end."""
+    cdef int ptype
+    for packet in packets:
+        if conn.closing:
+            return False
+        ptype = packet.packet_type
+        if ptype == T_PUBLISH and conn.connected:
+            _handle_publish(conn, packet)
+            continue
+        if not conn.connected and ptype != T_CONNECT and not (
+                ptype == T_AUTH and conn.pending_connect is not None):
+            # [MQTT-3.1.0-1] the first packet must be CONNECT.
+            conn.abort("first packet was not CONNECT")
+            return False
+        handler = handlers.get(ptype)
+        if handler is None:
+            # A packet only a server sends (CONNACK, SUBACK, …) is a protocol error.
+            conn.protocol_error(RC_PROTOCOL_ERROR, f"unexpected packet type {ptype} from client")
+            return False
+        handler(conn, packet)
+    return True
 
 
 def handle_publish(conn, p):
     """A PUBLISH from a client (section 3.3): checked, acknowledged and routed. A method of
     `hbroker.connection.Connection`; the rare outcomes (protocol errors, refusals, storage
     deferral) call back into the connection and the journal."""
+    _handle_publish(conn, p)
+
+
+cdef _handle_publish(conn, p):
     cdef int qos = p.qos
     cdef int version
     cdef double now
