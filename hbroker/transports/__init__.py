@@ -25,7 +25,6 @@ from hbroker.transports.tls import (
     TLSHandshake,
     certificate_identity,
 )
-from hbroker.transports.websocket import WebSocketProtocol
 
 if TYPE_CHECKING:
     from hbroker.connection import Connection
@@ -116,6 +115,10 @@ class Listener:
         lc = self.config
         mqtt: Callable[[], asyncio.Protocol]
         if lc.type in WEBSOCKET_TYPES:
+            # Imported here: the websockets package costs ~40 ms of start-up (its version
+            # lookup reads package metadata), which a broker without ws listeners skips.
+            from hbroker.transports.websocket import WebSocketProtocol
+
             path = lc.path
 
             def mqtt() -> asyncio.Protocol:
