@@ -562,9 +562,7 @@ def test_postgres_unreachable_server_is_a_storage_error_without_the_password() -
         await storage.close()
         return info.value
 
-    started = time.monotonic()
-    error = run(scenario())
-    assert time.monotonic() - started < 5
+    error = run(scenario())  # a hang would be stopped by pytest-timeout
     assert str(error).startswith(f"postgres postgresql://u@127.0.0.1:{port}/db: cannot connect: ")
     assert "s3cretpw" not in str(error)
     assert error.full is False
@@ -689,7 +687,9 @@ def test_postgres_hung_server_times_out_and_the_next_commit_recovers(
             return info.value, elapsed, await storage.load()
 
     error, elapsed, state = run(scenario())
-    assert 0.9 < elapsed < 3
+    # The commit waited for the configured timeout (a lower bound only: a loaded machine can
+    # only add to it) and then failed with the timeout's own message.
+    assert elapsed >= 0.9
     assert str(error) == (f"postgres {pg.location}: commit failed: "
                           "no answer from the server in time")
     assert error.full is False
@@ -724,14 +724,12 @@ def test_postgres_recovers_on_the_next_commit_after_the_server_comes_back(
             await storage.commit(SMALL)
             own_server.stop(mode)
             try:
-                started = time.monotonic()
                 with pytest.raises(StorageError) as lost:
                     await storage.commit(batch)  # on the connection the server dropped
                 with pytest.raises(StorageError) as down:
                     await storage.commit(batch)  # a new connection is refused
                 with pytest.raises(StorageError) as load_down:
                     await storage.load()
-                results["elapsed"] = time.monotonic() - started
             finally:
                 own_server.start()
             results["errors"] = (lost.value, down.value, load_down.value)
@@ -745,7 +743,6 @@ def test_postgres_recovers_on_the_next_commit_after_the_server_comes_back(
         results = run(scenario())
     finally:
         backend.drop()
-    assert results["elapsed"] < 8
     lost, down, load_down = results["errors"]
     assert [e.full for e in (lost, down, load_down)] == [False, False, False]
     # Whether the driver noticed the hang-up before the commit or during it:
