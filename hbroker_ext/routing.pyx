@@ -195,6 +195,31 @@ cdef class Delivery:
                 f"state={self.state}>")
 
 
+cdef inline Message _new_message(str topic, bytes payload, int qos, bint retain, object properties,
+                                 double expires_at, object sender):
+    """`Message(...)` without the argument parsing of a Python call (once per PUBLISH)."""
+    cdef Message msg = Message.__new__(Message)
+    msg.topic = topic
+    msg.payload = payload
+    msg.qos = qos
+    msg.retain = retain
+    msg.properties = properties
+    msg.expires_at = expires_at
+    msg.sender = sender
+    return msg
+
+
+cdef inline Delivery _new_delivery(Message message, int qos, bint retain, object sub_ids):
+    """`Delivery(message, qos, retain, sub_ids, None)` without a Python call (once per QoS 1/2
+    delivery)."""
+    cdef Delivery delivery = Delivery.__new__(Delivery)
+    delivery.message = message
+    delivery.qos = qos
+    delivery.retain = retain
+    delivery.sub_ids = sub_ids
+    return delivery
+
+
 cpdef object delivery_properties(Message msg, object sub_ids, long expiry):
     """The properties of one delivery: the message's, plus its subscription identifiers and
     the message expiry left (`expiry` < 0: none)."""
@@ -228,14 +253,20 @@ cdef bytes _encode_with_topic_alias(object conn, Message msg, int qos, bint reta
     return encode_publish(topic, msg.payload, qos, retain, False, 1 if qos else 0, props, 5)
 
 
-cpdef object publish_bytes(object conn, Message msg, int qos, bint retain, object sub_ids,
-                           int packet_id, bint dup, double now):
+def publish_bytes(conn, Message msg, int qos, bint retain, sub_ids, int packet_id, bint dup,
+                  double now):
     """The PUBLISH packet for one delivery on one connection, or None if it is too large.
 
     Encodings are cached on the message by everything that shapes them except the packet id, so
     a fan-out encodes once per distinct form and QoS 1/2 copies only patch the packet id.
     """
-    cdef int version = conn.protocol_version
+    return _publish_bytes(conn, conn.protocol_version, msg, qos, retain, sub_ids, packet_id, dup,
+                          now)
+
+
+cdef object _publish_bytes(object conn, int version, Message msg, int qos, bint retain,
+                           object sub_ids, int packet_id, bint dup, double now):
+    """publish_bytes for a connection speaking `version` (a session knows its client's)."""
     cdef long expiry = msg.remaining_expiry(now) if msg.expires_at != 0 else -1
     cdef bytes data
     if conn.topic_aliases_out is not None:
@@ -474,7 +505,7 @@ cdef class Session:
                 # A slow reader: QoS 0 is dropped within the bound, never buffered without one.
                 self.stats.dropped_qos0_slow += 1
                 return
-            _write_qos0(conn, delivery, now, self.stats)
+            _write_qos0(conn, self.protocol_version, delivery, now, self.stats)
             return
         if self.queue or len(self.inflight) >= self.send_window:
             self._enqueue(delivery)
@@ -487,7 +518,8 @@ cdef class Session:
         if conn is None or conn.closing or conn.write_paused:
             self.deliver(Delivery(msg, 0, retain, sub_ids, None), now)
             return
-        data = publish_bytes(conn, msg, 0, retain, sub_ids, 0, False, now)
+        data = _publish_bytes(conn, self.protocol_version, msg, 0, retain, sub_ids, 0, False,
+                              now)
         if data is not None:
             _write_publish(conn, data, self.stats)
 
@@ -515,8 +547,8 @@ cdef class Session:
 
     cdef void _send_new(self, Delivery delivery, object conn, double now) except *:
         cdef int pid = self._allocate_packet_id()
-        data = publish_bytes(conn, delivery.message, delivery.qos, delivery.retain,
-                             delivery.sub_ids, pid, False, now)
+        data = _publish_bytes(conn, self.protocol_version, delivery.message, delivery.qos,
+                              delivery.retain, delivery.sub_ids, pid, False, now)
         if data is None:
             self._unstored(delivery)
             return
@@ -551,7 +583,7 @@ cdef class Session:
                 continue
             if delivery.qos == 0:
                 self._unstored(delivery)
-                _write_qos0(conn, delivery, now, self.stats)
+                _write_qos0(conn, self.protocol_version, delivery, now, self.stats)
             else:
                 self._send_new(delivery, conn, now)
 
@@ -563,8 +595,8 @@ cdef class Session:
             if delivery.state == AWAITING_PUBCOMP:
                 conn.write(encode_ack(PUBREL, pid, 0, conn.protocol_version))
                 continue
-            data = publish_bytes(conn, delivery.message, delivery.qos, delivery.retain,
-                                 delivery.sub_ids, pid, True, now)
+            data = _publish_bytes(conn, self.protocol_version, delivery.message, delivery.qos,
+                                  delivery.retain, delivery.sub_ids, pid, True, now)
             if data is None:
                 del self.inflight[pid]
                 self._unstored(delivery)
@@ -639,9 +671,10 @@ cdef class Session:
         return taken
 
 
-cdef void _write_qos0(object conn, Delivery delivery, double now, Stats stats) except *:
-    data = publish_bytes(conn, delivery.message, 0, delivery.retain, delivery.sub_ids, 0,
-                         False, now)
+cdef void _write_qos0(object conn, int version, Delivery delivery, double now,
+                     Stats stats) except *:
+    data = _publish_bytes(conn, version, delivery.message, 0, delivery.retain, delivery.sub_ids,
+                          0, False, now)
     if data is not None:
         _write_publish(conn, data, stats)
 
@@ -713,7 +746,7 @@ cdef int _route(dict sessions, tuple normal, Message msg, double now, object ski
         if qos == 0:
             session.deliver_qos0(msg, retain, sub_ids, now)
         else:
-            session.deliver(Delivery(msg, qos, retain, sub_ids, None), now)
+            session.deliver(_new_delivery(msg, qos, retain, sub_ids), now)
     return reached
 
 
@@ -875,7 +908,9 @@ cdef _handle_publish(conn, p):
             if over:
                 conn.publish_over_rate(p, over == OVER_BYTE_RATE)
                 return
-    msg = Message(topic, p.payload, qos, retain, props, expires_at, conn.client_id)
+    payload = p.payload
+    msg = _new_message(topic, payload if type(payload) is bytes else bytes(payload), qos, retain,
+                       props, expires_at, conn.client_id)
     journal = broker.journal
     # A message that must outlive a crash is acknowledged once it is stored (sync mode),
     # and refused while storage is failing. Periodic mode needs no look at the targets.
