@@ -33,6 +33,8 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
+from hbroker_ext.topics import valid_topic_filter
+
 ACTIONS = ("publish", "subscribe", "read")
 _CACHE_LIMIT = 65536
 
@@ -195,17 +197,6 @@ def _strings(where: str, key: str, value: Any) -> list[str]:
     return value
 
 
-def _valid_pattern(pattern: str) -> bool:
-    levels = pattern.split("/")
-    for i, level in enumerate(levels):
-        if level == "#":
-            if i != len(levels) - 1:
-                return False
-        elif level != "+" and ("+" in level or "#" in level):
-            return False
-    return True
-
-
 RULE_KEYS = ("users", "clients", "topics", "actions", "permission")
 
 
@@ -248,7 +239,7 @@ def parse_acl(data: dict[str, Any], where: str) -> Acl:
             if "clients" in raw else None
         topics = _strings(where, f"{at}.topics", raw["topics"])
         for topic in topics:
-            if not _valid_pattern(topic):
+            if topic.startswith("$share/") or not valid_topic_filter(topic):
                 raise AclError(f"{where}: {at}.topics: not a valid topic filter: {topic!r}")
         actions = _strings(where, f"{at}.actions", raw["actions"])
         for action in actions:
