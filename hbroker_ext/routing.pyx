@@ -598,47 +598,42 @@ cdef class Session:
             data = _publish_bytes(conn, self.protocol_version, delivery.message, delivery.qos,
                                   delivery.retain, delivery.sub_ids, pid, True, now)
             if data is None:
-                del self.inflight[pid]
-                self._unstored(delivery)
+                self._release(pid, delivery)
             else:
                 _write_publish(conn, data, self.stats)
 
+    cdef Delivery _inflight(self, int packet_id):
+        """The outgoing QoS 1/2 delivery with this packet id, or None."""
+        return self.inflight.get(packet_id)
+
+    cdef void _release(self, int packet_id, Delivery delivery) except *:
+        """The packet id is free again and the delivery no longer stored."""
+        del self.inflight[packet_id]
+        self._unstored(delivery)
+
     cpdef bint on_puback(self, int packet_id, double now) except *:
-        cdef Delivery delivery
-        found = self.inflight.get(packet_id)
-        if found is None:
-            return False
-        delivery = found
-        if delivery.qos != 1:
+        cdef Delivery delivery = self._inflight(packet_id)
+        if delivery is None or delivery.qos != 1:
             return False
         self._completed(packet_id, delivery, now)
         return True
 
     cpdef bint on_pubrec(self, int packet_id, int reason_code) except *:
         """Returns False when the packet id is unknown; the caller answers PUBREL 0x92."""
-        cdef Delivery delivery
-        found = self.inflight.get(packet_id)
-        if found is None:
-            return False
-        delivery = found
-        if delivery.qos != 2:
+        cdef Delivery delivery = self._inflight(packet_id)
+        if delivery is None or delivery.qos != 2:
             return False
         if reason_code >= 0x80:
             # [MQTT-4.3.3-?] a PUBREC with an error ends the exchange; the id is free again.
-            del self.inflight[packet_id]
-            self._unstored(delivery)
+            self._release(packet_id, delivery)
             return True
         delivery.state = AWAITING_PUBCOMP
         self._stored(delivery)
         return True
 
     cpdef bint on_pubcomp(self, int packet_id, double now) except *:
-        cdef Delivery delivery
-        found = self.inflight.get(packet_id)
-        if found is None:
-            return False
-        delivery = found
-        if delivery.state != AWAITING_PUBCOMP:
+        cdef Delivery delivery = self._inflight(packet_id)
+        if delivery is None or delivery.state != AWAITING_PUBCOMP:
             return False
         self._completed(packet_id, delivery, now)
         return True
@@ -646,8 +641,7 @@ cdef class Session:
     cdef void _completed(self, int packet_id, Delivery delivery, double now) except *:
         """The last acknowledgement of an outgoing QoS 1/2 message: its packet id is free and
         the window has room for what is queued."""
-        del self.inflight[packet_id]
-        self._unstored(delivery)
+        self._release(packet_id, delivery)
         if self.queue:
             self.drain(now)
 
