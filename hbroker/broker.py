@@ -13,7 +13,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from hbroker_ext.codec import MESSAGE_EXPIRY_INTERVAL
-from hbroker_ext.routing import publish
+from hbroker_ext.routing import BrokerCore
 from hbroker_ext.topics import RetainedTree, SubscriptionTree
 
 from hbroker.auth.backoff import FailureBackoff
@@ -85,7 +85,12 @@ def _aggregate(normal: list[tuple[str, SubscriptionOptions]]) -> list[tuple]:
     return targets
 
 
-class Broker:
+class Broker(BrokerCore):
+    """Sessions, subscriptions, retained messages, wills and expiry. What the per-message path
+    reads (stats, sessions, subscriptions, the match cache, hooks, journal, limits, topic
+    limits, the connections to flush) is typed in the compiled base,
+    hbroker_ext.routing.BrokerCore, with `publish` and `mark_dirty`."""
+
     def __init__(self, config: Config, hooks: Hooks | None = None) -> None:
         self.config = config
         self.limits = config.limits
@@ -157,11 +162,6 @@ class Broker:
         self.topic_limits = topic_limits(config.quotas)
 
     # -- output coalescing -----------------------------------------------------------
-
-    def mark_dirty(self, conn: Connection) -> None:
-        self._dirty.append(conn)
-        if not self.flush_scheduled:
-            self.schedule_flush()
 
     def schedule_flush(self) -> None:
         self.flush_scheduled = True
@@ -299,10 +299,7 @@ class Broker:
 
     # -- publish ---------------------------------------------------------------------
 
-    # publish(msg, now, skip=None) -> int: route one application message and return the number
-    # of subscriptions it reached; `skip`: client ids that have it already (routing again after
-    # a restart). On the path of every message, so compiled (hbroker_ext.routing.publish).
-    publish = publish
+    # publish(msg, now, skip=None) -> int: compiled, BrokerCore.publish.
 
     def _publish_shared(self, msg: Message, shared: tuple | list, now: float,
                         skip: set[str] | None) -> int:

@@ -52,7 +52,7 @@ from hbroker_ext.codec import (
     encode,
     encode_ack,
 )
-from hbroker_ext.routing import handle_packets, handle_publish, write_publish
+from hbroker_ext.routing import ConnectionCore, handle_packets
 from hbroker_ext.topics import parse_shared, valid_topic_filter, valid_topic_name
 
 from hbroker import hooks
@@ -80,14 +80,16 @@ AUTH_FAILURES = frozenset((ReasonCode.BAD_USER_NAME_OR_PASSWORD, ReasonCode.NOT_
                            ReasonCode.BAD_AUTHENTICATION_METHOD))
 
 
-class Connection(asyncio.Protocol):
+class Connection(ConnectionCore, asyncio.Protocol):
+    """The state the per-message path reads (broker, session, client_id, protocol_version,
+    connected, closing, write_paused, last_received, out, topic aliases, max_packet_size_out,
+    deferred, client_info, pending_connect) is typed in the compiled base,
+    hbroker_ext.routing.ConnectionCore, with `write`, `write_publish` and `handle_publish`."""
+
     __slots__ = (
-        "broker", "listener", "transport", "peer", "framer", "protocol_version", "session",
-        "client_id", "username", "keepalive", "last_received", "opened_at", "connected",
-        "closing", "close_reason", "out", "write_paused", "topic_aliases_in",
-        "topic_aliases_out", "topic_alias_maximum_out", "max_packet_size_out",
-        "session_expiry_requested", "auth_method", "auth_state", "pending_connect",
-        "client_info", "deferred", "certificate_identity",
+        "listener", "transport", "peer", "framer", "username", "keepalive", "opened_at",
+        "close_reason", "session_expiry_requested", "auth_method", "auth_state",
+        "certificate_identity",
     )
 
     def __init__(self, broker: Broker, listener: Listener) -> None:
@@ -203,14 +205,6 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
 
     # -- output ----------------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        if not self.out:
-            self.broker.mark_dirty(self)
-        self.out.append(data)
-
-    # write_publish(data): queue an encoded PUBLISH (compiled: hbroker_ext.routing)
-    write_publish = write_publish
 
     def send(self, packet: Any) -> None:
         self.write(encode(packet, self.protocol_version or 4))
@@ -604,10 +598,6 @@ class Connection(asyncio.Protocol):
             "listener": listener.name})
 
     # -- PUBLISH and its acknowledgements ----------------------------------------------
-
-    # handle_publish(p): a PUBLISH from the client, checked, acknowledged and routed; on the
-    # path of every message, so compiled (hbroker_ext.routing.handle_publish).
-    handle_publish = handle_publish
 
     def refuse_unstored(self, msg: Message, packet_id: int, full: bool) -> None:
         """A QoS 1/2 PUBLISH that storage could not take: never acknowledged as a success.

@@ -17,8 +17,7 @@ from hbroker_ext.routing import (
     Delivery,
     Message,
     Session,
-    publish_bytes,
 )
 
 __all__ = ["AWAITING_PUBACK_OR_PUBREC", "AWAITING_PUBCOMP", "NEVER", "NO_PACKET_IDS", "NO_QUEUE",
-           "Delivery", "Message", "Session", "publish_bytes"]
+           "Delivery", "Message", "Session"]

@@ -250,13 +250,7 @@ cdef class Connack(Packet):
 
 
 cdef class Publish(Packet):
-    cdef public str topic
-    cdef public bytes payload
-    cdef public int qos
-    cdef public bint retain
-    cdef public bint dup
-    cdef public int packet_id
-    cdef public object properties
+    # fields declared in codec.pxd: topic, payload, qos, retain, dup, packet_id, properties
     packet_type = PUBLISH
     _fields = ("topic", "payload", "qos", "retain", "dup", "packet_id", "properties")
 
@@ -272,9 +266,7 @@ cdef class Publish(Packet):
 
 
 cdef class _PacketIdAck(Packet):
-    cdef public int packet_id
-    cdef public int reason_code
-    cdef public object properties
+    # fields declared in codec.pxd: packet_id, reason_code, properties
     _fields = ("packet_id", "reason_code", "properties")
 
     def __init__(self, packet_id, reason_code=0, properties=None):
@@ -1096,7 +1088,7 @@ def encode(packet, int protocol_version):
     raise ValueError(f"cannot encode packet type {t}")
 
 
-def encode_ack(int packet_type, int packet_id, int reason_code, int protocol_version):
+cpdef bytes encode_ack(int packet_type, int packet_id, int reason_code, int protocol_version):
     """PUBACK, PUBREC, PUBREL or PUBCOMP without properties: the hot-path encoder, equal to
     `encode` of the packet. The reason code travels only in 5.0 and only when it is not 0
     [MQTT-3.4.2.1]; with no properties the Property Length is left out (Remaining Length 3)."""
@@ -1116,8 +1108,8 @@ def encode_ack(int packet_type, int packet_id, int reason_code, int protocol_ver
     return PyBytes_FromStringAndSize(buf, 4)
 
 
-def encode_publish(str topic, payload, int qos, bint retain, bint dup, int packet_id,
-                   properties, int protocol_version):
+cpdef bytes encode_publish(str topic, object payload, int qos, bint retain, bint dup,
+                           int packet_id, object properties, int protocol_version):
     """A PUBLISH in one allocation: the hot-path encoder."""
     cdef bytes tb = topic.encode("utf-8")
     cdef bytes pb = _encode_properties(properties) if protocol_version == 5 else b""
@@ -1164,7 +1156,7 @@ def encode_publish(str topic, payload, int qos, bint retain, bint dup, int packe
     return out
 
 
-def set_packet_id(bytes encoded, int packet_id, bint dup):
+cpdef bytes set_packet_id(bytes encoded, int packet_id, bint dup):
     """A copy of an encoded QoS 1/2 PUBLISH with another packet id and DUP flag."""
     cdef Py_ssize_t size = len(encoded)
     cdef const unsigned char* src = <const unsigned char*>PyBytes_AS_STRING(encoded)

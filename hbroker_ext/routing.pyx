@@ -17,15 +17,8 @@ from libc.math cimport ceil
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 
-from hbroker_ext.codec import (
-    MESSAGE_EXPIRY_INTERVAL,
-    PUBREL,
-    SUBSCRIPTION_IDENTIFIER,
-    TOPIC_ALIAS,
-    encode_ack,
-    encode_publish,
-    set_packet_id,
-)
+from hbroker_ext.codec cimport Publish, Puback, encode_ack, encode_publish, set_packet_id
+from hbroker_ext.codec import MESSAGE_EXPIRY_INTERVAL, PUBREL, SUBSCRIPTION_IDENTIFIER, TOPIC_ALIAS
 
 NEVER = math.inf
 
@@ -233,7 +226,7 @@ cpdef object delivery_properties(Message msg, object sub_ids, long expiry):
     return props
 
 
-cdef bytes _encode_with_topic_alias(object conn, Message msg, int qos, bint retain,
+cdef bytes _encode_with_topic_alias(ConnectionCore conn, Message msg, int qos, bint retain,
                                     object sub_ids, long expiry):
     """Encode for a client that accepts topic aliases: the first topics get an alias each, and
     later messages on an aliased topic are sent with an empty topic name [MQTT-3.3.2-12]."""
@@ -253,20 +246,14 @@ cdef bytes _encode_with_topic_alias(object conn, Message msg, int qos, bint reta
     return encode_publish(topic, msg.payload, qos, retain, False, 1 if qos else 0, props, 5)
 
 
-def publish_bytes(conn, Message msg, int qos, bint retain, sub_ids, int packet_id, bint dup,
-                  double now):
-    """The PUBLISH packet for one delivery on one connection, or None if it is too large.
+cdef object _publish_bytes(ConnectionCore conn, int version, Message msg, int qos, bint retain,
+                           object sub_ids, int packet_id, bint dup, double now):
+    """The PUBLISH packet for one delivery on a connection speaking `version` (a session knows
+    its client's), or None if it is too large for the client.
 
     Encodings are cached on the message by everything that shapes them except the packet id, so
     a fan-out encodes once per distinct form and QoS 1/2 copies only patch the packet id.
     """
-    return _publish_bytes(conn, conn.protocol_version, msg, qos, retain, sub_ids, packet_id, dup,
-                          now)
-
-
-cdef object _publish_bytes(object conn, int version, Message msg, int qos, bint retain,
-                           object sub_ids, int packet_id, bint dup, double now):
-    """publish_bytes for a connection speaking `version` (a session knows its client's)."""
     cdef long expiry = msg.remaining_expiry(now) if msg.expires_at != 0 else -1
     cdef bytes data
     if conn.topic_aliases_out is not None:
@@ -287,18 +274,9 @@ cdef object _publish_bytes(object conn, int version, Message msg, int qos, bint 
     return data
 
 
-cdef inline void _write_publish(object conn, bytes data, Stats stats) except *:
-    cdef list out = conn.out
-    if not out:
-        conn.broker.mark_dirty(conn)
-    out.append(data)
+cdef inline void _write_publish(ConnectionCore conn, bytes data, Stats stats) except *:
+    conn._write(data)
     stats.publish_sent += 1
-
-
-def write_publish(conn, bytes data):
-    """Queue an encoded PUBLISH on a connection's output for this loop iteration (the broker
-    flushes every connection that has output once per iteration)."""
-    _write_publish(conn, data, conn.broker.stats)
 
 
 # -- quotas ([quotas], hbroker.quotas) ------------------------------------------------------
@@ -424,7 +402,7 @@ cdef class Session:
 
     cdef public object client_id
     cdef public int protocol_version
-    cdef public object connection
+    cdef public ConnectionCore connection
     # topic filter (as subscribed, `$share/...` included) -> SubscriptionOptions
     cdef public dict subscriptions
     cdef public object expiry_interval  # seconds after disconnect; NEVER for no expiry
@@ -495,7 +473,7 @@ cdef class Session:
 
     cpdef deliver(self, Delivery delivery, double now):
         """Send now if the client is connected and the window allows, otherwise queue."""
-        conn = self.connection
+        cdef ConnectionCore conn = self.connection
         if conn is None or conn.closing:
             if delivery.qos or self.queue_qos0:
                 self._enqueue(delivery)
@@ -514,7 +492,7 @@ cdef class Session:
 
     cpdef deliver_qos0(self, Message msg, bint retain, object sub_ids, double now):
         """QoS 0 to a connected, unblocked client: no Delivery object on the way."""
-        conn = self.connection
+        cdef ConnectionCore conn = self.connection
         if conn is None or conn.closing or conn.write_paused:
             self.deliver(Delivery(msg, 0, retain, sub_ids, None), now)
             return
@@ -545,7 +523,7 @@ cdef class Session:
         self.queued_bytes += size
         self._stored(delivery)
 
-    cdef void _send_new(self, Delivery delivery, object conn, double now) except *:
+    cdef void _send_new(self, Delivery delivery, ConnectionCore conn, double now) except *:
         cdef int pid = self._allocate_packet_id()
         data = _publish_bytes(conn, self.protocol_version, delivery.message, delivery.qos,
                               delivery.retain, delivery.sub_ids, pid, False, now)
@@ -569,7 +547,7 @@ cdef class Session:
     cpdef drain(self, double now):
         """Move queued messages to the client while its window has room."""
         cdef Delivery delivery
-        conn = self.connection
+        cdef ConnectionCore conn = self.connection
         if conn is None or conn.closing:
             return
         queue = self.queue
@@ -590,10 +568,10 @@ cdef class Session:
     def resend_inflight(self, double now):
         """On session resume, re-send unacknowledged PUBLISH with DUP and PUBREL [MQTT-4.4.0-1]."""
         cdef Delivery delivery
-        conn = self.connection
+        cdef ConnectionCore conn = self.connection
         for pid, delivery in list(self.inflight.items()):
             if delivery.state == AWAITING_PUBCOMP:
-                conn.write(encode_ack(PUBREL, pid, 0, conn.protocol_version))
+                conn._write(encode_ack(PUBREL, pid, 0, conn.protocol_version))
                 continue
             data = _publish_bytes(conn, self.protocol_version, delivery.message, delivery.qos,
                                   delivery.retain, delivery.sub_ids, pid, True, now)
@@ -665,7 +643,97 @@ cdef class Session:
         return taken
 
 
-cdef void _write_qos0(object conn, int version, Delivery delivery, double now,
+cdef class BrokerCore:
+    """The broker's state on the per-message path, typed so compiled code reads it without a
+    Python attribute lookup. `hbroker.broker.Broker` extends it with everything else; Python
+    code sees these as ordinary attributes. `limits` copies the values the PUBLISH path checks
+    into typed fields whenever it is set (at start and on SIGHUP)."""
+
+    cdef public Stats stats
+    cdef public dict sessions  # client id -> Session
+    cdef public object subscriptions  # hbroker_ext.topics.SubscriptionTree
+    # topic -> (normal targets, shared groups), valid while _match_generation is the tree's
+    cdef public dict _match_cache
+    cdef public long long _match_generation
+    cdef public object hooks
+    cdef public object journal  # hbroker.storage.journal.Journal, None with the memory backend
+    cdef public TopicLimits topic_limits
+    cdef public list _dirty  # connections with output this loop iteration
+    cdef public bint flush_scheduled
+    cdef object _limits
+    cdef readonly int max_qos
+    cdef readonly bint retain_available
+    cdef readonly int topic_alias_maximum
+    cdef readonly int max_inflight
+
+    @property
+    def limits(self):
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits):
+        self.max_qos = limits.max_qos
+        self.retain_available = limits.retain_available
+        self.topic_alias_maximum = limits.topic_alias_maximum
+        self.max_inflight = limits.max_inflight
+        self._limits = limits
+
+    def mark_dirty(self, conn):
+        """`conn` has output for this loop iteration: flushed with the others once."""
+        self._mark_dirty(conn)
+
+    cdef void _mark_dirty(self, object conn) except *:
+        self._dirty.append(conn)
+        if not self.flush_scheduled:
+            self.schedule_flush()
+
+    def publish(self, Message msg, double now, skip=None):
+        """Route one application message; returns the number of subscriptions it reached.
+        `skip`: client ids that have it already (routing again after a restart)."""
+        return _publish(self, msg, now, skip)
+
+
+cdef class ConnectionCore:
+    """A connection's state on the per-message path, typed (see BrokerCore):
+    `hbroker.connection.Connection` extends it with the protocol state machine."""
+
+    cdef public BrokerCore broker
+    cdef public Session session
+    cdef public object client_id
+    cdef public int protocol_version
+    cdef public bint connected
+    cdef public bint closing
+    cdef public bint write_paused
+    cdef public double last_received  # monotonic time of the last read
+    cdef public list out  # packets queued for this loop iteration's flush
+    cdef public dict topic_aliases_in
+    cdef public object topic_aliases_out  # topic -> alias, None when the client takes none
+    cdef public int topic_alias_maximum_out
+    cdef public long max_packet_size_out
+    cdef public long deferred  # PUBLISHes waiting for a storage commit before their ack
+    cdef public object client_info
+    cdef public object pending_connect
+
+    def write(self, bytes data):
+        """Queue a packet for this loop iteration (the broker flushes every connection that
+        has output once per iteration, one writelines each)."""
+        self._write(data)
+
+    cdef inline void _write(self, bytes data) except *:
+        if not self.out:
+            self.broker._mark_dirty(self)
+        self.out.append(data)
+
+    def write_publish(self, bytes data):
+        """`write` for an encoded PUBLISH (counted as sent)."""
+        _write_publish(self, data, self.broker.stats)
+
+    def handle_publish(self, Publish p):
+        """A PUBLISH from the client (section 3.3): checked, acknowledged and routed."""
+        _handle_publish(self, p)
+
+
+cdef void _write_qos0(ConnectionCore conn, int version, Delivery delivery, double now,
                      Stats stats) except *:
     data = _publish_bytes(conn, version, delivery.message, 0, delivery.retain, delivery.sub_ids,
                           0, False, now)
@@ -673,36 +741,32 @@ cdef void _write_qos0(object conn, int version, Delivery delivery, double now,
         _write_publish(conn, data, stats)
 
 
-def publish(broker, Message msg, double now, skip=None):
-    """`Broker.publish`: route one application message; returns the number of subscriptions
-    it reached. `skip`: client ids that have it already (routing again after a restart).
+def publish(BrokerCore broker, Message msg, double now, skip=None):
+    """`Broker.publish` as a function (see BrokerCore.publish)."""
+    return _publish(broker, msg, now, skip)
+
+
+cdef int _publish(BrokerCore broker, Message msg, double now, object skip) except -1:
+    """Route one application message; returns the number of subscriptions it reached.
 
     The topic's targets come from the broker's match cache while the subscription tree has
     not changed (the same test as `Broker._targets`, which fills the cache)."""
     cdef int reached
-    cdef Stats stats = broker.stats
+    cdef tuple entry = None
     if msg.retain:
         broker._retain(msg)
     topic = msg.topic
-    entry = None
-    if broker.subscriptions.generation == broker._match_generation:
-        entry = (<dict>broker._match_cache).get(topic)
+    if <long long>broker.subscriptions.generation == broker._match_generation:
+        entry = broker._match_cache.get(topic)
     if entry is None:
         entry = broker._targets(topic)
-    normal, shared = entry
+    normal = entry[0]
+    shared = entry[1]
     reached = _route(broker.sessions, normal, msg, now, skip)
     if shared:
         reached += broker._publish_shared(msg, shared, now, skip)
-    stats.publish_routed += 1
+    broker.stats.publish_routed += 1
     return reached
-
-
-def route(dict sessions, tuple normal, Message msg, double now, object skip):
-    """Deliver `msg` to the non-shared subscriptions matching its topic and return how many it
-    reached. `normal` holds one entry per subscribed client: (client id, granted QoS, retain as
-    published, subscription ids, the options for the sender's own subscription or None when
-    No Local excludes it). `skip`: client ids that have the message already, or None."""
-    return _route(sessions, normal, msg, now, skip)
 
 
 cdef int _route(dict sessions, tuple normal, Message msg, double now, object skip) except -1:
@@ -770,19 +834,23 @@ DEF T_AUTH = 15
 _ACTION_PUBLISH = "publish"  # hbroker.hooks.PUBLISH
 
 
-def handle_packets(conn, packets, dict handlers):
+def handle_packets(ConnectionCore conn, packets, dict handlers):
     """The packets of one read, in order (`Connection.data_received`): PUBLISH straight to
-    `handle_publish`, the others to their handler in `handlers` (packet type -> function of
-    the connection and the packet). Returns False when the connection stopped reading (it
-    is closing, or a packet was refused) before the end."""
+    `handle_publish` and PUBACK to the session, the others to their handler in `handlers`
+    (packet type -> function of the connection and the packet). Returns False when the
+    connection stopped reading (it is closing, or a packet was refused) before the end."""
     cdef int ptype
     for packet in packets:
         if conn.closing:
             return False
+        if conn.connected:
+            if type(packet) is Publish:
+                _handle_publish(conn, <Publish>packet)
+                continue
+            if type(packet) is Puback:
+                conn.session.on_puback((<Puback>packet).packet_id, conn.last_received)
+                continue
         ptype = packet.packet_type
-        if ptype == T_PUBLISH and conn.connected:
-            _handle_publish(conn, packet)
-            continue
         if not conn.connected and ptype != T_CONNECT and not (
                 ptype == T_AUTH and conn.pending_connect is not None):
             # [MQTT-3.1.0-1] the first packet must be CONNECT.
@@ -797,14 +865,10 @@ def handle_packets(conn, packets, dict handlers):
     return True
 
 
-def handle_publish(conn, p):
-    """A PUBLISH from a client (section 3.3): checked, acknowledged and routed. A method of
-    `hbroker.connection.Connection`; the rare outcomes (protocol errors, refusals, storage
+cdef _handle_publish(ConnectionCore conn, Publish p):
+    """A PUBLISH from a client (section 3.3): checked, acknowledged and routed
+    (`Connection.handle_publish`); the rare outcomes (protocol errors, refusals, storage
     deferral) call back into the connection and the journal."""
-    _handle_publish(conn, p)
-
-
-cdef _handle_publish(conn, p):
     cdef int qos = p.qos
     cdef int version
     cdef double now
@@ -817,16 +881,17 @@ cdef _handle_publish(conn, p):
     cdef TopicLimits topic_limits
     cdef int over
     cdef double delay
-    broker = conn.broker
-    limits = broker.limits
+    cdef str topic
+    cdef bint retain
+    cdef BrokerCore broker = conn.broker
     session = conn.session
     session.stats.publish_received += 1
-    if qos > limits.max_qos:
+    if qos > broker.max_qos:
         # [MQTT-3.2.2-11]
         conn.protocol_error(RC_QOS_NOT_SUPPORTED, f"PUBLISH with QoS {qos}")
         return
     retain = p.retain
-    if retain and not limits.retain_available:
+    if retain and not broker.retain_available:
         conn.protocol_error(RC_RETAIN_NOT_SUPPORTED, "retain not available")
         return
     topic = p.topic
@@ -836,7 +901,7 @@ cdef _handle_publish(conn, p):
         props = dict(props)
         alias = props.pop(P_TOPIC_ALIAS, 0)
         if alias:
-            if alias > limits.topic_alias_maximum:
+            if alias > broker.topic_alias_maximum:
                 # [MQTT-3.3.2-9]
                 conn.protocol_error(RC_TOPIC_ALIAS_INVALID, f"topic alias {alias} above maximum")
                 return
@@ -885,9 +950,9 @@ cdef _handle_publish(conn, p):
         pid = p.packet_id
         if pid in session.awaiting_pubrel:
             # [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is not delivered again.
-            conn.write(encode_ack(T_PUBREC, pid, 0, conn.protocol_version))
+            conn._write(encode_ack(T_PUBREC, pid, 0, conn.protocol_version))
             return
-        if len(session.awaiting_pubrel) >= limits.max_inflight:
+        if len(session.awaiting_pubrel) >= broker.max_inflight:
             # [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
             conn.protocol_error(RC_RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
             return
@@ -902,9 +967,7 @@ cdef _handle_publish(conn, p):
             if over:
                 conn.publish_over_rate(p, over == OVER_BYTE_RATE)
                 return
-    payload = p.payload
-    msg = _new_message(topic, payload if type(payload) is bytes else bytes(payload), qos, retain,
-                       props, expires_at, conn.client_id)
+    msg = _new_message(topic, p.payload, qos, retain, props, expires_at, conn.client_id)
     journal = broker.journal
     # A message that must outlive a crash is acknowledged once it is stored (sync mode),
     # and refused while storage is failing. Periodic mode needs no look at the targets.
@@ -919,15 +982,15 @@ cdef _handle_publish(conn, p):
                 journal.qos2_changed(session, p.packet_id)
         journal.defer(conn, msg, p.packet_id)
         return
-    reached = broker.publish(msg, now)
+    reached = _publish(broker, msg, now, None)
     if qos == 0:
         return
     version = conn.protocol_version
     code = 0 if reached or version != 5 else RC_NO_MATCHING_SUBSCRIBERS
     if qos == 1:
-        conn.write(encode_ack(T_PUBACK, p.packet_id, code, version))
+        conn._write(encode_ack(T_PUBACK, p.packet_id, code, version))
     else:
         session.await_pubrel(p.packet_id)
         if journal is not None and session.expiry_interval:
             journal.qos2_changed(session, p.packet_id)
-        conn.write(encode_ack(T_PUBREC, p.packet_id, code, version))
+        conn._write(encode_ack(T_PUBREC, p.packet_id, code, version))

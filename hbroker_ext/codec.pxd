@@ -1,0 +1,34 @@
+# cython: language_level=3
+"""What other compiled modules take from the codec without a Python call (cimport): the PUBLISH
+and acknowledgement packet layouts, and the hot-path encoders. hbroker_ext/routing.pyx reads
+a decoded PUBLISH's fields and encodes deliveries through these."""
+
+
+cdef class Packet:
+    pass
+
+
+cdef class Publish(Packet):
+    cdef public str topic
+    cdef public bytes payload
+    cdef public int qos
+    cdef public bint retain
+    cdef public bint dup
+    cdef public int packet_id
+    cdef public object properties
+
+
+cdef class _PacketIdAck(Packet):
+    cdef public int packet_id
+    cdef public int reason_code
+    cdef public object properties
+
+
+cdef class Puback(_PacketIdAck):
+    pass
+
+
+cpdef bytes encode_ack(int packet_type, int packet_id, int reason_code, int protocol_version)
+cpdef bytes encode_publish(str topic, object payload, int qos, bint retain, bint dup,
+                           int packet_id, object properties, int protocol_version)
+cpdef bytes set_packet_id(bytes encoded, int packet_id, bint dup)
