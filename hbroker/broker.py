@@ -88,8 +88,9 @@ def _aggregate(normal: list[tuple[str, SubscriptionOptions]]) -> list[tuple]:
 class Broker(BrokerCore):
     """Sessions, subscriptions, retained messages, wills and expiry. What the per-message path
     reads (stats, sessions, subscriptions, the match cache, hooks, journal, limits, topic
-    limits, the connections to flush) is typed in the compiled base,
-    hbroker_ext.routing.BrokerCore, with `publish` and `mark_dirty`."""
+    limits, the connections to flush, the loop) is typed in the compiled base,
+    hbroker_ext.routing.BrokerCore, with `publish` and the output coalescing (`mark_dirty`,
+    `schedule_flush`, `flush`)."""
 
     def __init__(self, config: Config, hooks: Hooks | None = None) -> None:
         self.config = config
@@ -160,31 +161,6 @@ class Broker(BrokerCore):
         self.auth_backoff.configure(config.auth.failure_delay, config.auth.failure_delay_max)
         self.connection_rate.configure(config.quotas)
         self.topic_limits = topic_limits(config.quotas)
-
-    # -- output coalescing -----------------------------------------------------------
-
-    def schedule_flush(self) -> None:
-        self.flush_scheduled = True
-        assert self.loop is not None
-        self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Write everything queued this loop iteration: one writelines per connection. With
-        durable storage in sync mode, the output waits for the commit of what this iteration
-        changed (the journal holds it) and that commit starts now."""
-        self.flush_scheduled = False
-        dirty = self._dirty
-        self._dirty = []
-        journal = self.journal
-        if journal is not None:
-            if journal.holds_output():
-                for conn in dirty:
-                    journal.hold(conn)
-                dirty = []
-            if journal.sync:
-                journal.kick()  # periodic mode commits on its own timer
-        for conn in dirty:
-            conn.flush()
 
     # -- connections and sessions ------------------------------------------------------
 

@@ -52,7 +52,7 @@ from hbroker_ext.codec import (
     encode,
     encode_ack,
 )
-from hbroker_ext.routing import ConnectionCore, handle_packets
+from hbroker_ext.routing import ConnectionCore
 from hbroker_ext.topics import parse_shared, valid_topic_filter, valid_topic_name
 
 from hbroker import hooks
@@ -84,10 +84,12 @@ class Connection(ConnectionCore, asyncio.Protocol):
     """The state the per-message path reads (broker, session, client_id, protocol_version,
     connected, closing, write_paused, last_received, out, topic aliases, max_packet_size_out,
     deferred, client_info, pending_connect) is typed in the compiled base,
-    hbroker_ext.routing.ConnectionCore, with `write`, `write_publish` and `handle_publish`."""
+    hbroker_ext.routing.ConnectionCore, with the transport, the framer, `data_received` (the
+    packets of a read: PUBLISH and PUBACK compiled, the others to the handlers below) and the
+    output (`write`, `write_publish`, `flush`, `take_output`, `write_output`)."""
 
     __slots__ = (
-        "listener", "transport", "peer", "framer", "username", "keepalive", "opened_at",
+        "listener", "peer", "username", "keepalive", "opened_at",
         "close_reason", "session_expiry_requested", "auth_method", "auth_state",
         "certificate_identity",
     )
@@ -99,6 +101,7 @@ class Connection(ConnectionCore, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.framer = Framer(broker.limits.max_packet_size)
+        self.handlers = _HANDLERS
         self.protocol_version = 0
         self.session: Session | None = None
         self.client_id: str | None = None
@@ -164,24 +167,6 @@ class Connection(ConnectionCore, asyncio.Protocol):
         self.certificate_identity = listener.certificate_identity(transport)
         broker.connections.add(self)
 
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        self.last_received = time.monotonic()
-        stats = self.broker.stats
-        stats.bytes_received += len(data)
-        error = None
-        try:
-            packets = self.framer.feed(data)
-        except MQTTError as exc:
-            packets = exc.packets or ()
-            error = exc
-        stats.packets_received += len(packets)
-        # Every packet in order, compiled (hbroker_ext.routing.handle_packets): PUBLISH goes
-        # straight to handle_publish, the others to _HANDLERS. [MQTT-3.1.0-1] is checked there.
-        if handle_packets(self, packets, _HANDLERS) and error is not None and not self.closing:
-            self.codec_error(error)
-
     def connection_lost(self, exc: Exception | None) -> None:
         broker = self.broker
         broker.connections.discard(self)
@@ -212,28 +197,6 @@ class Connection(ConnectionCore, asyncio.Protocol):
     def ack(self, packet_type: int, packet_id: int, reason_code: int = 0) -> None:
         """PUBACK, PUBREC, PUBREL or PUBCOMP (the reason code goes only to 5.0 clients)."""
         self.write(encode_ack(packet_type, packet_id, reason_code, self.protocol_version))
-
-    def flush(self) -> None:
-        out = self.out
-        if not out:
-            return
-        self.out = []
-        self.write_output(out)
-
-    def take_output(self) -> list[bytes]:
-        """What is queued for this loop iteration, for the journal to hold behind a commit."""
-        out = self.out
-        self.out = []
-        return out
-
-    def write_output(self, out: list[bytes]) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        stats = self.broker.stats
-        stats.packets_sent += len(out)
-        stats.bytes_sent += sum(map(len, out))
-        transport.writelines(out)
 
     def write_now(self, data: bytes) -> None:
         """Write one packet at once, ahead of anything held (acknowledgements of committed

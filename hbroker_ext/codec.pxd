@@ -28,6 +28,14 @@ cdef class Puback(_PacketIdAck):
     pass
 
 
+cdef class Framer:
+    cdef public int max_packet_size
+    cdef public int protocol_version
+    cdef bytearray pending
+
+    cpdef list feed(self, data)
+
+
 cpdef bytes encode_ack(int packet_type, int packet_id, int reason_code, int protocol_version)
 cpdef bytes encode_publish(str topic, object payload, int qos, bint retain, bint dup,
                            int packet_id, object properties, int protocol_version)

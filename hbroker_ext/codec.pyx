@@ -6,7 +6,8 @@ with the MQTT 5.0 reason code that fits; nothing else escapes, whatever the byte
 See docs/architecture.md, "The codec seam".
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcpy
 
 # -- packet types -----------------------------------------------------------------------
@@ -792,9 +793,7 @@ cdef class Framer:
     """Incremental framer: `feed` returns every complete packet of the buffer at once and keeps
     the incomplete rest."""
 
-    cdef public int max_packet_size
-    cdef public int protocol_version
-    cdef bytearray pending
+    # fields declared in codec.pxd: max_packet_size, protocol_version, pending
 
     def __init__(self, int max_packet_size=268435455, int protocol_version=0):
         self.max_packet_size = max_packet_size
@@ -805,9 +804,9 @@ cdef class Framer:
     def buffered(self):
         return len(self.pending)
 
-    def feed(self, data):
+    cpdef list feed(self, data):
         cdef object src
-        cdef const unsigned char[:] view
+        cdef const unsigned char[:] view = None
         cdef const unsigned char* buf
         cdef Py_ssize_t end, pos = 0, i, body, total
         cdef long long length, mult
@@ -820,11 +819,20 @@ cdef class Framer:
             src = self.pending
         else:
             src = data
-        view = src
-        end = view.shape[0]
+        # bytes (what the event loop hands over) and bytearray (the kept rest) are read in
+        # place; anything else with the buffer protocol through a memoryview.
+        if type(src) is bytes:
+            end = PyBytes_GET_SIZE(src)
+            buf = <const unsigned char*>PyBytes_AS_STRING(src)
+        elif type(src) is bytearray:
+            end = PyByteArray_GET_SIZE(src)
+            buf = <const unsigned char*>PyByteArray_AS_STRING(src)
+        else:
+            view = src
+            end = view.shape[0]
+            buf = &view[0] if end else NULL
         if end == 0:
             return out
-        buf = &view[0]
         try:
             while end - pos >= 2:
                 first = buf[pos]
@@ -859,7 +867,7 @@ cdef class Framer:
                 if end - pos < total:
                     break
                 packet = _decode_body(first, buf, body, body + length, self.protocol_version)
-                if first >> 4 == CONNECT:
+                if first >> 4 == 1:  # CONNECT
                     self.protocol_version = (<Connect>packet).protocol_version
                 out.append(packet)
                 pos += total

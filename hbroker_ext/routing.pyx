@@ -17,8 +17,22 @@ from libc.math cimport ceil
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 
-from hbroker_ext.codec cimport Publish, Puback, encode_ack, encode_publish, set_packet_id
-from hbroker_ext.codec import MESSAGE_EXPIRY_INTERVAL, PUBREL, SUBSCRIPTION_IDENTIFIER, TOPIC_ALIAS
+from hbroker_ext.codec cimport (
+    Framer,
+    Puback,
+    Publish,
+    encode_ack,
+    encode_publish,
+    set_packet_id,
+)
+from hbroker_ext.codec import (
+    MESSAGE_EXPIRY_INTERVAL,
+    PUBREL,
+    SUBSCRIPTION_IDENTIFIER,
+    TOPIC_ALIAS,
+    MQTTError,
+)
+from time import monotonic
 
 NEVER = math.inf
 
@@ -660,6 +674,7 @@ cdef class BrokerCore:
     cdef public TopicLimits topic_limits
     cdef public list _dirty  # connections with output this loop iteration
     cdef public bint flush_scheduled
+    cdef public object loop
     cdef object _limits
     cdef readonly int max_qos
     cdef readonly bint retain_available
@@ -687,6 +702,32 @@ cdef class BrokerCore:
         if not self.flush_scheduled:
             self.schedule_flush()
 
+    def schedule_flush(self):
+        """Flush at the end of this loop iteration (once, however many connections wrote)."""
+        self.flush_scheduled = True
+        if self.loop is None:
+            raise RuntimeError("the broker has no event loop yet")
+        self.loop.call_soon(self.flush)
+
+    def flush(self):
+        """Write everything queued this loop iteration: one writelines per connection. With
+        durable storage in sync mode, the output waits for the commit of what this iteration
+        changed (the journal holds it) and that commit starts now."""
+        cdef ConnectionCore conn
+        self.flush_scheduled = False
+        dirty = self._dirty
+        self._dirty = []
+        journal = self.journal
+        if journal is not None:
+            if journal.holds_output():
+                for conn in dirty:
+                    journal.hold(conn)
+                dirty = []
+            if journal.sync:
+                journal.kick()  # periodic mode commits on its own timer
+        for conn in dirty:
+            conn._flush()
+
     def publish(self, Message msg, double now, skip=None):
         """Route one application message; returns the number of subscriptions it reached.
         `skip`: client ids that have it already (routing again after a restart)."""
@@ -713,6 +754,64 @@ cdef class ConnectionCore:
     cdef public long deferred  # PUBLISHes waiting for a storage commit before their ack
     cdef public object client_info
     cdef public object pending_connect
+    cdef public object transport
+    cdef public Framer framer
+    # packet type -> handler(connection, packet) for what handle_packets does not handle
+    cdef public dict handlers
+
+    def data_received(self, data):
+        """asyncio.Protocol: every complete packet of the read, in order (handle_packets); a
+        malformed packet after them closes the connection with its reason code."""
+        cdef Stats stats
+        cdef list packets
+        if self.closing:
+            return
+        self.last_received = monotonic()
+        stats = self.broker.stats
+        stats.bytes_received += len(data)
+        error = None
+        try:
+            packets = self.framer.feed(data)
+        except MQTTError as exc:
+            packets = exc.packets or []
+            error = exc
+        stats.packets_received += len(packets)
+        if _handle_packets(self, packets, self.handlers) and error is not None \
+                and not self.closing:
+            self.codec_error(error)
+
+    def flush(self):
+        """Write what is queued for this loop iteration."""
+        self._flush()
+
+    cdef void _flush(self) except *:
+        cdef list out = self.out
+        if out:
+            self.out = []
+            self._write_output(out)
+
+    def take_output(self):
+        """What is queued for this loop iteration, for the journal to hold behind a commit."""
+        out = self.out
+        self.out = []
+        return out
+
+    def write_output(self, list out):
+        """Write packets now, in one writelines (counted in the statistics)."""
+        self._write_output(out)
+
+    cdef void _write_output(self, list out) except *:
+        cdef Stats stats
+        cdef Py_ssize_t size = 0
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for data in out:
+            size += len(<bytes>data)
+        stats = self.broker.stats
+        stats.packets_sent += len(out)
+        stats.bytes_sent += size
+        transport.writelines(out)
 
     def write(self, bytes data):
         """Queue a packet for this loop iteration (the broker flushes every connection that
@@ -834,8 +933,8 @@ DEF T_AUTH = 15
 _ACTION_PUBLISH = "publish"  # hbroker.hooks.PUBLISH
 
 
-def handle_packets(ConnectionCore conn, packets, dict handlers):
-    """The packets of one read, in order (`Connection.data_received`): PUBLISH straight to
+cdef bint _handle_packets(ConnectionCore conn, list packets, dict handlers) except -1:
+    """The packets of one read, in order (`ConnectionCore.data_received`): PUBLISH straight to
     `handle_publish` and PUBACK to the session, the others to their handler in `handlers`
     (packet type -> function of the connection and the packet). Returns False when the
     connection stopped reading (it is closing, or a packet was refused) before the end."""
