@@ -32,6 +32,7 @@ cdef class Framer:
     cdef public int max_packet_size
     cdef public int protocol_version
     cdef bytearray pending
+    cdef str last_topic  # the last PUBLISH topic name, when it is ASCII
 
     cpdef list feed(self, data)
 

@@ -8,7 +8,14 @@ See docs/architecture.md, "The codec seam".
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcmp, memcpy
+
+
+cdef extern from "Python.h":
+    # CPython's string layout: a compact ASCII string's characters are its UTF-8 bytes.
+    bint PyUnicode_IS_COMPACT_ASCII(object s)
+    void* PyUnicode_DATA(object s)
+    Py_ssize_t PyUnicode_GET_LENGTH(object s)
 
 # -- packet types -----------------------------------------------------------------------
 CONNECT = 1
@@ -26,6 +33,25 @@ PINGREQ = 12
 PINGRESP = 13
 DISCONNECT = 14
 AUTH = 15
+
+# The same as C constants for the compiled code below (a module global is a dict lookup and a
+# Python integer comparison each time).
+DEF C_CONNECT = 1
+DEF C_CONNACK = 2
+DEF C_PUBLISH = 3
+DEF C_PUBACK = 4
+DEF C_PUBREC = 5
+DEF C_PUBREL = 6
+DEF C_PUBCOMP = 7
+DEF C_SUBSCRIBE = 8
+DEF C_SUBACK = 9
+DEF C_UNSUBSCRIBE = 10
+DEF C_UNSUBACK = 11
+DEF C_PINGREQ = 12
+DEF C_PINGRESP = 13
+DEF C_DISCONNECT = 14
+DEF C_AUTH = 15
+DEF C_TOPIC_ALIAS = 0x23
 
 # -- MQTT 5.0 property identifiers (section 2.2.2.2) -----------------------------------
 PAYLOAD_FORMAT_INDICATOR = 0x01
@@ -500,7 +526,7 @@ cdef object _properties(Reader* r, int packet_type):
                 else:
                     pairs.append((key, val))
                 continue
-            if ptype == T_VARINT and packet_type == PUBLISH:
+            if ptype == T_VARINT and packet_type == C_PUBLISH:
                 # Several subscription identifiers may travel in one PUBLISH.
                 value = _varint(r, name)
                 if value == 0:
@@ -575,7 +601,7 @@ cdef Connect _decode_connect(Reader* r):
     c.protocol_version = level
     c.clean_start = bool(flags & 0x02)
     c.keepalive = _u16(r, "keep alive")
-    c.properties = _properties(r, CONNECT) if level == 5 else None
+    c.properties = _properties(r, C_CONNECT) if level == 5 else None
     c.client_id = _str(r, "client identifier")
     c.will = None
     c.username = None
@@ -593,8 +619,12 @@ cdef Connect _decode_connect(Reader* r):
     return c
 
 
-cdef Publish _decode_publish(Reader* r, int flags, int version):
+cdef Publish _decode_publish(Reader* r, int flags, int version, Framer framer):
+    """`framer`: the connection's framer, whose last topic name is reused when the next PUBLISH
+    carries the same bytes (one string object per topic for a run of messages: no decoding,
+    and its hash is computed once for every lookup by topic); None when decoding alone."""
     cdef int qos = (flags >> 1) & 0x03
+    cdef str last
     cdef int n
     cdef Publish p
     cdef const unsigned char* t
@@ -606,19 +636,27 @@ cdef Publish _decode_publish(Reader* r, int flags, int version):
     _need(r, n, "topic name")
     t = r.buf + r.pos
     r.pos += n
-    if memchr(t, ord("+"), n) != NULL or memchr(t, ord("#"), n) != NULL:
-        _fail(RC_TOPIC_NAME_INVALID, "wildcard in PUBLISH topic name")  # [MQTT-3.3.2-2]
     p = Publish.__new__(Publish)
-    p.topic = _utf8(t, n, "topic name")
+    last = framer.last_topic if framer is not None else None
+    if last is not None and PyUnicode_GET_LENGTH(last) == n \
+            and memcmp(PyUnicode_DATA(last), t, n) == 0:
+        # The bytes of an ASCII topic accepted before: valid, and the same string.
+        p.topic = last
+    else:
+        if memchr(t, ord("+"), n) != NULL or memchr(t, ord("#"), n) != NULL:
+            _fail(RC_TOPIC_NAME_INVALID, "wildcard in PUBLISH topic name")  # [MQTT-3.3.2-2]
+        p.topic = _utf8(t, n, "topic name")
+        if framer is not None and n and PyUnicode_IS_COMPACT_ASCII(p.topic):
+            framer.last_topic = p.topic
     p.qos = qos
     p.retain = flags & 0x01
     p.dup = (flags & 0x08) != 0
     p.packet_id = _packet_id(r) if qos else 0
-    p.properties = _properties(r, PUBLISH) if version == 5 else None
+    p.properties = _properties(r, C_PUBLISH) if version == 5 else None
     if n == 0:
         if version != 5:
             _fail(RC_MALFORMED, "empty topic name")  # [MQTT-4.7.3-1]
-        if p.properties is None or TOPIC_ALIAS not in p.properties:
+        if p.properties is None or C_TOPIC_ALIAS not in p.properties:
             _fail(RC_PROTOCOL, "empty topic name without a topic alias")
     p.payload = PyBytes_FromStringAndSize(<const char*>(r.buf + r.pos), r.end - r.pos)
     r.pos = r.end
@@ -627,11 +665,11 @@ cdef Publish _decode_publish(Reader* r, int flags, int version):
 
 cdef _decode_ack(Reader* r, int ptype, int version):
     cdef _PacketIdAck a
-    if ptype == PUBACK:
+    if ptype == C_PUBACK:
         a = Puback.__new__(Puback)
-    elif ptype == PUBREC:
+    elif ptype == C_PUBREC:
         a = Pubrec.__new__(Pubrec)
-    elif ptype == PUBREL:
+    elif ptype == C_PUBREL:
         a = Pubrel.__new__(Pubrel)
     else:
         a = Pubcomp.__new__(Pubcomp)
@@ -653,7 +691,7 @@ cdef Subscribe _decode_subscribe(Reader* r, int version):
     cdef list subs = []
     props = None
     if version == 5:
-        props = _properties(r, SUBSCRIBE)
+        props = _properties(r, C_SUBSCRIBE)
         if props is not None and SUBSCRIPTION_IDENTIFIER in props:
             props[SUBSCRIPTION_IDENTIFIER] = props[SUBSCRIPTION_IDENTIFIER]
     while r.pos < r.end:
@@ -679,7 +717,7 @@ cdef Subscribe _decode_subscribe(Reader* r, int version):
 
 cdef Suback _decode_suback(Reader* r, int version):
     cdef int pid = _packet_id(r)
-    props = _properties(r, SUBACK) if version == 5 else None
+    props = _properties(r, C_SUBACK) if version == 5 else None
     cdef list codes = []
     cdef int code
     while r.pos < r.end:
@@ -692,7 +730,7 @@ cdef Suback _decode_suback(Reader* r, int version):
 
 cdef Unsubscribe _decode_unsubscribe(Reader* r, int version):
     cdef int pid = _packet_id(r)
-    props = _properties(r, UNSUBSCRIBE) if version == 5 else None
+    props = _properties(r, C_UNSUBSCRIBE) if version == 5 else None
     cdef list filters = []
     while r.pos < r.end:
         filters.append(_str(r, "topic filter"))
@@ -706,7 +744,7 @@ cdef Unsuback _decode_unsuback(Reader* r, int version):
     if version != 5:
         _done(r, "UNSUBACK")
         return Unsuback(pid, None, None)
-    props = _properties(r, UNSUBACK)
+    props = _properties(r, C_UNSUBACK)
     cdef list codes = []
     while r.pos < r.end:
         codes.append(_u8(r, "reason code"))
@@ -714,7 +752,7 @@ cdef Unsuback _decode_unsuback(Reader* r, int version):
 
 
 cdef _decode_body(int first, const unsigned char* buf, Py_ssize_t start, Py_ssize_t end,
-                  int version):
+                  int version, Framer framer):
     cdef int ptype = first >> 4
     cdef int flags = first & 0x0F
     cdef Reader r
@@ -722,42 +760,42 @@ cdef _decode_body(int first, const unsigned char* buf, Py_ssize_t start, Py_ssiz
     r.buf = buf
     r.pos = start
     r.end = end
-    if ptype == PUBLISH:
-        return _decode_publish(&r, flags, version)
-    if ptype == PUBREL or ptype == SUBSCRIBE or ptype == UNSUBSCRIBE:
+    if ptype == C_PUBLISH:
+        return _decode_publish(&r, flags, version, framer)
+    if ptype == C_PUBREL or ptype == C_SUBSCRIBE or ptype == C_UNSUBSCRIBE:
         if flags != 0x02:
             _fail(RC_MALFORMED, f"packet type {ptype} with flags {flags:#x}")  # [MQTT-2.2.2-2]
     elif flags != 0:
         _fail(RC_MALFORMED, f"packet type {ptype} with flags {flags:#x}")
-    if ptype == CONNECT:
+    if ptype == C_CONNECT:
         return _decode_connect(&r)
     if version == 0:
         version = 4
-    if PUBACK <= ptype <= PUBCOMP:
+    if C_PUBACK <= ptype <= C_PUBCOMP:
         return _decode_ack(&r, ptype, version)
-    if ptype == SUBSCRIBE:
+    if ptype == C_SUBSCRIBE:
         return _decode_subscribe(&r, version)
-    if ptype == UNSUBSCRIBE:
+    if ptype == C_UNSUBSCRIBE:
         return _decode_unsubscribe(&r, version)
-    if ptype == PINGREQ or ptype == PINGRESP:
+    if ptype == C_PINGREQ or ptype == C_PINGRESP:
         _done(&r, "PING")
-        return Pingreq() if ptype == PINGREQ else Pingresp()
-    if ptype == CONNACK:
+        return Pingreq() if ptype == C_PINGREQ else Pingresp()
+    if ptype == C_CONNACK:
         ack_flags = _u8(&r, "connack flags")
         if ack_flags & 0xFE:
             _fail(RC_MALFORMED, "reserved CONNACK flags set")
         code = _u8(&r, "reason code")
         if version != 5 and code > 5:
             _fail(RC_MALFORMED, f"CONNACK return code {code}")
-        props = _properties(&r, CONNACK) if version == 5 else None
+        props = _properties(&r, C_CONNACK) if version == 5 else None
         _done(&r, "CONNACK")
         return Connack(bool(ack_flags & 1), code, props)
-    if ptype == SUBACK:
+    if ptype == C_SUBACK:
         return _decode_suback(&r, version)
-    if ptype == UNSUBACK:
+    if ptype == C_UNSUBACK:
         return _decode_unsuback(&r, version)
-    if ptype == DISCONNECT or ptype == AUTH:
-        if ptype == AUTH and version != 5:
+    if ptype == C_DISCONNECT or ptype == C_AUTH:
+        if ptype == C_AUTH and version != 5:
             _fail(RC_MALFORMED, "AUTH does not exist before MQTT 5.0")
         code = 0
         props = None
@@ -766,8 +804,8 @@ cdef _decode_body(int first, const unsigned char* buf, Py_ssize_t start, Py_ssiz
                 code = _u8(&r, "reason code")
             if r.pos < r.end:
                 props = _properties(&r, ptype)
-        _done(&r, "DISCONNECT" if ptype == DISCONNECT else "AUTH")
-        return Disconnect(code, props) if ptype == DISCONNECT else Auth(code, props)
+        _done(&r, "DISCONNECT" if ptype == C_DISCONNECT else "AUTH")
+        return Disconnect(code, props) if ptype == C_DISCONNECT else Auth(code, props)
     _fail(RC_MALFORMED, f"packet type {ptype} is reserved")
 
 
@@ -786,7 +824,7 @@ def decode(data, int protocol_version=4):
     length = _varint(&r, "remaining length")
     if r.end - r.pos != length:
         _fail(RC_MALFORMED, "remaining length does not match the data")
-    return _decode_body(first, r.buf, r.pos, r.end, protocol_version)
+    return _decode_body(first, r.buf, r.pos, r.end, protocol_version, None)
 
 
 cdef class Framer:
@@ -866,7 +904,8 @@ cdef class Framer:
                          f"packet of {total} bytes exceeds the maximum of {self.max_packet_size}")
                 if end - pos < total:
                     break
-                packet = _decode_body(first, buf, body, body + length, self.protocol_version)
+                packet = _decode_body(first, buf, body, body + length, self.protocol_version,
+                                      self)
                 if first >> 4 == 1:  # CONNECT
                     self.protocol_version = (<Connect>packet).protocol_version
                 out.append(packet)
@@ -1035,23 +1074,23 @@ def encode(packet, int protocol_version):
     cdef int t = packet.packet_type
     cdef int v = protocol_version
     cdef bytearray body = bytearray()
-    if t == PUBLISH:
+    if t == C_PUBLISH:
         p = <Publish>packet
         return encode_publish(p.topic, p.payload, p.qos, p.retain, p.dup, p.packet_id,
                               p.properties, v)
-    if t == CONNECT:
+    if t == C_CONNECT:
         return _encode_connect(<Connect>packet)
-    if t == CONNACK:
+    if t == C_CONNACK:
         body.append(1 if packet.session_present else 0)
         body.append(packet.reason_code)
         if v == 5:
             body += _encode_properties(packet.properties)
         return _frame(0x20, body)
-    if PUBACK <= t <= PUBCOMP:
+    if C_PUBACK <= t <= C_PUBCOMP:
         _put_u16(body, packet.packet_id)
-        return _encode_reason_and_props((t << 4) | (0x02 if t == PUBREL else 0),
+        return _encode_reason_and_props((t << 4) | (0x02 if t == C_PUBREL else 0),
                                         packet.reason_code, packet.properties, v, body)
-    if t == SUBSCRIBE:
+    if t == C_SUBSCRIBE:
         _put_u16(body, packet.packet_id)
         if v == 5:
             body += _encode_properties(packet.properties)
@@ -1064,34 +1103,34 @@ def encode(packet, int protocol_version):
             else:
                 body.append(s.qos)
         return _frame(0x82, body)
-    if t == SUBACK:
+    if t == C_SUBACK:
         _put_u16(body, packet.packet_id)
         if v == 5:
             body += _encode_properties(packet.properties)
         for code in packet.reason_codes:
             body.append(code)
         return _frame(0x90, body)
-    if t == UNSUBSCRIBE:
+    if t == C_UNSUBSCRIBE:
         _put_u16(body, packet.packet_id)
         if v == 5:
             body += _encode_properties(packet.properties)
         for f in packet.topic_filters:
             _put_str(body, f)
         return _frame(0xA2, body)
-    if t == UNSUBACK:
+    if t == C_UNSUBACK:
         _put_u16(body, packet.packet_id)
         if v == 5:
             body += _encode_properties(packet.properties)
             for code in (packet.reason_codes or ()):
                 body.append(code)
         return _frame(0xB0, body)
-    if t == PINGREQ:
+    if t == C_PINGREQ:
         return b"\xc0\x00"
-    if t == PINGRESP:
+    if t == C_PINGRESP:
         return b"\xd0\x00"
-    if t == DISCONNECT:
+    if t == C_DISCONNECT:
         return _encode_reason_and_props(0xE0, packet.reason_code, packet.properties, v, body)
-    if t == AUTH:
+    if t == C_AUTH:
         return _encode_reason_and_props(0xF0, packet.reason_code, packet.properties, v, body)
     raise ValueError(f"cannot encode packet type {t}")
 
@@ -1101,11 +1140,11 @@ cpdef bytes encode_ack(int packet_type, int packet_id, int reason_code, int prot
     `encode` of the packet. The reason code travels only in 5.0 and only when it is not 0
     [MQTT-3.4.2.1]; with no properties the Property Length is left out (Remaining Length 3)."""
     cdef char buf[5]
-    if packet_type < PUBACK or packet_type > PUBCOMP:
+    if packet_type < C_PUBACK or packet_type > C_PUBCOMP:
         raise ValueError(f"not an acknowledgement: packet type {packet_type}")
     if packet_id < 1 or packet_id > 65535:
         raise ValueError(f"packet id {packet_id} out of range")
-    buf[0] = <char>((packet_type << 4) | (0x02 if packet_type == PUBREL else 0))
+    buf[0] = <char>((packet_type << 4) | (0x02 if packet_type == C_PUBREL else 0))
     buf[2] = <char>(packet_id >> 8)
     buf[3] = <char>(packet_id & 0xFF)
     if reason_code and protocol_version == 5:

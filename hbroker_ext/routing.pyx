@@ -43,8 +43,10 @@ NO_QUEUE = ()
 NO_PACKET_IDS = frozenset()
 
 # Outgoing QoS 1/2 states.
-AWAITING_PUBACK_OR_PUBREC = 1  # PUBLISH sent
-AWAITING_PUBCOMP = 2  # PUBREL sent
+DEF S_AWAITING_PUBACK_OR_PUBREC = 1  # PUBLISH sent
+DEF S_AWAITING_PUBCOMP = 2  # PUBREL sent
+AWAITING_PUBACK_OR_PUBREC = S_AWAITING_PUBACK_OR_PUBREC
+AWAITING_PUBCOMP = S_AWAITING_PUBCOMP
 
 # Encodings of one message kept for reuse across its fan-out beyond the first one; a message
 # is rarely delivered in more than a handful of distinct forms.
@@ -545,7 +547,7 @@ cdef class Session:
             self._unstored(delivery)
             return
         delivery.packet_id = pid
-        delivery.state = AWAITING_PUBACK_OR_PUBREC
+        delivery.state = S_AWAITING_PUBACK_OR_PUBREC
         self.inflight[pid] = delivery
         self._stored(delivery)
         _write_publish(conn, data, self.stats)
@@ -584,7 +586,7 @@ cdef class Session:
         cdef Delivery delivery
         cdef ConnectionCore conn = self.connection
         for pid, delivery in list(self.inflight.items()):
-            if delivery.state == AWAITING_PUBCOMP:
+            if delivery.state == S_AWAITING_PUBCOMP:
                 conn._write(encode_ack(PUBREL, pid, 0, conn.protocol_version))
                 continue
             data = _publish_bytes(conn, self.protocol_version, delivery.message, delivery.qos,
@@ -619,13 +621,13 @@ cdef class Session:
             # [MQTT-4.3.3-?] a PUBREC with an error ends the exchange; the id is free again.
             self._release(packet_id, delivery)
             return True
-        delivery.state = AWAITING_PUBCOMP
+        delivery.state = S_AWAITING_PUBCOMP
         self._stored(delivery)
         return True
 
     cpdef bint on_pubcomp(self, int packet_id, double now) except *:
         cdef Delivery delivery = self._inflight(packet_id)
-        if delivery is None or delivery.state != AWAITING_PUBCOMP:
+        if delivery is None or delivery.state != S_AWAITING_PUBCOMP:
             return False
         self._completed(packet_id, delivery, now)
         return True
@@ -642,7 +644,7 @@ cdef class Session:
         broker can offer them to another member of the group."""
         cdef Delivery d
         taken = [d for d in self.inflight.values()
-                 if d.group is not None and d.state == AWAITING_PUBACK_OR_PUBREC]
+                 if d.group is not None and d.state == S_AWAITING_PUBACK_OR_PUBREC]
         for d in taken:
             del self.inflight[d.packet_id]
         queued = [d for d in self.queue if d.group is not None]
@@ -1038,7 +1040,7 @@ cdef _handle_publish(ConnectionCore conn, Publish p):
                              f"topic over max_topic_levels ({topic_limits.max_levels}) or "
                              f"max_topic_length ({topic_limits.max_length})")
         return
-    if topic.startswith("$SYS"):
+    if len(topic) >= 4 and topic[0] == u"$" and topic.startswith("$SYS"):
         conn._refuse_publish(p, RC_NOT_AUTHORIZED, "clients may not publish to $SYS")
         return
     hooks = broker.hooks

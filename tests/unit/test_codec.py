@@ -712,6 +712,37 @@ def test_framer_returns_the_packets_of_a_stream_split_anywhere(
     assert framer.protocol_version == version
 
 
+# Topics that share prefixes, lengths or bytes with one another, valid and not.
+REUSED_TOPICS = ["a", "a/b", "a/c", "b/a", "a/b/", "ab", "é/b", "\u00e9", "a/+", "a/#", "+",
+                 "a\x00b", "a/bb"]
+
+
+@examples(300)
+@given(topics=st.lists(st.sampled_from(REUSED_TOPICS), min_size=1, max_size=12),
+       version=st.sampled_from([4, 5]))
+def test_framer_decodes_runs_of_publish_topics_as_a_fresh_framer_does(
+    topics: list[str], version: int
+) -> None:
+    # One framer per connection keeps the last ASCII topic name for the next PUBLISH with the
+    # same bytes: every topic must decode (or fail) exactly as it does on its own.
+    framer = Framer(protocol_version=version)
+    previous = None
+    for topic in topics:
+        raw = encode(Publish(topic, b"x", 1, packet_id=1), version)
+        try:
+            expected = decode_one(raw, version)
+        except MQTTError as error:
+            with pytest.raises(MQTTError) as info:
+                framer.feed(raw)
+            assert info.value.reason_code == error.reason_code
+            continue
+        [got] = framer.feed(raw)
+        assert got == expected and got.topic == topic
+        if previous is not None and previous.topic == topic and topic.isascii():
+            assert got.topic is previous.topic  # decoded once, hashed once
+        previous = got
+
+
 def test_framer_feed_of_nothing_returns_nothing() -> None:
     framer = Framer(protocol_version=4)
     assert framer.feed(b"") == []
