@@ -4,7 +4,19 @@
 Pure computation: strings in, lists out. See docs/architecture.md, "The topics seam".
 """
 
+from cpython.dict cimport PyDict_Next
+from cpython.object cimport PyObject
+
 SHARE_PREFIX = "$share/"
+
+
+cdef inline void _append_items(list out, dict d) except *:
+    """out.extend(d.items()) without the view and its iterator."""
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* key
+    cdef PyObject* value
+    while PyDict_Next(d, &pos, &key, &value):
+        out.append((<object>key, <object>value))
 
 
 cdef bint _fits_utf8_string(str s):
@@ -67,6 +79,9 @@ def valid_topic_filter(str topic_filter) -> bool:
 
 cdef class _Node:
     cdef dict children
+    # The "+" and "#" children, also in `children`: matching reads them without a lookup.
+    cdef _Node plus
+    cdef _Node hash
     cdef dict subs  # client_id -> options
     cdef dict shared  # group -> _Group
     cdef _Node parent
@@ -121,6 +136,10 @@ cdef class SubscriptionTree:
                 child = _Node(node, level,
                               level if node is self.root else node.path + "/" + level)
                 node.children[level] = child
+                if level == "+":
+                    node.plus = child
+                elif level == "#":
+                    node.hash = child
             node = child
         return node
 
@@ -176,6 +195,10 @@ cdef class SubscriptionTree:
     cdef void _prune(self, _Node node):
         while node is not self.root and node.empty():
             del node.parent.children[node.level]
+            if node.parent.plus is node:
+                node.parent.plus = None
+            elif node.parent.hash is node:
+                node.parent.hash = None
             node = node.parent
 
     def match(self, str topic):
@@ -186,32 +209,29 @@ cdef class SubscriptionTree:
         self._match(self.root, levels, 0, len(levels), topic.startswith("$"), normal, shared)
         return normal, shared
 
-    cdef void _collect(self, _Node node, list normal, list shared):
+    cdef void _collect(self, _Node node, list normal, list shared) except *:
         cdef _Group g
         if node.subs:
-            normal.extend(node.subs.items())
+            _append_items(normal, node.subs)
         if node.shared:
             for g in node.shared.values():
                 shared.append((g.key, list(g.members.items())))
 
     cdef void _match(self, _Node node, list levels, Py_ssize_t i, Py_ssize_t n, bint dollar,
-                     list normal, list shared):
+                     list normal, list shared) except *:
         cdef _Node child
         if i == n:
             self._collect(node, normal, shared)
             # "sport/#" also matches "sport" [MQTT-4.7.1-2].
-            child = node.children.get("#")
-            if child is not None:
-                self._collect(child, normal, shared)
+            if node.hash is not None:
+                self._collect(node.hash, normal, shared)
             return
         # [MQTT-4.7.2-1] filters starting with a wildcard do not match topics starting with $.
         if not (i == 0 and dollar):
-            child = node.children.get("#")
-            if child is not None:
-                self._collect(child, normal, shared)
-            child = node.children.get("+")
-            if child is not None:
-                self._match(child, levels, i + 1, n, dollar, normal, shared)
+            if node.hash is not None:
+                self._collect(node.hash, normal, shared)
+            if node.plus is not None:
+                self._match(node.plus, levels, i + 1, n, dollar, normal, shared)
         child = node.children.get(levels[i])
         if child is not None:
             self._match(child, levels, i + 1, n, dollar, normal, shared)
