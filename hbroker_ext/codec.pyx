@@ -107,6 +107,7 @@ cdef bint _PROP_BOOLEAN[64]  # value must be 0 or 1
 cdef bint _PROP_NONZERO[64]  # value 0 is a protocol error
 
 PROPERTY_NAMES = {}
+cdef tuple _PROP_NAME = ()  # PROPERTY_NAMES by identifier, 64 entries ("" for unknown ones)
 
 
 def _prop(int pid, str name, int ptype, tuple packets, bint boolean=False,
@@ -156,6 +157,8 @@ cdef void _init_props():
     _prop(0x28, "Wildcard Subscription Available", T_BYTE, (2,), boolean=True)
     _prop(0x29, "Subscription Identifier Available", T_BYTE, (2,), boolean=True)
     _prop(0x2A, "Shared Subscription Available", T_BYTE, (2,), boolean=True)
+    global _PROP_NAME
+    _PROP_NAME = tuple(PROPERTY_NAMES.get(i, "") for i in range(64))
 
 
 _init_props()
@@ -504,6 +507,7 @@ cdef object _properties(Reader* r, int packet_type):
     cdef int ptype
     cdef long long value
     cdef dict props
+    cdef unsigned long long seen = 0  # bit n: property n read
     if length == 0:
         return None
     _need(r, length, "properties")
@@ -516,7 +520,7 @@ cdef object _properties(Reader* r, int packet_type):
             if pid >= 64 or _PROP_TYPE[pid] == 0 or not (_PROP_ALLOWED[pid] & (1u << packet_type)):
                 _fail(RC_MALFORMED, f"property 0x{pid:02x} is not valid in this packet")
             ptype = _PROP_TYPE[pid]
-            name = PROPERTY_NAMES[pid]
+            name = _PROP_NAME[pid]
             if ptype == T_PAIR:
                 key = _str(r, name)
                 val = _str(r, name)
@@ -537,8 +541,9 @@ cdef object _properties(Reader* r, int packet_type):
                 else:
                     ids.append(value)
                 continue
-            if pid in props:
+            if seen & (1ull << pid):
                 _fail(RC_PROTOCOL, f"{name} appears twice")
+            seen |= 1ull << pid
             if ptype == T_BYTE:
                 value = _u8(r, name)
             elif ptype == T_U16:
