@@ -89,8 +89,8 @@ class Broker(BrokerCore):
     """Sessions, subscriptions, retained messages, wills and expiry. What the per-message path
     reads (stats, sessions, subscriptions, the match cache, hooks, journal, limits, topic
     limits, the connections to flush, the loop) is typed in the compiled base,
-    hbroker_ext.routing.BrokerCore, with `publish` and the output coalescing (`mark_dirty`,
-    `schedule_flush`, `flush`)."""
+    hbroker_ext.routing.BrokerCore, with `publish` and the output coalescing (`schedule_flush`,
+    `flush`)."""
 
     def __init__(self, config: Config, hooks: Hooks | None = None) -> None:
         self.config = config

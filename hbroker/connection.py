@@ -24,7 +24,6 @@ from hbroker_ext.codec import (
     PINGREQ,
     PUBACK,
     PUBCOMP,
-    PUBLISH,
     PUBREC,
     PUBREL,
     RECEIVE_MAXIMUM,
@@ -86,7 +85,7 @@ class Connection(ConnectionCore, asyncio.Protocol):
     deferred, client_info, pending_connect) is typed in the compiled base,
     hbroker_ext.routing.ConnectionCore, with the transport, the framer, `data_received` (the
     packets of a read: PUBLISH and PUBACK compiled, the others to the handlers below) and the
-    output (`write`, `write_publish`, `flush`, `take_output`, `write_output`)."""
+    output (`write`, `flush`, `take_output`, `write_output`)."""
 
     __slots__ = (
         "listener", "peer", "username", "keepalive", "opened_at",
@@ -652,10 +651,6 @@ class Connection(ConnectionCore, asyncio.Protocol):
                     broker.journal.qos2_changed(session, p.packet_id)
                 self.ack(PUBREC, p.packet_id)
 
-    def handle_puback(self, p: Any) -> None:
-        assert self.session is not None
-        self.session.on_puback(p.packet_id, self.last_received)
-
     def handle_pubrec(self, p: Any) -> None:
         session = self.session
         assert session is not None
@@ -828,12 +823,11 @@ class Connection(ConnectionCore, asyncio.Protocol):
             self.send(Auth(ReasonCode.SUCCESS, done))
 
 
-# Incoming packet type -> handler. Packets only a server sends (CONNACK, SUBACK, UNSUBACK,
-# PINGRESP) are absent: receiving one is a protocol error.
+# Incoming packet type -> handler. PUBLISH and PUBACK are handled by the compiled packet loop
+# (hbroker_ext.routing, handle_packets). Packets only a server sends (CONNACK, SUBACK,
+# UNSUBACK, PINGRESP) are absent: receiving one is a protocol error.
 _HANDLERS = {
     CONNECT: Connection.handle_connect,
-    PUBLISH: Connection.handle_publish,
-    PUBACK: Connection.handle_puback,
     PUBREC: Connection.handle_pubrec,
     PUBREL: Connection.handle_pubrel,
     PUBCOMP: Connection.handle_pubcomp,

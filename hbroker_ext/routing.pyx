@@ -695,11 +695,8 @@ cdef class BrokerCore:
         self.max_inflight = limits.max_inflight
         self._limits = limits
 
-    def mark_dirty(self, conn):
-        """`conn` has output for this loop iteration: flushed with the others once."""
-        self._mark_dirty(conn)
-
     cdef void _mark_dirty(self, object conn) except *:
+        """`conn` has output for this loop iteration: flushed with the others once."""
         self._dirty.append(conn)
         if not self.flush_scheduled:
             self.schedule_flush()
@@ -825,14 +822,6 @@ cdef class ConnectionCore:
             self.broker._mark_dirty(self)
         self.out.append(data)
 
-    def write_publish(self, bytes data):
-        """`write` for an encoded PUBLISH (counted as sent)."""
-        _write_publish(self, data, self.broker.stats)
-
-    def handle_publish(self, Publish p):
-        """A PUBLISH from the client (section 3.3): checked, acknowledged and routed."""
-        _handle_publish(self, p)
-
 
 cdef void _write_qos0(ConnectionCore conn, int version, Delivery delivery, double now,
                      Stats stats) except *:
@@ -840,11 +829,6 @@ cdef void _write_qos0(ConnectionCore conn, int version, Delivery delivery, doubl
                           0, False, now)
     if data is not None:
         _write_publish(conn, data, stats)
-
-
-def publish(BrokerCore broker, Message msg, double now, skip=None):
-    """`Broker.publish` as a function (see BrokerCore.publish)."""
-    return _publish(broker, msg, now, skip)
 
 
 cdef int _publish(BrokerCore broker, Message msg, double now, object skip) except -1:
