@@ -372,6 +372,77 @@ def test_shared_subscription_matches_its_inner_filter_only() -> None:
     assert tree.match("a") == ([], [("$share/g/a", [("c1", 1)])])
 
 
+# Many siblings, so that a node's children index grows, shrinks and deletes from the middle of
+# probe runs; levels longer than 8 bytes, non-ASCII levels, and lone surrogates (which no valid
+# topic has, but the trie must still treat as names like any other).
+WIDE_LEVELS = (*(f"n{i}" for i in range(120)), "é", "日本語", "ü/ß", "x" * 8, "x" * 9, "x" * 17,
+               "longer-than-eight-bytes", "\ud800", "a\udfffb", "", "$d")
+
+
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_trie_with_many_siblings_agrees_with_the_reference(data: st.DataObject) -> None:
+    tree = SubscriptionTree()
+    model: dict[tuple[str, str], int] = {}
+    level = st.sampled_from(WIDE_LEVELS)
+    new_filter = st.lists(st.one_of(level, st.just("+")), min_size=1, max_size=2).map("/".join)
+    for step in range(data.draw(st.integers(0, 400))):
+        if model and data.draw(st.integers(0, 2)) == 0:
+            topic_filter, client = data.draw(st.sampled_from(sorted(model)))
+            assert tree.unsubscribe(topic_filter, client) is True
+            del model[(topic_filter, client)]
+        else:
+            topic_filter, client = data.draw(new_filter), data.draw(st.sampled_from(CLIENTS))
+            tree.subscribe(topic_filter, client, step)
+            model[(topic_filter, client)] = step
+    topics = {f.replace("+", "n0") for f, _ in model} | set(data.draw(
+        st.lists(st.lists(level, min_size=1, max_size=3).map("/".join), max_size=20)))
+    for topic in topics:
+        expected = sorted((c, o) for (f, c), o in model.items() if reference_matches(f, topic))
+        assert sorted(tree.match(topic)[0]) == expected, topic
+    for topic_filter, client in list(model):
+        assert tree.unsubscribe(topic_filter, client) is True
+    assert tree._node_count() == 0
+    assert all(tree.match(topic) == ([], []) for topic in topics)
+
+
+def test_removing_siblings_in_any_order_keeps_the_others_reachable() -> None:
+    tree = SubscriptionTree()
+    names = [f"w/{i}" for i in range(2000)]
+    for name in names:
+        tree.subscribe(name, "c1", name)
+    remaining = set(names)
+    for name in names[::3] + names[1::3]:  # two passes through every probe run
+        assert tree.unsubscribe(name, "c1") is True
+        remaining.discard(name)
+        if len(remaining) % 250 == 0:
+            for other in names:
+                assert tree.match(other)[0] == ([("c1", other)] if other in remaining else [])
+    assert len(tree) == len(remaining) == len(names[2::3])
+    for name in names[2::3]:
+        assert tree.unsubscribe(name, "c1") is True
+    assert tree._node_count() == 0
+
+
+def test_match_results_follow_changes_to_the_same_filter() -> None:
+    # match hands out the trie's own (client, options) pairs: a change must replace them.
+    tree = SubscriptionTree()
+    tree.subscribe("a", "c1", 1)
+    tree.subscribe("$share/g/a", "c2", 1)
+    first = tree.match("a")
+    assert first == ([("c1", 1)], [("$share/g/a", [("c2", 1)])])
+    tree.subscribe("a", "c1", 2)
+    tree.subscribe("a", "c3", 3)
+    tree.subscribe("$share/g/a", "c4", 4)
+    assert tree.match("a") == ([("c1", 2), ("c3", 3)],
+                               [("$share/g/a", [("c2", 1), ("c4", 4)])])
+    assert first == ([("c1", 1)], [("$share/g/a", [("c2", 1)])])  # earlier results unchanged
+    tree.unsubscribe("a", "c1")
+    tree.unsubscribe("$share/g/a", "c2")
+    assert tree.match("a") == ([("c3", 3)], [("$share/g/a", [("c4", 4)])])
+
+
 # ---------------------------------------------------------------------------------------------
 # RetainedTree
 # ---------------------------------------------------------------------------------------------
