@@ -8,6 +8,7 @@ See docs/architecture.md, "The codec seam".
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 
 
@@ -16,6 +17,7 @@ cdef extern from "Python.h":
     bint PyUnicode_IS_COMPACT_ASCII(object s)
     void* PyUnicode_DATA(object s)
     Py_ssize_t PyUnicode_GET_LENGTH(object s)
+    str PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
 
 # -- packet types -----------------------------------------------------------------------
 CONNECT = 1
@@ -453,7 +455,7 @@ cdef inline long long _u32(Reader* r, str what) except -1:
             | (r.buf[r.pos - 2] << 8) | r.buf[r.pos - 1])
 
 
-cdef long long _varint(Reader* r, str what) except -1:
+cdef long long _varint_long(Reader* r, str what) except -1:
     """Variable byte integer: at most 4 bytes, minimal encoding [MQTT-1.5.5-1]."""
     cdef long long value = 0
     cdef long long mult = 1
@@ -474,8 +476,43 @@ cdef long long _varint(Reader* r, str what) except -1:
         mult *= 128
 
 
+cdef inline long long _varint(Reader* r, str what) except -1:
+    # One byte (every property identifier, most property lengths) needs no loop and is always
+    # minimally encoded.
+    if r.pos < r.end and not (r.buf[r.pos] & 0x80):
+        r.pos += 1
+        return r.buf[r.pos - 1]
+    return _varint_long(r, what)
+
+
+cdef inline bint _ascii_text(const unsigned char* p, Py_ssize_t n):
+    """Every byte in 1..127: ASCII without U+0000, eight bytes at a time."""
+    cdef uint64_t w
+    cdef Py_ssize_t i = 0
+    while n - i >= 8:
+        memcpy(&w, p + i, 8)
+        # A high bit set, or (with no high bit set) a zero byte: (w - 0x01..) borrows into
+        # the high bit of exactly the bytes that were 0.
+        if (w | ((w - 0x0101010101010101ULL) & ~w)) & 0x8080808080808080ULL:
+            return False
+        i += 8
+    while i < n:
+        if p[i] == 0 or p[i] & 0x80:
+            return False
+        i += 1
+    return True
+
+
 cdef str _utf8(const unsigned char* p, Py_ssize_t n, str what):
     """Well-formed UTF-8 without U+0000 [MQTT-1.5.4-1, MQTT-1.5.4-2]."""
+    cdef str s
+    if n > 1 and _ascii_text(p, n):
+        # Most strings are ASCII: valid UTF-8, and copied straight into a compact ASCII string
+        # (what the decoder builds, without its second pass over the bytes). Zero and one
+        # characters go the decoder's way, which hands out its shared strings for them.
+        s = PyUnicode_New(n, 127)
+        memcpy(PyUnicode_DATA(s), p, n)
+        return s
     if n and memchr(p, 0, n) != NULL:
         _fail(RC_MALFORMED, f"{what}: contains U+0000")
     try:
@@ -849,83 +886,90 @@ cdef class Framer:
 
     cpdef list feed(self, data):
         cdef object src
-        cdef const unsigned char[:] view = None
-        cdef const unsigned char* buf
-        cdef Py_ssize_t end, pos = 0, i, body, total
-        cdef long long length, mult
-        cdef int count, first
-        cdef unsigned char b
-        cdef list out = []
-        cdef bint incomplete
         if self.pending:
             self.pending += data
             src = self.pending
         else:
             src = data
         # bytes (what the event loop hands over) and bytearray (the kept rest) are read in
-        # place; anything else with the buffer protocol through a memoryview.
+        # place; anything else with the buffer protocol through a memoryview, in a function of
+        # its own (a typed memoryview local costs a hundred instructions a call, even unused).
         if type(src) is bytes:
-            end = PyBytes_GET_SIZE(src)
-            buf = <const unsigned char*>PyBytes_AS_STRING(src)
-        elif type(src) is bytearray:
-            end = PyByteArray_GET_SIZE(src)
-            buf = <const unsigned char*>PyByteArray_AS_STRING(src)
-        else:
-            view = src
-            end = view.shape[0]
-            buf = &view[0] if end else NULL
-        if end == 0:
-            return out
-        try:
-            while end - pos >= 2:
-                first = buf[pos]
-                i = pos + 1
-                length = 0
-                mult = 1
-                count = 0
-                incomplete = False
-                while True:
-                    if i >= end:
-                        incomplete = True
-                        break
-                    b = buf[i]
-                    i += 1
-                    count += 1
-                    length += (b & 0x7F) * mult
-                    if not (b & 0x80):
-                        if count > 1 and b == 0:
-                            _fail(RC_MALFORMED, "remaining length not minimally encoded")
-                        break
-                    if count == 4:
-                        _fail(RC_MALFORMED, "remaining length longer than 4 bytes")
-                    mult *= 128
-                if incomplete:
-                    break
-                body = i
-                total = (body - pos) + length
-                if total > self.max_packet_size:
-                    # [MQTT-3.1.2-24] checked before the body arrives.
-                    _fail(RC_PACKET_TOO_LARGE,
-                         f"packet of {total} bytes exceeds the maximum of {self.max_packet_size}")
-                if end - pos < total:
-                    break
-                packet = _decode_body(first, buf, body, body + length, self.protocol_version,
-                                      self)
-                if first >> 4 == 1:  # CONNECT
-                    self.protocol_version = (<Connect>packet).protocol_version
-                out.append(packet)
-                pos += total
-        except MQTTError as exc:
-            exc.packets = out
-            raise
-        finally:
-            view = None
-        if src is self.pending:
-            if pos:
-                del self.pending[:pos]
-        elif pos < end:
-            self.pending = bytearray(data[pos:])
+            return _frames(self, <const unsigned char*>PyBytes_AS_STRING(src),
+                           PyBytes_GET_SIZE(src), data, src is self.pending)
+        if type(src) is bytearray:
+            return _frames(self, <const unsigned char*>PyByteArray_AS_STRING(src),
+                           PyByteArray_GET_SIZE(src), data, src is self.pending)
+        return _frames_of_view(self, src, data)
+
+
+cdef list _frames_of_view(Framer framer, src, data):
+    """`Framer.feed` of a buffer that is neither bytes nor bytearray (never the kept rest)."""
+    cdef const unsigned char[:] view = src
+    cdef Py_ssize_t end = view.shape[0]
+    return _frames(framer, &view[0] if end else NULL, end, data, False)
+
+
+cdef list _frames(Framer framer, const unsigned char* buf, Py_ssize_t end, data,
+                  bint in_pending):
+    """The packets of `buf`, the framer's kept rest (`in_pending`) or else `data`; what is left
+    of an incomplete packet is kept."""
+    cdef Py_ssize_t pos = 0, i, body, total
+    cdef long long length, mult
+    cdef int count, first
+    cdef unsigned char b
+    cdef list out = []
+    cdef bint incomplete
+    if end == 0:
         return out
+    try:
+        while end - pos >= 2:
+            first = buf[pos]
+            i = pos + 1
+            length = 0
+            mult = 1
+            count = 0
+            incomplete = False
+            while True:
+                if i >= end:
+                    incomplete = True
+                    break
+                b = buf[i]
+                i += 1
+                count += 1
+                length += (b & 0x7F) * mult
+                if not (b & 0x80):
+                    if count > 1 and b == 0:
+                        _fail(RC_MALFORMED, "remaining length not minimally encoded")
+                    break
+                if count == 4:
+                    _fail(RC_MALFORMED, "remaining length longer than 4 bytes")
+                mult *= 128
+            if incomplete:
+                break
+            body = i
+            total = (body - pos) + length
+            if total > framer.max_packet_size:
+                # [MQTT-3.1.2-24] checked before the body arrives.
+                _fail(RC_PACKET_TOO_LARGE,
+                     f"packet of {total} bytes exceeds the maximum of {framer.max_packet_size}")
+            if end - pos < total:
+                break
+            packet = _decode_body(first, buf, body, body + length, framer.protocol_version,
+                                  framer)
+            if first >> 4 == 1:  # CONNECT
+                framer.protocol_version = (<Connect>packet).protocol_version
+            out.append(packet)
+            pos += total
+    except MQTTError as exc:
+        exc.packets = out
+        raise
+    if in_pending:
+        if pos:
+            del framer.pending[:pos]
+    elif pos < end:
+        framer.pending = bytearray(data[pos:])
+    return out
 
 
 # == encoding ==============================================================================

@@ -935,6 +935,52 @@ def test_ill_formed_utf8_topic_is_malformed(raw: bytes, version: int) -> None:
     assert info.value.reason_code == 0x81
 
 
+def _ref_utf8_string(raw: bytes) -> str | None:
+    """A UTF-8 string field by [MQTT-1.5.4-1, MQTT-1.5.4-2]: None when malformed."""
+    try:
+        s = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if "\x00" in s else s
+
+
+# ASCII text around the codec's eight-byte steps, with one byte that is not ASCII text
+# (U+0000, a high byte, a valid two-byte character) anywhere, or none.
+_ODD_BYTES = [b"", b"\x00", b"\x7f", b"\x80", b"\xff", b"\xc3\xa9", b"\xc3", b"\x01"]
+
+
+@examples(300)
+@given(size=st.integers(0, 25), at=st.integers(0, 25), odd=st.sampled_from(_ODD_BYTES),
+       where=st.sampled_from(["topic", "content_type"]))
+def test_utf8_strings_decode_as_python_decodes_them(size: int, at: int, odd: bytes,
+                                                    where: str) -> None:
+    ascii_text = bytes(0x61 + i % 26 for i in range(size))
+    raw = ascii_text[:at] + odd + ascii_text[at:]
+    if where == "topic":  # QoS 1, packet id 1, no properties
+        body = len(raw).to_bytes(2, "big") + raw + b"\x00\x01\x00payload"
+    else:  # topic "t", QoS 1, packet id 1, the Content Type property
+        prop = b"\x03" + len(raw).to_bytes(2, "big") + raw
+        body = b"\x00\x01t\x00\x01" + ref_varint(len(prop)) + prop + b"payload"
+    packet = b"\x32" + ref_varint(len(body)) + body
+    expected = _ref_utf8_string(raw)
+    if where == "topic" and not raw:
+        with pytest.raises(MQTTError) as info:
+            decode_one(packet, 5)
+        assert info.value.reason_code == 0x82  # an empty topic name without a Topic Alias
+        return
+    if expected is None:
+        with pytest.raises(MQTTError) as info:
+            decode_one(packet, 5)
+        assert info.value.reason_code == 0x81
+        return
+    p = decode_one(packet, 5)
+    got = p.topic if where == "topic" else p.properties[0x03]
+    assert type(got) is str
+    assert got == expected
+    assert got.isascii() == raw.isascii()
+    assert p.payload == b"payload"
+
+
 def _with_nul(s: str, at: int) -> str:
     at = min(at, len(s))
     return s[:at] + "\x00" + s[at:]
