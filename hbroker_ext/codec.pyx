@@ -503,16 +503,20 @@ cdef inline bint _ascii_text(const unsigned char* p, Py_ssize_t n):
     return True
 
 
+cdef inline str _ascii_copy(const unsigned char* p, Py_ssize_t n):
+    """The compact ASCII string of `n` bytes of ASCII text (`_ascii_text`)."""
+    cdef str s = PyUnicode_New(n, 127)
+    memcpy(PyUnicode_DATA(s), p, n)
+    return s
+
+
 cdef str _utf8(const unsigned char* p, Py_ssize_t n, str what):
     """Well-formed UTF-8 without U+0000 [MQTT-1.5.4-1, MQTT-1.5.4-2]."""
-    cdef str s
     if n > 1 and _ascii_text(p, n):
         # Most strings are ASCII: valid UTF-8, and copied straight into a compact ASCII string
         # (what the decoder builds, without its second pass over the bytes). Zero and one
         # characters go the decoder's way, which hands out its shared strings for them.
-        s = PyUnicode_New(n, 127)
-        memcpy(PyUnicode_DATA(s), p, n)
-        return s
+        return _ascii_copy(p, n)
     if n and memchr(p, 0, n) != NULL:
         _fail(RC_MALFORMED, f"{what}: contains U+0000")
     try:
@@ -533,6 +537,43 @@ cdef bytes _bin(Reader* r, str what):
     _need(r, n, what)
     r.pos += n
     return PyBytes_FromStringAndSize(<const char*>(r.buf + r.pos - n), n)
+
+
+# Property values of the common types, read in place: the property's name (for the message of
+# an error) is only looked up when there is one, by the generic reader the error is left to.
+
+cdef inline long long _prop_uint(Reader* r, int ptype, int pid) except -1:
+    """The value of a Byte, Two Byte or Four Byte Integer property."""
+    cdef const unsigned char* p = r.buf + r.pos
+    if ptype == T_BYTE:
+        if r.end - r.pos < 1:
+            return _u8(r, _PROP_NAME[pid])
+        r.pos += 1
+        return p[0]
+    if ptype == T_U16:
+        if r.end - r.pos < 2:
+            return _u16(r, _PROP_NAME[pid])
+        r.pos += 2
+        return (p[0] << 8) | p[1]
+    if r.end - r.pos < 4:
+        return _u32(r, _PROP_NAME[pid])
+    r.pos += 4
+    return (<long long>p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]
+
+
+cdef str _prop_str(Reader* r, int pid):
+    """The value of a UTF-8 Encoded String property."""
+    cdef const unsigned char* p = r.buf + r.pos
+    cdef Py_ssize_t n
+    if r.end - r.pos < 2:
+        return _str(r, _PROP_NAME[pid])
+    n = (p[0] << 8) | p[1]
+    if r.end - r.pos - 2 < n:
+        return _str(r, _PROP_NAME[pid])
+    r.pos += 2 + n
+    if n > 1 and _ascii_text(p + 2, n):
+        return _ascii_copy(p + 2, n)
+    return _utf8(p + 2, n, _PROP_NAME[pid])
 
 
 cdef object _properties(Reader* r, int packet_type):
@@ -557,8 +598,8 @@ cdef object _properties(Reader* r, int packet_type):
             if pid >= 64 or _PROP_TYPE[pid] == 0 or not (_PROP_ALLOWED[pid] & (1u << packet_type)):
                 _fail(RC_MALFORMED, f"property 0x{pid:02x} is not valid in this packet")
             ptype = _PROP_TYPE[pid]
-            name = _PROP_NAME[pid]
             if ptype == T_PAIR:
+                name = _PROP_NAME[pid]
                 key = _str(r, name)
                 val = _str(r, name)
                 pairs = props.get(pid)
@@ -569,9 +610,9 @@ cdef object _properties(Reader* r, int packet_type):
                 continue
             if ptype == T_VARINT and packet_type == C_PUBLISH:
                 # Several subscription identifiers may travel in one PUBLISH.
-                value = _varint(r, name)
+                value = _varint(r, _PROP_NAME[pid])
                 if value == 0:
-                    _fail(RC_PROTOCOL, f"{name} of 0")
+                    _fail(RC_PROTOCOL, f"{_PROP_NAME[pid]} of 0")
                 ids = props.get(pid)
                 if ids is None:
                     props[pid] = [value]
@@ -579,26 +620,22 @@ cdef object _properties(Reader* r, int packet_type):
                     ids.append(value)
                 continue
             if seen & (1ull << pid):
-                _fail(RC_PROTOCOL, f"{name} appears twice")
+                _fail(RC_PROTOCOL, f"{_PROP_NAME[pid]} appears twice")
             seen |= 1ull << pid
-            if ptype == T_BYTE:
-                value = _u8(r, name)
-            elif ptype == T_U16:
-                value = _u16(r, name)
-            elif ptype == T_U32:
-                value = _u32(r, name)
+            if ptype <= T_U32:  # T_BYTE, T_U16, T_U32
+                value = _prop_uint(r, ptype, pid)
             elif ptype == T_VARINT:
-                value = _varint(r, name)
+                value = _varint(r, _PROP_NAME[pid])
             elif ptype == T_STR:
-                props[pid] = _str(r, name)
+                props[pid] = _prop_str(r, pid)
                 continue
             else:
-                props[pid] = _bin(r, name)
+                props[pid] = _bin(r, _PROP_NAME[pid])
                 continue
             if _PROP_BOOLEAN[pid] and value > 1:
-                _fail(RC_PROTOCOL, f"{name} must be 0 or 1, got {value}")
+                _fail(RC_PROTOCOL, f"{_PROP_NAME[pid]} must be 0 or 1, got {value}")
             if _PROP_NONZERO[pid] and value == 0:
-                _fail(RC_PROTOCOL, f"{name} of 0")
+                _fail(RC_PROTOCOL, f"{_PROP_NAME[pid]} of 0")
             props[pid] = value
     finally:
         r.end = saved_end

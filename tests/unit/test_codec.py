@@ -515,6 +515,35 @@ def test_property_not_allowed_on_packet_is_malformed(pair: tuple[str, int]) -> N
     assert info.value.reason_code == 0x81
 
 
+@pytest.mark.parametrize(
+    ("props", "code", "message"),
+    [
+        (b"\x02\x00\x00", 0x81, "packet too short for Message Expiry Interval"),
+        (b"\x23\x00", 0x81, "packet too short for Topic Alias"),
+        (b"\x01", 0x81, "packet too short for Payload Format Indicator"),
+        (b"\x03\x00", 0x81, "packet too short for Content Type"),
+        (b"\x03\x00\x05ab", 0x81, "packet too short for Content Type"),
+        (b"\x03\x00\x03a\x00b", 0x81, "Content Type: contains U+0000"),
+        (b"\x03\x00\x02\xc3\x28", 0x81, "Content Type: not well-formed UTF-8"),
+        (b"\x01\x00\x01\x01", 0x82, "Payload Format Indicator appears twice"),
+        (b"\x01\x02", 0x82, "Payload Format Indicator must be 0 or 1, got 2"),
+        (b"\x23\x00\x00", 0x82, "Topic Alias of 0"),
+        (b"\x0b\x00", 0x82, "Subscription Identifier of 0"),
+        (b"\x26\x00\x01k\x00\x05v", 0x81, "packet too short for User Property"),
+        (b"\x11\x00\x00\x00\x01", 0x81, "property 0x11 is not valid in this packet"),
+    ],
+)
+def test_bad_publish_property_names_the_property(props: bytes, code: int,
+                                                 message: str) -> None:
+    # The property block is the whole rest of the packet (no payload): the value of the last
+    # property is cut where the block ends.
+    body = b"\x00\x01t" + ref_varint(len(props)) + props
+    with pytest.raises(MQTTError) as info:
+        decode_one(b"\x30" + ref_varint(len(body)) + body, 5)
+    assert info.value.reason_code == code
+    assert str(info.value) == message
+
+
 def test_properties_are_dropped_when_encoding_for_311() -> None:
     props = {0x1F: "why", 0x26: [("k", "v")]}
     assert encode(Puback(7, 0x80, props), 4) == b"\x40\x02\x00\x07"
