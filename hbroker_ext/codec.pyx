@@ -8,6 +8,7 @@ See docs/architecture.md, "The codec seam".
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_Copy
 from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 
@@ -576,8 +577,10 @@ cdef str _prop_str(Reader* r, int pid):
     return _utf8(p + 2, n, _PROP_NAME[pid])
 
 
-cdef object _properties(Reader* r, int packet_type):
-    """The property block of a 5.0 packet: None when empty, else a dict by identifier."""
+cdef object _properties(Reader* r, int packet_type, bint* lists=NULL):
+    """The property block of a 5.0 packet: None when empty, else a dict by identifier.
+    `lists`, when given, is set when a value is a list (User Property, Subscription
+    Identifier in a PUBLISH)."""
     cdef long long length = _varint(r, "property length")
     cdef Py_ssize_t end
     cdef Py_ssize_t saved_end = r.end
@@ -602,6 +605,8 @@ cdef object _properties(Reader* r, int packet_type):
                 name = _PROP_NAME[pid]
                 key = _str(r, name)
                 val = _str(r, name)
+                if lists != NULL:
+                    lists[0] = True
                 pairs = props.get(pid)
                 if pairs is None:
                     props[pid] = [(key, val)]
@@ -613,6 +618,8 @@ cdef object _properties(Reader* r, int packet_type):
                 value = _varint(r, _PROP_NAME[pid])
                 if value == 0:
                     _fail(RC_PROTOCOL, f"{_PROP_NAME[pid]} of 0")
+                if lists != NULL:
+                    lists[0] = True
                 ids = props.get(pid)
                 if ids is None:
                     props[pid] = [value]
@@ -640,6 +647,42 @@ cdef object _properties(Reader* r, int packet_type):
     finally:
         r.end = saved_end
     return props
+
+
+DEF PROPS_KEPT = 48  # the size of Framer.last_props_raw
+
+
+cdef object _publish_properties(Reader* r, Framer framer):
+    """`_properties` of a PUBLISH. A client's messages often carry the same properties (a
+    content type, an expiry interval): a block with the bytes of the framer's last one, valid
+    then and so now, is decoded once more and then no longer: the next ones get copies of that
+    dict (its values shared: they are immutable, as blocks with a list value, User Property or
+    Subscription Identifier, are not kept). `framer`: None when decoding alone."""
+    cdef Py_ssize_t start = r.pos
+    cdef long long length
+    cdef const unsigned char* block
+    cdef bint lists = False
+    if framer is None:
+        return _properties(r, C_PUBLISH)
+    length = _varint(r, "property length")
+    block = r.buf + r.pos
+    if 0 < length <= PROPS_KEPT and length <= r.end - r.pos:
+        if length == framer.last_props_size \
+                and memcmp(block, framer.last_props_raw, length) == 0:
+            if framer.last_props is not None:
+                r.pos += length
+                return PyDict_Copy(framer.last_props)
+            r.pos = start
+            props = _properties(r, C_PUBLISH, &lists)
+            if not lists:
+                framer.last_props = PyDict_Copy(props)
+            return props
+        # Only the bytes are kept for now: a memcpy for blocks that change every time.
+        memcpy(framer.last_props_raw, block, length)
+        framer.last_props_size = length
+        framer.last_props = None
+    r.pos = start
+    return _properties(r, C_PUBLISH)
 
 
 cdef inline int _packet_id(Reader* r) except -1:
@@ -731,7 +774,7 @@ cdef Publish _decode_publish(Reader* r, int flags, int version, Framer framer):
     p.retain = flags & 0x01
     p.dup = (flags & 0x08) != 0
     p.packet_id = _packet_id(r) if qos else 0
-    p.properties = _properties(r, C_PUBLISH) if version == 5 else None
+    p.properties = _publish_properties(r, framer) if version == 5 else None
     if n == 0:
         if version != 5:
             _fail(RC_MALFORMED, "empty topic name")  # [MQTT-4.7.3-1]

@@ -772,6 +772,68 @@ def test_framer_decodes_runs_of_publish_topics_as_a_fresh_framer_does(
         previous = got
 
 
+# PUBLISH property blocks that share bytes, lengths or identifiers with one another, valid and
+# not: lists (kept out of the framer's copies), a block of more than the 48 bytes the framer
+# keeps, a Topic Alias of 0, a property twice.
+REUSED_PUBLISH_PROPERTIES: list[Any] = [
+    None,
+    {0x02: 3600, 0x03: "application/json"},
+    {0x02: 3601, 0x03: "application/json"},
+    {0x03: "application/json", 0x02: 3600},
+    {0x01: 1},
+    {0x01: 2},
+    {0x23: 0},
+    {0x23: 7},
+    {0x26: [("k", "v")]},
+    {0x26: [("k", "v"), ("k", "w")], 0x01: 0},
+    {0x0B: [5]},
+    {0x0B: [5, 6]},
+    {0x08: "r" * 60},
+    {0x09: b"\x00" * 20, 0x03: "\u00e9"},
+    {0x03: "a\x00b"},
+]
+
+
+# A PUBLISH (topic "t", QoS 1) with the Payload Format Indicator twice: a protocol error.
+DUPLICATE_PROPERTY_PUBLISH = b"\x32\x0b\x00\x01t\x00\x01\x04\x01\x00\x01\x00x"
+
+
+@examples(300)
+@given(choices=st.lists(st.integers(0, len(REUSED_PUBLISH_PROPERTIES)), min_size=1,
+                        max_size=12),
+       mutate=st.booleans())
+def test_framer_decodes_runs_of_publish_properties_as_a_fresh_framer_does(
+    choices: list[int], mutate: bool
+) -> None:
+    # One framer per connection keeps the last PUBLISH property block, and then what it
+    # decodes to, for the next PUBLISH with the same bytes: every block must decode (or fail)
+    # exactly as it does on its own, into a dict (and lists) of its own.
+    framer = Framer(protocol_version=5)
+    for choice in choices:
+        if choice == len(REUSED_PUBLISH_PROPERTIES):
+            raw = DUPLICATE_PROPERTY_PUBLISH
+        else:
+            props = REUSED_PUBLISH_PROPERTIES[choice]
+            raw = encode(Publish("" if props and 0x23 in props else "t", b"x", 1,
+                                 packet_id=1, properties=props), 5)
+        try:
+            expected = decode_one(raw, 5)
+        except MQTTError as error:
+            with pytest.raises(MQTTError) as info:
+                framer.feed(raw)
+            assert info.value.reason_code == error.reason_code
+            continue
+        [got] = framer.feed(raw)
+        assert got == expected
+        if mutate and got.properties:
+            # What the broker does with a PUBLISH's properties does not reach the next one.
+            for value in got.properties.values():
+                if isinstance(value, list):
+                    value.append(value[0])
+            got.properties[0x02] = 1
+            got.properties.pop(0x03, None)
+
+
 def test_framer_feed_of_nothing_returns_nothing() -> None:
     framer = Framer(protocol_version=4)
     assert framer.feed(b"") == []
