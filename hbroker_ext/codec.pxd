@@ -33,6 +33,11 @@ cdef class Framer:
     cdef public int protocol_version
     cdef bytearray pending
     cdef str last_topic  # the last PUBLISH topic name, when it is ASCII
+    # The last PUBLISH property block (the bytes after its Property Length; none when 0 bytes)
+    # and, once a second PUBLISH has carried the same bytes, the dict it decodes to.
+    cdef Py_ssize_t last_props_size
+    cdef unsigned char last_props_raw[48]
+    cdef dict last_props
 
     cpdef list feed(self, data)
 

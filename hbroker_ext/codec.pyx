@@ -8,6 +8,8 @@ See docs/architecture.md, "The codec seam".
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_Copy
+from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 
 
@@ -16,6 +18,7 @@ cdef extern from "Python.h":
     bint PyUnicode_IS_COMPACT_ASCII(object s)
     void* PyUnicode_DATA(object s)
     Py_ssize_t PyUnicode_GET_LENGTH(object s)
+    str PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
 
 # -- packet types -----------------------------------------------------------------------
 CONNECT = 1
@@ -453,7 +456,7 @@ cdef inline long long _u32(Reader* r, str what) except -1:
             | (r.buf[r.pos - 2] << 8) | r.buf[r.pos - 1])
 
 
-cdef long long _varint(Reader* r, str what) except -1:
+cdef long long _varint_long(Reader* r, str what) except -1:
     """Variable byte integer: at most 4 bytes, minimal encoding [MQTT-1.5.5-1]."""
     cdef long long value = 0
     cdef long long mult = 1
@@ -474,8 +477,47 @@ cdef long long _varint(Reader* r, str what) except -1:
         mult *= 128
 
 
+cdef inline long long _varint(Reader* r, str what) except -1:
+    # One byte (every property identifier, most property lengths) needs no loop and is always
+    # minimally encoded.
+    if r.pos < r.end and not (r.buf[r.pos] & 0x80):
+        r.pos += 1
+        return r.buf[r.pos - 1]
+    return _varint_long(r, what)
+
+
+cdef inline bint _ascii_text(const unsigned char* p, Py_ssize_t n):
+    """Every byte in 1..127: ASCII without U+0000, eight bytes at a time."""
+    cdef uint64_t w
+    cdef Py_ssize_t i = 0
+    while n - i >= 8:
+        memcpy(&w, p + i, 8)
+        # A high bit set, or (with no high bit set) a zero byte: (w - 0x01..) borrows into
+        # the high bit of exactly the bytes that were 0.
+        if (w | ((w - 0x0101010101010101ULL) & ~w)) & 0x8080808080808080ULL:
+            return False
+        i += 8
+    while i < n:
+        if p[i] == 0 or p[i] & 0x80:
+            return False
+        i += 1
+    return True
+
+
+cdef inline str _ascii_copy(const unsigned char* p, Py_ssize_t n):
+    """The compact ASCII string of `n` bytes of ASCII text (`_ascii_text`)."""
+    cdef str s = PyUnicode_New(n, 127)
+    memcpy(PyUnicode_DATA(s), p, n)
+    return s
+
+
 cdef str _utf8(const unsigned char* p, Py_ssize_t n, str what):
     """Well-formed UTF-8 without U+0000 [MQTT-1.5.4-1, MQTT-1.5.4-2]."""
+    if n > 1 and _ascii_text(p, n):
+        # Most strings are ASCII: valid UTF-8, and copied straight into a compact ASCII string
+        # (what the decoder builds, without its second pass over the bytes). Zero and one
+        # characters go the decoder's way, which hands out its shared strings for them.
+        return _ascii_copy(p, n)
     if n and memchr(p, 0, n) != NULL:
         _fail(RC_MALFORMED, f"{what}: contains U+0000")
     try:
@@ -498,8 +540,47 @@ cdef bytes _bin(Reader* r, str what):
     return PyBytes_FromStringAndSize(<const char*>(r.buf + r.pos - n), n)
 
 
-cdef object _properties(Reader* r, int packet_type):
-    """The property block of a 5.0 packet: None when empty, else a dict by identifier."""
+# Property values of the common types, read in place: the property's name (for the message of
+# an error) is only looked up when there is one, by the generic reader the error is left to.
+
+cdef inline long long _prop_uint(Reader* r, int ptype, int pid) except -1:
+    """The value of a Byte, Two Byte or Four Byte Integer property."""
+    cdef const unsigned char* p = r.buf + r.pos
+    if ptype == T_BYTE:
+        if r.end - r.pos < 1:
+            return _u8(r, _PROP_NAME[pid])
+        r.pos += 1
+        return p[0]
+    if ptype == T_U16:
+        if r.end - r.pos < 2:
+            return _u16(r, _PROP_NAME[pid])
+        r.pos += 2
+        return (p[0] << 8) | p[1]
+    if r.end - r.pos < 4:
+        return _u32(r, _PROP_NAME[pid])
+    r.pos += 4
+    return (<long long>p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]
+
+
+cdef str _prop_str(Reader* r, int pid):
+    """The value of a UTF-8 Encoded String property."""
+    cdef const unsigned char* p = r.buf + r.pos
+    cdef Py_ssize_t n
+    if r.end - r.pos < 2:
+        return _str(r, _PROP_NAME[pid])
+    n = (p[0] << 8) | p[1]
+    if r.end - r.pos - 2 < n:
+        return _str(r, _PROP_NAME[pid])
+    r.pos += 2 + n
+    if n > 1 and _ascii_text(p + 2, n):
+        return _ascii_copy(p + 2, n)
+    return _utf8(p + 2, n, _PROP_NAME[pid])
+
+
+cdef object _properties(Reader* r, int packet_type, bint* lists=NULL):
+    """The property block of a 5.0 packet: None when empty, else a dict by identifier.
+    `lists`, when given, is set when a value is a list (User Property, Subscription
+    Identifier in a PUBLISH)."""
     cdef long long length = _varint(r, "property length")
     cdef Py_ssize_t end
     cdef Py_ssize_t saved_end = r.end
@@ -520,10 +601,12 @@ cdef object _properties(Reader* r, int packet_type):
             if pid >= 64 or _PROP_TYPE[pid] == 0 or not (_PROP_ALLOWED[pid] & (1u << packet_type)):
                 _fail(RC_MALFORMED, f"property 0x{pid:02x} is not valid in this packet")
             ptype = _PROP_TYPE[pid]
-            name = _PROP_NAME[pid]
             if ptype == T_PAIR:
+                name = _PROP_NAME[pid]
                 key = _str(r, name)
                 val = _str(r, name)
+                if lists != NULL:
+                    lists[0] = True
                 pairs = props.get(pid)
                 if pairs is None:
                     props[pid] = [(key, val)]
@@ -532,9 +615,11 @@ cdef object _properties(Reader* r, int packet_type):
                 continue
             if ptype == T_VARINT and packet_type == C_PUBLISH:
                 # Several subscription identifiers may travel in one PUBLISH.
-                value = _varint(r, name)
+                value = _varint(r, _PROP_NAME[pid])
                 if value == 0:
-                    _fail(RC_PROTOCOL, f"{name} of 0")
+                    _fail(RC_PROTOCOL, f"{_PROP_NAME[pid]} of 0")
+                if lists != NULL:
+                    lists[0] = True
                 ids = props.get(pid)
                 if ids is None:
                     props[pid] = [value]
@@ -542,30 +627,62 @@ cdef object _properties(Reader* r, int packet_type):
                     ids.append(value)
                 continue
             if seen & (1ull << pid):
-                _fail(RC_PROTOCOL, f"{name} appears twice")
+                _fail(RC_PROTOCOL, f"{_PROP_NAME[pid]} appears twice")
             seen |= 1ull << pid
-            if ptype == T_BYTE:
-                value = _u8(r, name)
-            elif ptype == T_U16:
-                value = _u16(r, name)
-            elif ptype == T_U32:
-                value = _u32(r, name)
+            if ptype <= T_U32:  # T_BYTE, T_U16, T_U32
+                value = _prop_uint(r, ptype, pid)
             elif ptype == T_VARINT:
-                value = _varint(r, name)
+                value = _varint(r, _PROP_NAME[pid])
             elif ptype == T_STR:
-                props[pid] = _str(r, name)
+                props[pid] = _prop_str(r, pid)
                 continue
             else:
-                props[pid] = _bin(r, name)
+                props[pid] = _bin(r, _PROP_NAME[pid])
                 continue
             if _PROP_BOOLEAN[pid] and value > 1:
-                _fail(RC_PROTOCOL, f"{name} must be 0 or 1, got {value}")
+                _fail(RC_PROTOCOL, f"{_PROP_NAME[pid]} must be 0 or 1, got {value}")
             if _PROP_NONZERO[pid] and value == 0:
-                _fail(RC_PROTOCOL, f"{name} of 0")
+                _fail(RC_PROTOCOL, f"{_PROP_NAME[pid]} of 0")
             props[pid] = value
     finally:
         r.end = saved_end
     return props
+
+
+DEF PROPS_KEPT = 48  # the size of Framer.last_props_raw
+
+
+cdef object _publish_properties(Reader* r, Framer framer):
+    """`_properties` of a PUBLISH. A client's messages often carry the same properties (a
+    content type, an expiry interval): a block with the bytes of the framer's last one, valid
+    then and so now, is decoded once more and then no longer: the next ones get copies of that
+    dict (its values shared: they are immutable, as blocks with a list value, User Property or
+    Subscription Identifier, are not kept). `framer`: None when decoding alone."""
+    cdef Py_ssize_t start = r.pos
+    cdef long long length
+    cdef const unsigned char* block
+    cdef bint lists = False
+    if framer is None:
+        return _properties(r, C_PUBLISH)
+    length = _varint(r, "property length")
+    block = r.buf + r.pos
+    if 0 < length <= PROPS_KEPT and length <= r.end - r.pos:
+        if length == framer.last_props_size \
+                and memcmp(block, framer.last_props_raw, length) == 0:
+            if framer.last_props is not None:
+                r.pos += length
+                return PyDict_Copy(framer.last_props)
+            r.pos = start
+            props = _properties(r, C_PUBLISH, &lists)
+            if not lists:
+                framer.last_props = PyDict_Copy(props)
+            return props
+        # Only the bytes are kept for now: a memcpy for blocks that change every time.
+        memcpy(framer.last_props_raw, block, length)
+        framer.last_props_size = length
+        framer.last_props = None
+    r.pos = start
+    return _properties(r, C_PUBLISH)
 
 
 cdef inline int _packet_id(Reader* r) except -1:
@@ -657,7 +774,7 @@ cdef Publish _decode_publish(Reader* r, int flags, int version, Framer framer):
     p.retain = flags & 0x01
     p.dup = (flags & 0x08) != 0
     p.packet_id = _packet_id(r) if qos else 0
-    p.properties = _properties(r, C_PUBLISH) if version == 5 else None
+    p.properties = _publish_properties(r, framer) if version == 5 else None
     if n == 0:
         if version != 5:
             _fail(RC_MALFORMED, "empty topic name")  # [MQTT-4.7.3-1]
@@ -849,83 +966,90 @@ cdef class Framer:
 
     cpdef list feed(self, data):
         cdef object src
-        cdef const unsigned char[:] view = None
-        cdef const unsigned char* buf
-        cdef Py_ssize_t end, pos = 0, i, body, total
-        cdef long long length, mult
-        cdef int count, first
-        cdef unsigned char b
-        cdef list out = []
-        cdef bint incomplete
         if self.pending:
             self.pending += data
             src = self.pending
         else:
             src = data
         # bytes (what the event loop hands over) and bytearray (the kept rest) are read in
-        # place; anything else with the buffer protocol through a memoryview.
+        # place; anything else with the buffer protocol through a memoryview, in a function of
+        # its own (a typed memoryview local costs a hundred instructions a call, even unused).
         if type(src) is bytes:
-            end = PyBytes_GET_SIZE(src)
-            buf = <const unsigned char*>PyBytes_AS_STRING(src)
-        elif type(src) is bytearray:
-            end = PyByteArray_GET_SIZE(src)
-            buf = <const unsigned char*>PyByteArray_AS_STRING(src)
-        else:
-            view = src
-            end = view.shape[0]
-            buf = &view[0] if end else NULL
-        if end == 0:
-            return out
-        try:
-            while end - pos >= 2:
-                first = buf[pos]
-                i = pos + 1
-                length = 0
-                mult = 1
-                count = 0
-                incomplete = False
-                while True:
-                    if i >= end:
-                        incomplete = True
-                        break
-                    b = buf[i]
-                    i += 1
-                    count += 1
-                    length += (b & 0x7F) * mult
-                    if not (b & 0x80):
-                        if count > 1 and b == 0:
-                            _fail(RC_MALFORMED, "remaining length not minimally encoded")
-                        break
-                    if count == 4:
-                        _fail(RC_MALFORMED, "remaining length longer than 4 bytes")
-                    mult *= 128
-                if incomplete:
-                    break
-                body = i
-                total = (body - pos) + length
-                if total > self.max_packet_size:
-                    # [MQTT-3.1.2-24] checked before the body arrives.
-                    _fail(RC_PACKET_TOO_LARGE,
-                         f"packet of {total} bytes exceeds the maximum of {self.max_packet_size}")
-                if end - pos < total:
-                    break
-                packet = _decode_body(first, buf, body, body + length, self.protocol_version,
-                                      self)
-                if first >> 4 == 1:  # CONNECT
-                    self.protocol_version = (<Connect>packet).protocol_version
-                out.append(packet)
-                pos += total
-        except MQTTError as exc:
-            exc.packets = out
-            raise
-        finally:
-            view = None
-        if src is self.pending:
-            if pos:
-                del self.pending[:pos]
-        elif pos < end:
-            self.pending = bytearray(data[pos:])
+            return _frames(self, <const unsigned char*>PyBytes_AS_STRING(src),
+                           PyBytes_GET_SIZE(src), data, src is self.pending)
+        if type(src) is bytearray:
+            return _frames(self, <const unsigned char*>PyByteArray_AS_STRING(src),
+                           PyByteArray_GET_SIZE(src), data, src is self.pending)
+        return _frames_of_view(self, src, data)
+
+
+cdef list _frames_of_view(Framer framer, src, data):
+    """`Framer.feed` of a buffer that is neither bytes nor bytearray (never the kept rest)."""
+    cdef const unsigned char[:] view = src
+    cdef Py_ssize_t end = view.shape[0]
+    return _frames(framer, &view[0] if end else NULL, end, data, False)
+
+
+cdef list _frames(Framer framer, const unsigned char* buf, Py_ssize_t end, data,
+                  bint in_pending):
+    """The packets of `buf`, the framer's kept rest (`in_pending`) or else `data`; what is left
+    of an incomplete packet is kept."""
+    cdef Py_ssize_t pos = 0, i, body, total
+    cdef long long length, mult
+    cdef int count, first
+    cdef unsigned char b
+    cdef list out = []
+    cdef bint incomplete
+    if end == 0:
         return out
+    try:
+        while end - pos >= 2:
+            first = buf[pos]
+            i = pos + 1
+            length = 0
+            mult = 1
+            count = 0
+            incomplete = False
+            while True:
+                if i >= end:
+                    incomplete = True
+                    break
+                b = buf[i]
+                i += 1
+                count += 1
+                length += (b & 0x7F) * mult
+                if not (b & 0x80):
+                    if count > 1 and b == 0:
+                        _fail(RC_MALFORMED, "remaining length not minimally encoded")
+                    break
+                if count == 4:
+                    _fail(RC_MALFORMED, "remaining length longer than 4 bytes")
+                mult *= 128
+            if incomplete:
+                break
+            body = i
+            total = (body - pos) + length
+            if total > framer.max_packet_size:
+                # [MQTT-3.1.2-24] checked before the body arrives.
+                _fail(RC_PACKET_TOO_LARGE,
+                     f"packet of {total} bytes exceeds the maximum of {framer.max_packet_size}")
+            if end - pos < total:
+                break
+            packet = _decode_body(first, buf, body, body + length, framer.protocol_version,
+                                  framer)
+            if first >> 4 == 1:  # CONNECT
+                framer.protocol_version = (<Connect>packet).protocol_version
+            out.append(packet)
+            pos += total
+    except MQTTError as exc:
+        exc.packets = out
+        raise
+    if in_pending:
+        if pos:
+            del framer.pending[:pos]
+    elif pos < end:
+        framer.pending = bytearray(data[pos:])
+    return out
 
 
 # == encoding ==============================================================================

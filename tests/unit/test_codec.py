@@ -515,6 +515,35 @@ def test_property_not_allowed_on_packet_is_malformed(pair: tuple[str, int]) -> N
     assert info.value.reason_code == 0x81
 
 
+@pytest.mark.parametrize(
+    ("props", "code", "message"),
+    [
+        (b"\x02\x00\x00", 0x81, "packet too short for Message Expiry Interval"),
+        (b"\x23\x00", 0x81, "packet too short for Topic Alias"),
+        (b"\x01", 0x81, "packet too short for Payload Format Indicator"),
+        (b"\x03\x00", 0x81, "packet too short for Content Type"),
+        (b"\x03\x00\x05ab", 0x81, "packet too short for Content Type"),
+        (b"\x03\x00\x03a\x00b", 0x81, "Content Type: contains U+0000"),
+        (b"\x03\x00\x02\xc3\x28", 0x81, "Content Type: not well-formed UTF-8"),
+        (b"\x01\x00\x01\x01", 0x82, "Payload Format Indicator appears twice"),
+        (b"\x01\x02", 0x82, "Payload Format Indicator must be 0 or 1, got 2"),
+        (b"\x23\x00\x00", 0x82, "Topic Alias of 0"),
+        (b"\x0b\x00", 0x82, "Subscription Identifier of 0"),
+        (b"\x26\x00\x01k\x00\x05v", 0x81, "packet too short for User Property"),
+        (b"\x11\x00\x00\x00\x01", 0x81, "property 0x11 is not valid in this packet"),
+    ],
+)
+def test_bad_publish_property_names_the_property(props: bytes, code: int,
+                                                 message: str) -> None:
+    # The property block is the whole rest of the packet (no payload): the value of the last
+    # property is cut where the block ends.
+    body = b"\x00\x01t" + ref_varint(len(props)) + props
+    with pytest.raises(MQTTError) as info:
+        decode_one(b"\x30" + ref_varint(len(body)) + body, 5)
+    assert info.value.reason_code == code
+    assert str(info.value) == message
+
+
 def test_properties_are_dropped_when_encoding_for_311() -> None:
     props = {0x1F: "why", 0x26: [("k", "v")]}
     assert encode(Puback(7, 0x80, props), 4) == b"\x40\x02\x00\x07"
@@ -743,6 +772,68 @@ def test_framer_decodes_runs_of_publish_topics_as_a_fresh_framer_does(
         previous = got
 
 
+# PUBLISH property blocks that share bytes, lengths or identifiers with one another, valid and
+# not: lists (kept out of the framer's copies), a block of more than the 48 bytes the framer
+# keeps, a Topic Alias of 0, a property twice.
+REUSED_PUBLISH_PROPERTIES: list[Any] = [
+    None,
+    {0x02: 3600, 0x03: "application/json"},
+    {0x02: 3601, 0x03: "application/json"},
+    {0x03: "application/json", 0x02: 3600},
+    {0x01: 1},
+    {0x01: 2},
+    {0x23: 0},
+    {0x23: 7},
+    {0x26: [("k", "v")]},
+    {0x26: [("k", "v"), ("k", "w")], 0x01: 0},
+    {0x0B: [5]},
+    {0x0B: [5, 6]},
+    {0x08: "r" * 60},
+    {0x09: b"\x00" * 20, 0x03: "\u00e9"},
+    {0x03: "a\x00b"},
+]
+
+
+# A PUBLISH (topic "t", QoS 1) with the Payload Format Indicator twice: a protocol error.
+DUPLICATE_PROPERTY_PUBLISH = b"\x32\x0b\x00\x01t\x00\x01\x04\x01\x00\x01\x00x"
+
+
+@examples(300)
+@given(choices=st.lists(st.integers(0, len(REUSED_PUBLISH_PROPERTIES)), min_size=1,
+                        max_size=12),
+       mutate=st.booleans())
+def test_framer_decodes_runs_of_publish_properties_as_a_fresh_framer_does(
+    choices: list[int], mutate: bool
+) -> None:
+    # One framer per connection keeps the last PUBLISH property block, and then what it
+    # decodes to, for the next PUBLISH with the same bytes: every block must decode (or fail)
+    # exactly as it does on its own, into a dict (and lists) of its own.
+    framer = Framer(protocol_version=5)
+    for choice in choices:
+        if choice == len(REUSED_PUBLISH_PROPERTIES):
+            raw = DUPLICATE_PROPERTY_PUBLISH
+        else:
+            props = REUSED_PUBLISH_PROPERTIES[choice]
+            raw = encode(Publish("" if props and 0x23 in props else "t", b"x", 1,
+                                 packet_id=1, properties=props), 5)
+        try:
+            expected = decode_one(raw, 5)
+        except MQTTError as error:
+            with pytest.raises(MQTTError) as info:
+                framer.feed(raw)
+            assert info.value.reason_code == error.reason_code
+            continue
+        [got] = framer.feed(raw)
+        assert got == expected
+        if mutate and got.properties:
+            # What the broker does with a PUBLISH's properties does not reach the next one.
+            for value in got.properties.values():
+                if isinstance(value, list):
+                    value.append(value[0])
+            got.properties[0x02] = 1
+            got.properties.pop(0x03, None)
+
+
 def test_framer_feed_of_nothing_returns_nothing() -> None:
     framer = Framer(protocol_version=4)
     assert framer.feed(b"") == []
@@ -933,6 +1024,52 @@ def test_ill_formed_utf8_topic_is_malformed(raw: bytes, version: int) -> None:
     with pytest.raises(MQTTError) as info:
         Framer(protocol_version=version).feed(b"\x30" + ref_varint(len(body)) + body)
     assert info.value.reason_code == 0x81
+
+
+def _ref_utf8_string(raw: bytes) -> str | None:
+    """A UTF-8 string field by [MQTT-1.5.4-1, MQTT-1.5.4-2]: None when malformed."""
+    try:
+        s = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if "\x00" in s else s
+
+
+# ASCII text around the codec's eight-byte steps, with one byte that is not ASCII text
+# (U+0000, a high byte, a valid two-byte character) anywhere, or none.
+_ODD_BYTES = [b"", b"\x00", b"\x7f", b"\x80", b"\xff", b"\xc3\xa9", b"\xc3", b"\x01"]
+
+
+@examples(300)
+@given(size=st.integers(0, 25), at=st.integers(0, 25), odd=st.sampled_from(_ODD_BYTES),
+       where=st.sampled_from(["topic", "content_type"]))
+def test_utf8_strings_decode_as_python_decodes_them(size: int, at: int, odd: bytes,
+                                                    where: str) -> None:
+    ascii_text = bytes(0x61 + i % 26 for i in range(size))
+    raw = ascii_text[:at] + odd + ascii_text[at:]
+    if where == "topic":  # QoS 1, packet id 1, no properties
+        body = len(raw).to_bytes(2, "big") + raw + b"\x00\x01\x00payload"
+    else:  # topic "t", QoS 1, packet id 1, the Content Type property
+        prop = b"\x03" + len(raw).to_bytes(2, "big") + raw
+        body = b"\x00\x01t\x00\x01" + ref_varint(len(prop)) + prop + b"payload"
+    packet = b"\x32" + ref_varint(len(body)) + body
+    expected = _ref_utf8_string(raw)
+    if where == "topic" and not raw:
+        with pytest.raises(MQTTError) as info:
+            decode_one(packet, 5)
+        assert info.value.reason_code == 0x82  # an empty topic name without a Topic Alias
+        return
+    if expected is None:
+        with pytest.raises(MQTTError) as info:
+            decode_one(packet, 5)
+        assert info.value.reason_code == 0x81
+        return
+    p = decode_one(packet, 5)
+    got = p.topic if where == "topic" else p.properties[0x03]
+    assert type(got) is str
+    assert got == expected
+    assert got.isascii() == raw.isascii()
+    assert p.payload == b"payload"
 
 
 def _with_nul(s: str, at: int) -> str:
