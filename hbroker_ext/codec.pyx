@@ -933,20 +933,29 @@ cdef _decode_body(int first, const unsigned char* buf, Py_ssize_t start, Py_ssiz
 
 def decode(data, int protocol_version=4):
     """Decode exactly one whole packet (fixed header included)."""
-    cdef const unsigned char[:] view = data
+    if type(data) is bytes:  # read in place, as `Framer.feed` does
+        return _decode_whole(<const unsigned char*>PyBytes_AS_STRING(data),
+                             PyBytes_GET_SIZE(data), protocol_version)
+    return _decode_whole_view(data, protocol_version)
+
+
+cdef object _decode_whole_view(data, int protocol_version):
+    cdef const unsigned char[::1] view = _contiguous(data)
+    return _decode_whole(&view[0] if view.shape[0] else NULL, view.shape[0], protocol_version)
+
+
+cdef object _decode_whole(const unsigned char* buf, Py_ssize_t size, int protocol_version):
     cdef Reader r
-    cdef int first
     cdef long long length
-    if view.shape[0] < 2:
+    if size < 2:
         _fail(RC_MALFORMED, "packet shorter than a fixed header")
-    r.buf = &view[0]
+    r.buf = buf
     r.pos = 1
-    r.end = view.shape[0]
-    first = view[0]
+    r.end = size
     length = _varint(&r, "remaining length")
     if r.end - r.pos != length:
         _fail(RC_MALFORMED, "remaining length does not match the data")
-    return _decode_body(first, r.buf, r.pos, r.end, protocol_version, None)
+    return _decode_body(buf[0], r.buf, r.pos, r.end, protocol_version, None)
 
 
 cdef class Framer:
@@ -967,7 +976,10 @@ cdef class Framer:
     cpdef list feed(self, data):
         cdef object src
         if self.pending:
-            self.pending += data
+            if type(data) is bytes or type(data) is bytearray:
+                self.pending += data
+            else:
+                self.pending += _contiguous(data)
             src = self.pending
         else:
             src = data
@@ -983,11 +995,22 @@ cdef class Framer:
         return _frames_of_view(self, src, data)
 
 
+cdef object _contiguous(data):
+    """A one-dimensional C-contiguous buffer of bytes with the contents of `data`: `data`
+    itself when it is one, else a copy (a strided or multi-dimensional view is read as its
+    logical sequence of bytes, not as the memory under it)."""
+    mv = memoryview(data)
+    if mv.ndim == 1 and mv.c_contiguous and mv.format == "B":
+        return mv
+    return mv.tobytes()
+
+
 cdef list _frames_of_view(Framer framer, src, data):
     """`Framer.feed` of a buffer that is neither bytes nor bytearray (never the kept rest)."""
-    cdef const unsigned char[:] view = src
-    cdef Py_ssize_t end = view.shape[0]
-    return _frames(framer, &view[0] if end else NULL, end, data, False)
+    cdef const unsigned char[::1] view
+    src = data = _contiguous(src)
+    view = src
+    return _frames(framer, &view[0] if view.shape[0] else NULL, view.shape[0], data, False)
 
 
 cdef list _frames(Framer framer, const unsigned char* buf, Py_ssize_t end, data,

@@ -53,7 +53,10 @@ GROUPS: dict[str, tuple[str, str]] = {
         "Topic `site/s42/d17/temperature`, 64-byte payload; in 5.0 two properties (Message "
         "Expiry Interval, Content Type). `Framer.feed` gets the one whole packet and returns "
         "it in a list; `decode` is the codec's lower-level entry point (one whole packet, no "
-        "buffering).",
+        "buffering). Fed the same packet again and again, the framer reuses the topic string "
+        "and the decoded property block of the packet before (as with a device that repeats "
+        "them); the last row gives it a different property block in every PUBLISH, and "
+        "`decode` keeps nothing between calls.",
     ),
     "encode": (
         "PUBLISH and PUBACK encode",

@@ -107,6 +107,26 @@ def test_decode_publish(benchmark: BenchmarkFixture, describe: Describe, entry: 
                              properties=PROPERTIES if version == 5 else None)
 
 
+@pytest.mark.benchmark(group="decode")
+def test_decode_publish_properties_changing(benchmark: BenchmarkFixture,
+                                            describe: Describe) -> None:
+    """The framer keeps a property block that repeats (see `Framer` in codec.pyx), which the
+    rows above, one packet fed again and again, profit from. Here no two PUBLISHes in a row
+    carry the same block: each has its own Message Expiry Interval."""
+    count = 100
+    packets = [encode_publish(TOPIC, PAYLOAD, 0, False, False, 0,
+                              {**PROPERTIES, MESSAGE_EXPIRY_INTERVAL: 3600 + i}, 5)
+               for i in range(count)]
+    data = b"".join(packets)
+    describe(f"{count} PUBLISHes QoS 0, 5.0, 2 properties, the Message Expiry Interval "
+             f"different in each ({len(packets[0])} bytes): `Framer.feed` of them all in one "
+             "read", count, "packet")
+    framer = Framer(protocol_version=5)
+    out = benchmark(framer.feed, data)
+    assert [p.properties[MESSAGE_EXPIRY_INTERVAL] for p in out] == [3600 + i
+                                                                     for i in range(count)]
+
+
 # -- encode ---------------------------------------------------------------------------------
 
 @pytest.mark.benchmark(group="encode")

@@ -38,6 +38,7 @@ from hbroker_ext.codec import (
     Unsuback,
     Unsubscribe,
     Will,
+    decode,
     encode,
     encode_ack,
     encode_publish,
@@ -716,6 +717,19 @@ def encode_session(version: int, session: list[Any]) -> list[bytes]:
     return [encode(p, version) for p in session]
 
 
+def strided(data: bytes) -> memoryview:
+    """A view of every other byte of a buffer holding `data` interleaved with filler: its
+    contents are `data`, its memory is not."""
+    return memoryview(bytes(x for byte in data for x in (byte, 0xFF)))[::2]
+
+
+def test_decode_reads_a_strided_buffer_as_its_contents() -> None:
+    packet = Publish("a/b", b"xyz", 1, packet_id=7)
+    raw = encode(packet, 4)
+    assert decode(strided(raw), 4) == packet
+    assert Framer(protocol_version=4).feed(strided(raw + raw)) == [packet, packet]
+
+
 @examples(400)
 @given(session=sessions(), data=st.data())
 def test_framer_returns_the_packets_of_a_stream_split_anywhere(
@@ -729,7 +743,7 @@ def test_framer_returns_the_packets_of_a_stream_split_anywhere(
     framer = Framer()
     got: list[Any] = []
     for start, stop in zip([0, *cuts], [*cuts, len(stream)], strict=True):
-        wrap = data.draw(st.sampled_from([bytes, bytearray, memoryview]))
+        wrap = data.draw(st.sampled_from([bytes, bytearray, memoryview, strided]))
         got += framer.feed(wrap(stream[start:stop]))
         # Every packet complete in the buffer comes back from this very call...
         complete = sum(1 for end in ends if end <= stop)
