@@ -1012,7 +1012,8 @@ def chart(report: dict[str, Any], path: Path) -> bool:
              if lo <= t <= hi]
     ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
     ax.set_ylabel("latency, ms (log)")
-    ax.set_title(f"Latency at {RATE:,} msg/s, QoS 0 1:1 (medians)", fontsize=10)
+    ax.set_title(f"Latency at {RATE:,} msg/s, QoS 0 1:1 (medians; solid: separate CPUs, "
+                 "dashed: one CPU)", fontsize=9)
     ax.legend(fontsize=7)
 
     ax = axes[2]
