@@ -6,7 +6,11 @@ with the MQTT 5.0 reason code that fits; nothing else escapes, whatever the byte
 See docs/architecture.md, "The codec seam".
 """
 
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytearray cimport (
+    PyByteArray_AS_STRING,
+    PyByteArray_FromStringAndSize,
+    PyByteArray_GET_SIZE,
+)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Copy
 from libc.stdint cimport uint64_t
@@ -572,8 +576,6 @@ cdef str _prop_str(Reader* r, int pid):
     if r.end - r.pos - 2 < n:
         return _str(r, _PROP_NAME[pid])
     r.pos += 2 + n
-    if n > 1 and _ascii_text(p + 2, n):
-        return _ascii_copy(p + 2, n)
     return _utf8(p + 2, n, _PROP_NAME[pid])
 
 
@@ -988,11 +990,11 @@ cdef class Framer:
         # its own (a typed memoryview local costs a hundred instructions a call, even unused).
         if type(src) is bytes:
             return _frames(self, <const unsigned char*>PyBytes_AS_STRING(src),
-                           PyBytes_GET_SIZE(src), data, src is self.pending)
+                           PyBytes_GET_SIZE(src), False)
         if type(src) is bytearray:
             return _frames(self, <const unsigned char*>PyByteArray_AS_STRING(src),
-                           PyByteArray_GET_SIZE(src), data, src is self.pending)
-        return _frames_of_view(self, src, data)
+                           PyByteArray_GET_SIZE(src), src is self.pending)
+        return _frames_of_view(self, src)
 
 
 cdef object _contiguous(data):
@@ -1005,18 +1007,15 @@ cdef object _contiguous(data):
     return mv.tobytes()
 
 
-cdef list _frames_of_view(Framer framer, src, data):
+cdef list _frames_of_view(Framer framer, src):
     """`Framer.feed` of a buffer that is neither bytes nor bytearray (never the kept rest)."""
-    cdef const unsigned char[::1] view
-    src = data = _contiguous(src)
-    view = src
-    return _frames(framer, &view[0] if view.shape[0] else NULL, view.shape[0], data, False)
+    cdef const unsigned char[::1] view = _contiguous(src)
+    return _frames(framer, &view[0] if view.shape[0] else NULL, view.shape[0], False)
 
 
-cdef list _frames(Framer framer, const unsigned char* buf, Py_ssize_t end, data,
-                  bint in_pending):
-    """The packets of `buf`, the framer's kept rest (`in_pending`) or else `data`; what is left
-    of an incomplete packet is kept."""
+cdef list _frames(Framer framer, const unsigned char* buf, Py_ssize_t end, bint in_pending):
+    """The packets of `buf`, the framer's kept rest (`in_pending`) or the caller's buffer; what
+    is left of an incomplete packet is kept."""
     cdef Py_ssize_t pos = 0, i, body, total
     cdef long long length, mult
     cdef int count, first
@@ -1071,7 +1070,7 @@ cdef list _frames(Framer framer, const unsigned char* buf, Py_ssize_t end, data,
         if pos:
             del framer.pending[:pos]
     elif pos < end:
-        framer.pending = bytearray(data[pos:])
+        framer.pending = PyByteArray_FromStringAndSize(<const char*>(buf + pos), end - pos)
     return out
 
 

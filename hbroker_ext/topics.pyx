@@ -8,7 +8,6 @@ import os
 
 cimport cython
 
-from cpython.dict cimport PyDict_Next
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from cpython.object cimport PyObject
 from cpython.unicode cimport (
@@ -20,15 +19,6 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp
 
 SHARE_PREFIX = "$share/"
-
-
-cdef inline void _append_items(list out, dict d) except *:
-    """out.extend(d.items()) without the view and its iterator."""
-    cdef Py_ssize_t pos = 0
-    cdef PyObject* key
-    cdef PyObject* value
-    while PyDict_Next(d, &pos, &key, &value):
-        out.append((<object>key, <object>value))
 
 
 cdef bint _fits_utf8_string(str s):
