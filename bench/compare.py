@@ -21,7 +21,10 @@ Mosquitto next to the issue's targets, hbroker as a fraction of the relay, the b
 time per run (from /proc/PID/stat) and what the other processes of the machine used meanwhile.
 
 Output: `bench/results/latest.json` (every run, machine, commit), the section
-"## hbroker vs Mosquitto" of `bench/RESULTS.md`, and `bench/results/compare.png`.
+"## hbroker vs Mosquitto" of `bench/RESULTS.md`, `bench/results/compare.png` and the
+Performance block of the top README (`bench/readme.py`). These are written only from a work
+tree without uncommitted changes to the code or the benchmarks (see `benchlib.provenance`);
+`--quick` and `--allow-dirty` runs write to the temporary directory instead.
 """
 
 from __future__ import annotations
@@ -43,14 +46,26 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import (
+    CLIENT_BOUND,
     BenchError,
+    Provenance,
     ServerProcess,
+    check_outputs,
+    client_bound,
     cpu_seconds,
     free_port,
-    git_describe,
     hbroker_command,
     hbroker_env,
+    is_committed_output,
     median,
+    provenance,
+    provenance_banner,
+    ratio_bound,
+    report_provenance,
+    scratch_dir,
+    settle,
+    short,
+    unfit,
     write_section,
 )
 
@@ -75,7 +90,6 @@ RATE = 10000  # msg/s of the latency scenario
 PAYLOAD = 64
 SESSION_EXPIRY = 3600  # s: Session Expiry Interval of the subscriber in `durable`
 MB = 1e6  # bytes; RSS is reported in MB of 10^6 bytes
-CLIENT_BOUND = 0.8  # loadgen CPU (of a core) from which a run counts as client-bound
 
 BROKERS = ("hbroker", "mosquitto", "relay", "amqtt")
 
@@ -135,10 +149,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              ("--qos", "1", "--write", "batch", "--session-expiry", str(SESSION_EXPIRY), *load),
              ("hbroker", "mosquitto"), durable=True),
 ]}
-NOT_RUN = {  # broker -> scenario -> why it is left out
+NOT_RUN = {  # broker -> scenario -> why it is left out (see not_run_reason)
     "amqtt": {
-        "retained": "filling 100,000 retained messages at amqtt's QoS 1 rate (~2,500 msg/s) "
-                    "alone takes ~40 s, beyond its time limit",
+        "retained": "the fill alone would take longer than its time limit at amqtt's QoS 1 "
+                    "rate",
         "durable": "no persistence configured for amqtt",
     },
     "relay": {
@@ -610,7 +624,109 @@ def summarize(plan: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any
         else:
             passed = {">=": value >= t.bound, "<=": value <= t.bound, "<": value < t.bound}[t.op]
         targets.append({**t.__dict__, "value": value, "passed": passed})
-    return {"medians": medians, "ratios": ratios, "relay_fraction": relay, "targets": targets}
+    threshold = plan.get("client_bound", CLIENT_BOUND)
+    bound = {n: client_bound(medians[n], threshold) for n in plan["scenarios"]
+             if SCENARIOS[n].kind == "load"}
+    return {"medians": medians, "ratios": ratios, "relay_fraction": relay, "targets": targets,
+            "client_bound": {"threshold": threshold,
+                             "runs": {n: b for n, b in bound.items() if b}}}
+
+
+def bound_runs(report: dict[str, Any], scenario: str) -> dict[str, float]:
+    """The brokers of a throughput scenario whose load generator used at least the plan's
+    share of a core (median over their repetitions): for those, loadgen was the bound.
+    Computed from the medians, so that results from before this was recorded show it too."""
+    if SCENARIOS[scenario].kind != "load":
+        return {}
+    threshold = report["plan"].get("client_bound", CLIENT_BOUND)
+    return client_bound(report["summary"]["medians"].get(scenario, {}), threshold)
+
+
+NAMES = {"hbroker": "hbroker", "mosquitto": "Mosquitto", "relay": "the relay",
+         "amqtt": "amqtt"}
+
+
+def bound_cell(bound: dict[str, float]) -> str:
+    """The throughput table's client-bound cell."""
+    if not bound:
+        return ""
+    kind = ratio_bound(bound, "hbroker", "mosquitto")
+    runs = ", ".join(f"{NAMES[b]} {bound[b] * 100:.0f} %" for b in BROKERS if b in bound)
+    what = {"lower bound": "ratio a lower bound", "upper bound": "ratio an upper bound",
+            "both": "ratio bounded by the client", None: "relay column only"}[kind]
+    return f"**yes** ({runs}): {what}"
+
+
+BOUND_WORDS = {"lower bound": "the ratio is a lower bound",
+               "upper bound": "the ratio is an upper bound",
+               "both": "the ratio is bounded by the client in both runs"}
+
+
+FRACTION_WORDS = {"lower bound": "a lower bound", "upper bound": "an upper bound",
+                  "both": "bounded by the client in both runs"}
+
+
+def loadgen_cell(row: dict[str, Any]) -> str:
+    """loadgen's CPU in the hbroker / Mosquitto / relay runs of a scenario, % of a core."""
+    def pct(b: str) -> str:
+        cpu = row.get(b, {}).get("client_cpu")
+        return "–" if cpu is None or cpu != cpu else f"{cpu * 100:.0f}"
+    return " / ".join(pct(b) for b in ("hbroker", "mosquitto", "relay")) + " %"
+
+
+def client_bound_paragraph(report: dict[str, Any], rows: list[str]) -> str:
+    """What *client-bound* means, and in which rows loadgen was the bound, from the data."""
+    threshold = report["plan"].get("client_bound", CLIENT_BOUND)
+    flagged = {n: bound_runs(report, n) for n in rows}
+    flagged = {n: b for n, b in flagged.items() if b}
+    med = report["summary"]["medians"]
+    if not flagged:
+        top = max((x["client_cpu"] for n in rows for x in med.get(n, {}).values()
+                   if isinstance(x.get("client_cpu"), float)), default=float("nan"))
+        return (f"*Client-bound*: no run was; loadgen (one thread) used at most "
+                f"{fmt(top * 100, 0, ' %')} of a core (median per row), below the "
+                f"{threshold * 100:.0f} % from which it counts as the bound.")
+    listed = "; ".join(
+        f"{SCENARIOS[n].title} (" + ", ".join(f"{NAMES[b]}'s run {c * 100:.0f} %"
+                                              for b, c in b_.items()) + ")"
+        for n, b_ in flagged.items())
+    return (f"*Client-bound*: loadgen (one thread) used ≥ {threshold * 100:.0f} % of a core "
+            "(median of the repetitions) in that broker's runs: one thread near a full core "
+            "cannot offer more load, so the load generator, not only the broker, set the rate. "
+            "Such a run understates that broker's rate: when it is hbroker's run "
+            "the ratio is a lower bound, when it is Mosquitto's an upper bound (hbroker's lead "
+            "may be smaller than shown), when it is both the ratio says more about the client "
+            f"than about the brokers. Client-bound in this run: {listed}.")
+
+
+def cpu_per_message_note(report: dict[str, Any]) -> str:
+    """Broker CPU per message on separate CPUs ÷ on one CPU, per broker, in this run."""
+    med = report["summary"]["medians"]
+    apart, together = med.get("latency", {}), med.get("latency-1cpu", {})
+    parts = []
+    for b in ("hbroker", "mosquitto", "relay"):
+        a = apart.get(b, {}).get("broker_cpu_us")
+        o = together.get(b, {}).get("broker_cpu_us")
+        if a and o and a == a and o == o:
+            parts.append(f"{NAMES[b]} {a / o:.1f}×")
+    if not parts:
+        return ""
+    return (" In this run the brokers' CPU time per message on separate CPUs was, against "
+            "one CPU: " + ", ".join(parts) + ".")
+
+
+def not_run_reason(report: dict[str, Any], broker: str, scenario: str) -> str:
+    """Why `broker` did not run `scenario`, with this run's figures where they explain it."""
+    why = NOT_RUN[broker][scenario]
+    if (broker, scenario) == ("amqtt", "retained"):
+        rate = report["summary"]["medians"].get("qos1", {}).get("amqtt", {}).get("rate")
+        if rate and rate == rate:
+            plan = report["plan"]
+            why = (f"at amqtt's QoS 1 rate in this run ({rate:,.0f} msg/s, row *QoS 1*) the "
+                   f"fill of {plan['retained']:,} retained messages alone would take "
+                   f"{plan['retained'] / rate:.0f} s, beyond its limit of "
+                   f"{plan['amqtt_limit']:g} s per run")
+    return why
 
 
 # == machine =================================================================================
@@ -623,7 +739,7 @@ def _first_line(cmd: list[str]) -> str:
     return ((p.stdout or p.stderr).strip().splitlines() or [""])[0]
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(prov: Provenance) -> dict[str, Any]:
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -645,7 +761,7 @@ def machine_info() -> dict[str, Any]:
         "amqtt": _first_line([str(amqtt.parent / "python"), "-c",
                               "import importlib.metadata as m; print(m.version('amqtt'))"])
         if amqtt else None,
-        "commit": git_describe(),
+        "commit": prov.commit,
     }
 
 
@@ -672,12 +788,15 @@ def markdown(report: dict[str, Any], chart: str | None) -> str:
     med = s["medians"]
     rat = s["ratios"]
     scen = [n for n in plan["scenarios"]]
+    banner = provenance_banner(report)
     lines = [
         SECTION, "",
+        *([banner, ""] if banner else []),
         f"Written by {report['command']} on {report['date']} (took "
-        f"{report['wall_s'] / 60:.1f} min). Machine: {m['cpu_count']} CPUs ({m['cpu_model']}), "
-        f"{m['memory_gb']:.0f} GB, {m['platform']}; {m['hbroker'] or 'hbroker'} (commit "
-        f"{m['commit']}), {m['mosquitto'] or 'Mosquitto not installed'}, amqtt "
+        f"{report['wall_s'] / 60:.1f} min), measuring commit "
+        f"`{short(report_provenance(report)['commit'])}`. Machine: {m['cpu_count']} CPUs "
+        f"({m['cpu_model']}), {m['memory_gb']:.0f} GB, {m['platform']}; "
+        f"{m['hbroker'] or 'hbroker'}, {m['mosquitto'] or 'Mosquitto not installed'}, amqtt "
         f"{m['amqtt'] or 'not installed'}. Raw runs: `{report['output']}`.",
         "",
     ]
@@ -699,13 +818,23 @@ def markdown(report: dict[str, Any], chart: str | None) -> str:
         else:
             shown = fmt(v, 2, " MB")
         verdict = {True: "pass", False: "**fail**", None: "not measured"}[t["passed"]]
+        kind = ratio_bound(bound_runs(report, t["scenario"]), "hbroker", "mosquitto") \
+            if t["of"] == "ratio" else None
+        if kind:
+            verdict += f" (client-bound: {BOUND_WORDS[kind]})"
         lines.append(f"| {t['text']} | {shown} | {verdict} |")
     for name, label in (("qos0", "batch"), ("qos0-single", "single")):
         f = s["relay_fraction"].get(name)
         if f:
+            bound = bound_runs(report, name)
+            kind = ratio_bound(bound, "hbroker", "relay")
+            runs = ", ".join(f"{NAMES[b]}'s run {bound[b] * 100:.0f} %"
+                             for b in ("hbroker", "relay") if b in bound)
+            note = f" (client-bound: {runs}; the fraction is {FRACTION_WORDS[kind]})" \
+                if kind else ""
             lines.append(f"| hbroker as a fraction of the C relay, QoS 0 1:1 {label} "
                          f"(Mosquitto: {fmt(f['mosquitto'], 2)}) | {f['hbroker']:.2f} | "
-                         "reported |")
+                         f"reported{note} |")
     lines.append("")
 
     rate_rows = [n for n in scen if SCENARIOS[n].kind == "load"]
@@ -713,10 +842,12 @@ def markdown(report: dict[str, Any], chart: str | None) -> str:
         lines += [
             "**Throughput**: deliveries per second received by the subscribers (fan-out: 8 per "
             "message); *ratio*: hbroker ÷ Mosquitto of the medians, with the range of the "
-            "per-repetition ratios; *µs/msg*: broker CPU time per delivery.", "",
+            "per-repetition ratios; *µs/msg*: broker CPU time per delivery; *loadgen CPU*: "
+            "the load generator's CPU in the hbroker / Mosquitto / relay runs, share of one "
+            "core (median); *client-bound*: see below the table.", "",
             "| scenario | hbroker | Mosquitto | ratio | per rep. | relay | amqtt | "
-            "hbroker µs/msg | Mosquitto µs/msg |",
-            "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+            "hbroker µs/msg | Mosquitto µs/msg | loadgen CPU | client-bound |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
         for n in rate_rows:
             r = med[n]
             rr = rat[n]
@@ -728,19 +859,9 @@ def markdown(report: dict[str, Any], chart: str | None) -> str:
                 f"{cell(r, 'mosquitto', 'rate')} | {fmt_ratio(rr['ratio'])} | {span} | "
                 f"{cell(r, 'relay', 'rate', n)} | {cell(r, 'amqtt', 'rate', n)} | "
                 f"{fmt(r.get('hbroker', {}).get('broker_cpu_us'), 1)} | "
-                f"{fmt(r.get('mosquitto', {}).get('broker_cpu_us'), 1)} |")
-        lines.append("")
-        bound = [f"{SCENARIOS[n].title} ({b} {med[n][b]['client_cpu'] * 100:.0f} %)"
-                 for n in rate_rows for b in ("hbroker", "mosquitto", "relay")
-                 if med[n].get(b, {}).get("client_cpu", 0) >= CLIENT_BOUND]
-        if bound:
-            lines += ["loadgen itself used ≥ " f"{CLIENT_BOUND * 100:.0f} % of a core in: "
-                      + "; ".join(bound) + ". In those runs the two CPUs are shared by a "
-                      "busy broker and a busy client (small writes cost the client as much as "
-                      "the broker), so that broker's rate is bounded by the machine as much as "
-                      "by itself: a Mosquitto rate there may understate Mosquitto (and the "
-                      "ratio overstate hbroker's lead), an hbroker or relay rate may understate "
-                      "them.", ""]
+                f"{fmt(r.get('mosquitto', {}).get('broker_cpu_us'), 1)} | "
+                f"{loadgen_cell(r)} | {bound_cell(bound_runs(report, n))} |")
+        lines += ["", client_bound_paragraph(report, rate_rows), ""]
 
     for name in (n for n in ("latency", "latency-1cpu") if n in scen):
         r = med[name]
@@ -818,11 +939,9 @@ def markdown(report: dict[str, Any], chart: str | None) -> str:
         f"`max_queued_messages = {MAX_QUEUED}`; Mosquitto `max_inflight_messages {MAX_INFLIGHT}`"
         f" and `max_queued_messages {MAX_QUEUED}`. Both announce Receive Maximum {MAX_INFLIGHT},"
         f" so the window of {WINDOW} fits (the defaults, 20, would refuse it). Otherwise both "
-        "run at their defaults (log level warning, `$SYS` on). hbroker's sockets have "
-        "TCP_NODELAY (uvloop sets it); Mosquitto's keep Nagle's algorithm, its default: with "
-        "`set_tcp_nodelay true` it was 20–30 % slower in every throughput scenario and had a "
-        "worse p99 at 10,000 msg/s (checked on this machine, 3–4 alternations each), so the "
-        "default is the fairer choice.",
+        "run at their defaults (log level warning, `$SYS` on): hbroker's sockets have "
+        "TCP_NODELAY (uvloop sets it), Mosquitto's keep Nagle's algorithm "
+        "(`set_tcp_nodelay false`, its default).",
         *(["- Many-to-many: 16 publishers, 16 subscribers, 100 topics `bench/<t % 16>/<t>`, "
            "subscriber j subscribed to `bench/j/+`; fan-out: 8 subscribers of `bench/#`."]
           if {"m2m", "m2m-single", "fanout8"} & set(scen) else []),
@@ -833,13 +952,13 @@ def markdown(report: dict[str, Any], chart: str | None) -> str:
            f"(its timers); in a steady state the {IDLE_CONNECTIONS:,} connections would add "
            f"{IDLE_CONNECTIONS / 60:.0f} PINGREQ/s."] if "idle" in scen else []),
         *(["- Latency: the broker and loadgen are pinned (`taskset`) to two different CPUs, "
-           "and in the *one CPU* table both to the same one; every broker alike. On this kind "
-           "of virtual machine, waking a process that sleeps on the other CPU costs an "
-           "inter-processor interrupt: on separate CPUs every broker, the relay included, "
-           "spends about four times the CPU per message it spends on one CPU, and the tail "
-           "follows. Left to the scheduler, where it happened to put broker and client "
-           "decided the p99 more than the broker did (a broker sharing loadgen's CPU in one "
-           "run and not in the other)."] if {"latency", "latency-1cpu"} & set(scen) else []),
+           "and in the *one CPU* table both to the same one; every broker alike. On a "
+           "virtual machine, waking a process that sleeps on the other CPU costs an "
+           "inter-processor interrupt, so on separate CPUs a broker spends more CPU per "
+           "message and the tail follows; left to the scheduler, where it put broker and "
+           "client (on one CPU or two) would decide the p99 more than the broker."
+           + cpu_per_message_note(report)] if {"latency", "latency-1cpu"} & set(scen)
+          else []),
         *([durable_note(report)] if "durable" in scen else []),
         *(["- The relay (`bench/relay`, C) forwards PUBLISH bytes to every subscriber and "
            "acknowledges, nothing else: the machine's ceiling for 1:1 and fan-out."]
@@ -853,9 +972,10 @@ def markdown(report: dict[str, Any], chart: str | None) -> str:
         *([f"- amqtt (in `bench/.venv-amqtt`): MQTT 3.1.1 (it speaks nothing else), "
            f"{plural(plan['amqtt_repeats'], 'repetition')} per scenario, a limit of "
            f"{plan['amqtt_limit']:g} s per run, {AMQTT_IDLE_CONNECTIONS:,} idle connections "
-           "instead of 10,000 (it connects ~500 a second). "
-           + " ".join(f"Not run for `{sc}`: {why}." for sc, why in NOT_RUN["amqtt"].items()
-                      if sc in scen)] if "amqtt" in plan["brokers"] else []),
+           f"instead of {IDLE_CONNECTIONS:,}{amqtt_connect_note(report)}. "
+           + " ".join(f"Not run for `{sc}`: {not_run_reason(report, 'amqtt', sc)}."
+                      for sc in NOT_RUN["amqtt"] if sc in scen)]
+          if "amqtt" in plan["brokers"] else []),
         "",
     ]
     others = sorted(r["metrics"]["other_cpu"] for r in report["runs"]
@@ -921,6 +1041,14 @@ def durable_note(report: dict[str, Any]) -> str:
             "configuration are in the section *Durable storage* (`bench/storage_qos1.py`).")
 
 
+def amqtt_connect_note(report: dict[str, Any]) -> str:
+    idle = report["summary"]["medians"].get("idle", {}).get("amqtt", {})
+    n, secs = idle.get("connections"), idle.get("connect_s")
+    if not n or not secs or n != n or secs != secs:
+        return ""
+    return f" (in this run it took {secs:.2f} s to accept {n:,.0f}, {n / secs:,.0f} a second)"
+
+
 def durable_bytes(report: dict[str, Any], broker: str) -> str:
     sizes = [r["storage_bytes"] for r in report["runs"]
              if r["broker"] == broker and "storage_bytes" in r]
@@ -974,7 +1102,9 @@ def chart(report: dict[str, Any], path: Path) -> bool:
         r = s["ratios"][n]
         target = targets.get(n)
         good = target is None or r["ratio"] >= target
-        ax.barh(y, r["ratio"], color=colors["hbroker"] if good else "#c0392b", height=0.6)
+        bound = ratio_bound(bound_runs(report, n), "hbroker", "mosquitto")
+        ax.barh(y, r["ratio"], color=colors["hbroker"] if good else "#c0392b", height=0.6,
+                hatch="//" if bound else None, edgecolor="white" if bound else None)
         reps = r["per_repetition"]
         if len(reps) > 1:
             ax.plot([min(reps), max(reps)], [y, y], color="black", lw=1)
@@ -983,8 +1113,12 @@ def chart(report: dict[str, Any], path: Path) -> bool:
         if target:
             ax.plot([target, target], [y - 0.4, y + 0.4], color="black", lw=2, ls=":")
     ax.axvline(1.0, color="#5a9e3a", lw=1.5)
-    ax.set_yticks(ys, [SCENARIOS[n].title for n in names], fontsize=8)
-    ax.set_xlabel("hbroker ÷ Mosquitto (deliveries/s); green line: parity, dotted: target")
+    ax.set_yticks(ys, [SCENARIOS[n].title + {"lower bound": " (client-bound: lower bound)",
+                                              "upper bound": " (client-bound: upper bound)",
+                                              "both": " (client-bound)", None: ""}[
+        ratio_bound(bound_runs(report, n), "hbroker", "mosquitto")] for n in names], fontsize=8)
+    ax.set_xlabel("hbroker ÷ Mosquitto (deliveries/s); green line: parity, dotted: target; "
+                  "hatched: loadgen was the bound")
     ax.set_title("Throughput ratio (bars: median, lines: range of repetitions)", fontsize=10)
     ax.set_xlim(0, max([3.5, *[max(s["ratios"][n]["ratio"], *s["ratios"][n]["per_repetition"])
                                + 0.6 for n in names]]))
@@ -1035,8 +1169,10 @@ def chart(report: dict[str, Any], path: Path) -> bool:
     ax.set_title("Idle connections: memory", fontsize=10)
 
     m = report["machine"]
+    commit = short(report_provenance(report)["commit"]) + ("" if not unfit(report)
+                                                           else " (not a clean run)")
     fig.suptitle(f"hbroker vs Mosquitto — {report['date']}, {m['cpu_count']} CPUs, commit "
-                 f"{m['commit']}, medians of {plural(plan['repeats'], 'repetition')}",
+                 f"{commit}, medians of {plural(plan['repeats'], 'repetition')}",
                  fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1068,7 +1204,7 @@ def render(report: dict[str, Any], md_path: Path | None, png: Path | None) -> st
         rel = os.path.relpath(png, md_path.parent)
     section = markdown(report, rel)
     if md_path is not None:
-        write_section(md_path, SECTION, section, first=True)
+        write_section(md_path, SECTION, section)
     return section
 
 
@@ -1077,6 +1213,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="one short repetition of each scenario, a smoke test: outputs in "
                              "a temporary directory, RESULTS.md left alone")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="a local experiment: run although the code or the benchmarks "
+                             "have uncommitted changes; outputs in a temporary directory, "
+                             "never the committed results")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--brokers", default=",".join(BROKERS),
@@ -1099,13 +1239,25 @@ def main() -> int:
                              " not written with --quick unless given)")
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
                         help="run nothing: rewrite the Markdown section and the chart from a "
-                             "results file")
+                             "results file (the committed RESULTS.md only from "
+                             "bench/results/latest.json)")
     args = parser.parse_args()
 
     if args.render is not None:
         report = json.loads(args.render.read_text())
         md = args.markdown or RESULTS_MD
-        print(render(report, md, args.chart or RESULTS_PNG))
+        png = args.chart or RESULTS_PNG
+        try:
+            check_outputs([md, png], provenance())
+            if is_committed_output(md) and args.render.resolve() != RESULTS_JSON:
+                raise BenchError(f"{md} holds the figures of {RESULTS_JSON.relative_to(ROOT)}"
+                                 f"; render {args.render} elsewhere (--markdown, --chart)")
+        except BenchError as exc:
+            print(f"compare.py: {exc}", file=sys.stderr)
+            return 2
+        print(render(report, md, png))
+        if md.resolve() == RESULTS_MD:
+            return update_readme()
         return 0
 
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -1123,6 +1275,7 @@ def main() -> int:
         if b not in BROKERS:
             parser.error(f"unknown broker {b!r}")
     q = args.quick
+    scratch = q or args.allow_dirty
     plan = Plan(scenarios=scenarios, brokers=brokers,
                 repeats=args.repeats or (1 if q else 3),
                 duration=args.duration or (1.0 if q else 2.0),
@@ -1130,10 +1283,16 @@ def main() -> int:
                 amqtt_repeats=args.amqtt_repeats, amqtt_limit=args.amqtt_limit,
                 idle_settle=0.5 if q else 1.0, retained=RETAINED // 5 if q else RETAINED,
                 quick=q)
-    tmp = Path(tempfile.gettempdir()) / "hbroker-bench-compare-quick"
-    output = (args.output or (tmp / "latest.json" if q else RESULTS_JSON)).resolve()
-    png = (args.chart or (tmp / "compare.png" if q else RESULTS_PNG)).resolve()
-    md_path = args.markdown or (None if q else RESULTS_MD)
+    tmp = scratch_dir("hbroker-bench-compare-quick" if q else "hbroker-bench-compare")
+    output = (args.output or (tmp / "latest.json" if scratch else RESULTS_JSON)).resolve()
+    png = (args.chart or (tmp / "compare.png" if scratch else RESULTS_PNG)).resolve()
+    md_path = args.markdown or (None if scratch else RESULTS_MD)
+    start = provenance()
+    try:
+        check_outputs([output, png, md_path], start, quick=q)
+    except BenchError as exc:
+        print(f"compare.py: {exc}", file=sys.stderr)
+        return 2
 
     ensure_tools()
     raise_fd_limit()
@@ -1148,7 +1307,6 @@ def main() -> int:
     active = [b for b in brokers if b not in skipped]
 
     started = time.monotonic()
-    commit_at_start = git_describe()
     runs: list[dict[str, Any]] = []
     todo = [(rep, sc, b) for rep in range(plan.repeats) for sc in scenarios
             for b in rotate([b for b in active if b in SCENARIOS[sc].brokers
@@ -1165,10 +1323,16 @@ def main() -> int:
         print(progress(i + 1, len(todo), run), file=sys.stderr, flush=True)
     wall = time.monotonic() - started
 
-    machine = machine_info()
-    if machine["commit"] != commit_at_start:
-        machine["commit_at_start"] = commit_at_start
+    prov = settle(start)
+    status = 0
+    try:
+        check_outputs([output, png, md_path], prov, quick=q)
+    except BenchError as exc:  # the tree changed during the run: keep the runs elsewhere
+        print(f"compare.py: {exc}", file=sys.stderr)
+        output, png, md_path, status = tmp / "latest.json", tmp / "compare.png", None, 1
+    machine = machine_info(prov)
     plan_dict = {**plan.__dict__, "skipped": skipped, "window": WINDOW,
+                 "client_bound": CLIENT_BOUND,
                  "max_inflight": MAX_INFLIGHT, "max_queued": MAX_QUEUED, "payload": PAYLOAD,
                  "idle_connections": IDLE_CONNECTIONS,
                  "amqtt_idle_connections": AMQTT_IDLE_CONNECTIONS, "rate": RATE,
@@ -1180,6 +1344,7 @@ def main() -> int:
         "command": "`" + " ".join(["bench/compare.py", *sys.argv[1:]]) + "`",
         "wall_s": wall,
         "machine": machine,
+        "provenance": prov.as_dict(),
         "plan": plan_dict,
         "summary": summarize(plan_dict, runs),
         "runs": runs,
@@ -1190,9 +1355,23 @@ def main() -> int:
     print(section)
     print(f"results: {report['output']}, {png}{f', {md_path}' if md_path else ''}; "
           f"took {wall:.0f} s ({wall / 60:.1f} min)", file=sys.stderr)
+    if md_path is not None and Path(md_path).resolve() == RESULTS_MD and output == RESULTS_JSON:
+        status = update_readme() or status
     bad = [r for r in runs if not r["ok"] and r["broker"] != "amqtt"]
     if bad:
         print(f"{len(bad)} run(s) failed (see the report)", file=sys.stderr)
+        return 1
+    return status
+
+
+def update_readme() -> int:
+    """Rewrites the Performance block of the top README from bench/results/ (readme.py)."""
+    import readme
+
+    try:
+        readme.update()
+    except BenchError as exc:
+        print(f"README not updated: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -25,7 +25,9 @@ its publisher had acknowledged (nothing lost, nothing twice).
 Configurations (the `[storage]` section) are alternated within each repetition, so that a
 slow phase of a noisy machine hits all of them; the report gives medians over repetitions and
 ratios to `memory`. Results: `bench/results/storage.json` (raw runs, medians, ratios, machine)
-and the section "## Durable storage: QoS 1 throughput" of `bench/RESULTS.md`.
+and the section "## Durable storage: QoS 1 throughput" of `bench/RESULTS.md`, written only
+from a work tree without uncommitted changes to the code or the benchmarks (`--quick` and
+`--allow-dirty` runs write to the temporary directory instead).
 
 PostgreSQL runs as a throwaway server (`tests/pg_server.py`) on this machine, with its
 durability settings left on (fsync, synchronous_commit, full_page_writes), reached over TCP on
@@ -51,14 +53,25 @@ from typing import Any
 
 import uvloop
 from benchlib import (
+    CLIENT_BOUND,
     BenchError,
+    Provenance,
     ServerProcess,
+    check_outputs,
+    client_bound,
     cpu_seconds,
     free_port,
-    git_describe,
     hbroker_command,
     hbroker_env,
+    is_committed_output,
     median,
+    provenance,
+    provenance_banner,
+    ratio_bound,
+    report_provenance,
+    scratch_dir,
+    settle,
+    short,
     write_section,
 )
 from hbroker_ext.codec import (
@@ -588,10 +601,20 @@ def summarize(plan: Plan, runs: list[dict[str, Any]]) -> dict[str, Any]:
                     per_rep.append(a[0]["msgs_per_s"] / b[0]["msgs_per_s"])
             if per_rep:
                 paired[scenario][config] = median(per_rep)
-    return {"medians": medians, "ratios": ratios, "paired_ratios": paired}
+    bound = {s: client_bound(medians[s], CLIENT_BOUND) for s in plan.scenarios}
+    return {"medians": medians, "ratios": ratios, "paired_ratios": paired,
+            "client_bound": {"threshold": CLIENT_BOUND,
+                             "runs": {s: b for s, b in bound.items() if b}}}
 
 
-def machine_info(pg: Postgres | None) -> dict[str, Any]:
+def bound_runs(report: dict[str, Any], scenario: str) -> dict[str, float]:
+    """The configurations of a scenario whose load generator (this script's process) used at
+    least the plan's share of a core, median over the repetitions."""
+    threshold = report["plan"].get("client_bound", CLIENT_BOUND)
+    return client_bound(report["summary"]["medians"].get(scenario, {}), threshold)
+
+
+def machine_info(pg: Postgres | None, prov: Provenance) -> dict[str, Any]:
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -613,7 +636,7 @@ def machine_info(pg: Postgres | None) -> dict[str, Any]:
         "sqlite": sqlite3.sqlite_version,
         "uvloop": uvloop.__version__,
         "hbroker": hb,
-        "commit": git_describe(),
+        "commit": prov.commit,
         "postgres": pg.version if pg is not None else None,
         "postgres_settings": pg.settings if pg is not None else None,
     }
@@ -628,16 +651,17 @@ def markdown(report: dict[str, Any]) -> str:
     plan = report["plan"]
     m = report["machine"]
     summary = report["summary"]
+    banner = provenance_banner(report)
     lines = [
         SECTION,
         "",
+        *([banner, ""] if banner else []),
         f"Written by {report['command']} on {report['date']} "
-        f"(took {report['wall_s'] / 60:.1f} min). Machine: {m['cpu_count']} CPUs "
+        f"(took {report['wall_s'] / 60:.1f} min), measuring commit "
+        f"`{short(report_provenance(report)['commit'])}`. Machine: {m['cpu_count']} CPUs "
         f"({m['cpu_model']}), "
         f"{m['platform']}; Python {m['python']}, SQLite {m['sqlite']}, "
-        f"PostgreSQL {m['postgres'] or 'not run'}; hbroker commit {m['commit']}"
-        + (f" (**changed during the run**, from {m['commit_at_start']})"
-           if m.get("commit_at_start") else "") + ". "
+        f"PostgreSQL {m['postgres'] or 'not run'}. "
         f"Raw runs: `{report['output']}`.",
         "",
         f"QoS 1, {PAYLOAD_SIZE}-byte payloads, MQTT 5.0. Each publisher keeps at most "
@@ -653,7 +677,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"Interval {SESSION_EXPIRY}), so with a durable backend every message is stored and, in "
         "`sync` mode, committed before its PUBACK (commits grouped per loop iteration).",
         "- **clean**: the subscriber's session ends with its connection; nothing needs storing.",
-        "- *× memory*: median rate divided by the median rate of `memory` in the same scenario.",
+        "- *× memory*: median rate divided by the median rate of `memory` in the same scenario"
+        + ("; ‡: a client-bound ratio (below the tables)."
+           if any(bound_runs(report, s) for s in plan["scenarios"]) else "."),
         "",
     ]
     for pairs in sorted({SCENARIOS[s][1] for s in plan["scenarios"]}):
@@ -678,7 +704,9 @@ def markdown(report: dict[str, Any]) -> str:
                     row += " – | – | – |"
                     continue
                 ratio = summary["ratios"].get(s, {}).get(config, float("nan"))
-                row += (f" {fmt_rate(med['msgs_per_s'])} | {ratio:.2f} |"
+                mark = " ‡" if config != "memory" and ratio_bound(
+                    bound_runs(report, s), config, "memory") else ""
+                row += (f" {fmt_rate(med['msgs_per_s'])} | {ratio:.2f}{mark} |"
                         f" {med['broker_cpu_us_per_msg']:.1f} |")
             lines.append(row)
         lines.append("")
@@ -710,10 +738,31 @@ def markdown(report: dict[str, Any]) -> str:
             f"{m['cpu_count']} CPUs.",
             "",
         ]
-    notes = report.get("notes")
-    if notes:
-        lines += [notes.strip(), ""]
+    lines += [client_bound_paragraph(report), ""]
     return "\n".join(lines)
+
+
+def client_bound_paragraph(report: dict[str, Any]) -> str:
+    """Where the load generator was the bound, from the data (see benchlib.CLIENT_BOUND)."""
+    threshold = report["plan"].get("client_bound", CLIENT_BOUND)
+    scenarios = report["plan"]["scenarios"]
+    flagged = {s: bound_runs(report, s) for s in scenarios}
+    flagged = {s: b for s, b in flagged.items() if b}
+    if not flagged:
+        top = max((m["client_cpu"] for s in scenarios
+                   for m in report["summary"]["medians"].get(s, {}).values()
+                   if m.get("client_cpu") == m.get("client_cpu")), default=float("nan"))
+        return (f"The load generator (this script, one process) used at most {top * 100:.0f} % "
+                f"of a core (median per row): no row was client-bound (from "
+                f"{threshold * 100:.0f} %).")
+    listed = "; ".join(f"{s}: " + ", ".join(f"{c} {v * 100:.0f} %" for c, v in b.items())
+                       for s, b in flagged.items())
+    return (f"‡ *Client-bound*: the load generator (this script, one process) used ≥ "
+            f"{threshold * 100:.0f} % of a core (median of the repetitions) in {listed}. There "
+            "the client, not only the broker, set the rate, so that rate understates the "
+            "broker: a configuration's × memory is a lower bound when its own runs were "
+            "client-bound, an upper bound when `memory`'s were, and says little when both "
+            "were.")
 
 
 def main() -> int:
@@ -727,6 +776,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="one short repetition, a smoke test: the JSON goes to the "
                              "temporary directory, the repository's results are left alone")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="a local experiment: run although the code or the benchmarks "
+                             "have uncommitted changes; outputs in the temporary directory, "
+                             "never the committed results")
     parser.add_argument("--window", type=int, default=100,
                         help="unacknowledged PUBLISHes per publisher (default 100)")
     parser.add_argument("--configs", default=",".join(CONFIGS),
@@ -741,20 +794,24 @@ def main() -> int:
                         help="profile the broker with py-spy (installed in the virtualenv) over "
                              "each measured interval: collapsed stacks in DIR/<scenario>-"
                              "<config>-<repetition>.txt (the profiler slows the broker a little)")
-    parser.add_argument("--notes", type=Path, default=None,
-                        help="Markdown file appended to the section (findings, profiles)")
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
                         help="run nothing: rewrite the Markdown section from a results file "
-                             "(with --notes: with these notes)")
+                             "(the committed RESULTS.md only from bench/results/storage.json)")
     args = parser.parse_args()
 
     if args.render is not None:
         report = json.loads(args.render.read_text())
-        if args.notes is not None:
-            report["notes"] = args.notes.read_text()
-            args.render.write_text(json.dumps(report, indent=1) + "\n")
-        write_section(args.markdown or RESULTS_MD, SECTION, markdown(report))
-        return 0
+        md = args.markdown or RESULTS_MD
+        try:
+            check_outputs([md], provenance())
+            if is_committed_output(md) and args.render.resolve() != RESULTS_JSON:
+                raise BenchError(f"{md} holds the figures of {RESULTS_JSON.relative_to(ROOT)}"
+                                 f"; render {args.render} elsewhere (--markdown)")
+        except BenchError as exc:
+            print(f"storage_qos1.py: {exc}", file=sys.stderr)
+            return 2
+        write_section(md, SECTION, markdown(report))
+        return update_readme() if Path(md).resolve() == RESULTS_MD else 0
 
     configs = [c for c in args.configs.split(",") if c]
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -773,12 +830,19 @@ def main() -> int:
                 window=args.window)
     if plan.window > MAX_INFLIGHT:
         parser.error(f"--window above limits.max_inflight ({MAX_INFLIGHT})")
-    quick_json = Path(tempfile.gettempdir()) / "hbroker-bench-storage-quick.json"
-    output = (args.output or (quick_json if args.quick else RESULTS_JSON)).resolve()
-    md_path = args.markdown or (None if args.quick else RESULTS_MD)
+    scratch = args.quick or args.allow_dirty
+    quick_json = scratch_dir("hbroker-bench-storage-quick.json" if args.quick
+                             else "hbroker-bench-storage.json")
+    output = (args.output or (quick_json if scratch else RESULTS_JSON)).resolve()
+    md_path = args.markdown or (None if scratch else RESULTS_MD)
+    start = provenance()
+    try:
+        check_outputs([output, md_path], start, quick=args.quick)
+    except BenchError as exc:
+        print(f"storage_qos1.py: {exc}", file=sys.stderr)
+        return 2
 
     started = time.monotonic()
-    commit_at_start = git_describe()
     pg: Postgres | None = None
     if any(CONFIGS[c]["backend"] == "postgres" for c in configs):
         try:
@@ -813,13 +877,18 @@ def main() -> int:
                           + (f"postgres {pg_cpu * 100:3.0f} %, " if pg_cpu is not None else "")
                           + f"others {result['other_cpu'] * 100:3.0f} %",
                           file=sys.stderr, flush=True)
-        machine = machine_info(pg)
-        if machine["commit"] != commit_at_start:
-            machine["commit_at_start"] = commit_at_start
+        prov = settle(start)
+        machine = machine_info(pg, prov)
     finally:
         if pg is not None:
             pg.close()
     wall = time.monotonic() - started
+    status = 0
+    try:
+        check_outputs([output, md_path], prov, quick=args.quick)
+    except BenchError as exc:  # the tree changed during the run: keep the runs elsewhere
+        print(f"storage_qos1.py: {exc}", file=sys.stderr)
+        output, md_path, status = quick_json, None, 1
 
     report = {
         "benchmark": "storage_qos1",
@@ -828,14 +897,14 @@ def main() -> int:
         "command": "`" + " ".join(["bench/storage_qos1.py", *sys.argv[1:]]) + "`",
         "wall_s": wall,
         "machine": machine,
+        "provenance": prov.as_dict(),
         "plan": {**plan.__dict__, "payload_size": PAYLOAD_SIZE, "max_inflight": MAX_INFLIGHT,
-                 "session_expiry": SESSION_EXPIRY,
+                 "session_expiry": SESSION_EXPIRY, "quick": args.quick,
+                 "client_bound": CLIENT_BOUND,
                  "storage": {c: CONFIGS[c] for c in configs}},
         "summary": summarize(plan, runs),
         "runs": runs,
     }
-    if args.notes is not None:
-        report["notes"] = args.notes.read_text()
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=1) + "\n")
     section = markdown(report)
@@ -844,6 +913,20 @@ def main() -> int:
     print(section)
     print(f"results: {report['output']}{f', {md_path}' if md_path else ''}; {wall:.0f} s",
           file=sys.stderr)
+    if md_path is not None and Path(md_path).resolve() == RESULTS_MD and output == RESULTS_JSON:
+        status = update_readme() or status
+    return status
+
+
+def update_readme() -> int:
+    """Rewrites the Performance block of the top README from bench/results/ (readme.py)."""
+    import readme
+
+    try:
+        readme.update()
+    except BenchError as exc:
+        print(f"README not updated: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

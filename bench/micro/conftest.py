@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import platform
-import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,18 +15,12 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+from benchlib import provenance  # noqa: E402
 
 # Time of one round of a `pedantic` benchmark (a batch of 1,000 operations plus its untimed
 # setup), used to spread those rounds over --benchmark-max-time like the calibrated ones.
 PEDANTIC_ROUND_S = 0.002
-
-
-def git_describe() -> str:
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def cpu_model() -> str:
@@ -43,12 +37,16 @@ def pytest_benchmark_update_machine_info(config: pytest.Config,
                                          machine_info: dict[str, Any]) -> None:
     import Cython
 
+    prov = provenance(ROOT)
     machine_info.update(
         cpu_count=os.cpu_count(),
         cpu_model=cpu_model(),
         platform=platform.platform(),
         cython_version=Cython.__version__,
-        hbroker_commit=git_describe(),
+        # the commit measured (`git rev-parse HEAD`) and what differed from it; report.py
+        # records the same in "provenance", checked once more after the run
+        hbroker_commit=prov.commit,
+        hbroker_changes=[*prov.changes, *(f"stale extension {n}" for n in prov.stale)],
     )
 
 

@@ -7,10 +7,13 @@ pytest-benchmark and writes the section "## Micro-benchmarks" of `bench/RESULTS.
 
 A full run (1 to 1.5 minutes) writes `bench/results/micro.json` (pytest-benchmark's JSON,
 statistics without the raw rounds) and replaces the section in `bench/RESULTS.md`, keeping the
-other sections. `--quick` is a smoke test: minimal rounds, the JSON in the temporary
-directory, no Markdown unless `--markdown` is given (the section is printed). `-k` selects
-benchmarks as pytest does, and then, like `--quick`, leaves the repository's results alone.
-`--render JSON` runs nothing and rewrites the section from a results file.
+other sections, and then the Performance block of the top README (`bench/readme.py`); only
+from a work tree without uncommitted changes to the code or the benchmarks, with the
+extensions built from their sources. `--quick` is a smoke test: minimal rounds, the JSON in
+the temporary directory, no Markdown unless `--markdown` is given (the section is printed).
+`-k` selects benchmarks as pytest does, and then, like `--quick`, leaves the repository's
+results alone; so does `--allow-dirty`, which runs with uncommitted changes. `--render JSON`
+runs nothing and rewrites the section from a results file.
 """
 
 from __future__ import annotations
@@ -22,14 +25,25 @@ import resource
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchlib import write_section  # noqa: E402
+from benchlib import (  # noqa: E402
+    BenchError,
+    check_outputs,
+    fmt_time,
+    is_committed_output,
+    provenance,
+    provenance_banner,
+    report_provenance,
+    scratch_dir,
+    settle,
+    short,
+    write_section,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "bench" / "micro"
@@ -102,16 +116,6 @@ GROUPS: dict[str, tuple[str, str]] = {
 }
 
 
-def fmt_time(seconds: float) -> str:
-    for unit, scale in (("ns", 1e9), ("µs", 1e6), ("ms", 1e3)):
-        value = seconds * scale
-        if value < 1000 or unit == "ms":
-            break
-    if value >= 100:
-        return f"{value:,.0f} {unit}"
-    return f"{value:.1f} {unit}" if value >= 10 else f"{value:.2f} {unit}"
-
-
 def fmt_count(n: float) -> str:
     return f"{n:,.0f}" if n >= 100 or n == int(n) else f"{n:,.1f}"
 
@@ -122,10 +126,8 @@ def machine_line(report: dict[str, Any]) -> str:
     model = m.get("cpu_model") or m.get("cpu", {}).get("brand_raw") or m.get("processor", "")
     python = f"{m.get('python_implementation', 'Python')} {m.get('python_version', '?')}"
     cython = f", Cython {m['cython_version']}" if m.get("cython_version") else ""
-    commit = m.get("hbroker_commit") or report.get("commit_info", {}).get("id", "?")[:7]
     return (f"Machine: {cpus} CPUs{f' ({model})' if model else ''}, "
-            f"{m.get('platform') or m.get('system', '')}; {python}{cython}; "
-            f"hbroker commit {commit}.")
+            f"{m.get('platform') or m.get('system', '')}; {python}{cython}.")
 
 
 def share_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -157,11 +159,14 @@ def markdown(report: dict[str, Any], json_path: Path | None) -> str:
         raw = f" Raw statistics: `{json_path}`."
     benches = report["benchmarks"]
     opts = benches[0]["options"] if benches else {}
+    banner = provenance_banner(report)
+    commit = short(report_provenance(report)["commit"])
     lines = [
         SECTION,
         "",
-        f"Written by `bench/micro/report.py` on {when}{took}. {machine_line(report)}{raw}"
-        f"{quick}",
+        *([banner, ""] if banner else []),
+        f"Written by `bench/micro/report.py` on {when}{took}, measuring commit `{commit}`. "
+        f"{machine_line(report)}{raw}{quick}",
         "",
         "Single calls of the Cython extensions on fixed, deterministic inputs "
         "(`bench/micro/`, see its README), timed by pytest-benchmark "
@@ -204,16 +209,6 @@ def markdown(report: dict[str, Any], json_path: Path | None) -> str:
         lines += [f"Other processes used {run['other_cpu'] * 100:.0f} % of a CPU on average "
                   "while this ran (the benchmarks use one).", ""]
     return "\n".join(lines)
-
-
-def stale_extensions() -> list[str]:
-    """Extensions older than their .pyx: the benchmarks would measure old code."""
-    stale = []
-    for pyx in sorted((ROOT / "hbroker_ext").glob("*.pyx")):
-        built = list(pyx.parent.glob(pyx.stem + ".*.so"))
-        if not built or max(p.stat().st_mtime for p in built) < pyx.stat().st_mtime:
-            stale.append(pyx.name)
-    return stale
 
 
 def busy_cpu_seconds() -> float | None:
@@ -266,35 +261,68 @@ def main() -> int:
                         help="Markdown file whose section is replaced (default "
                              "bench/RESULTS.md)")
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
-                        help="run nothing: rewrite the section from a results file")
+                        help="run nothing: rewrite the section from a results file (the "
+                             "committed RESULTS.md only from bench/results/micro.json)")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="a local experiment: run although the code or the benchmarks "
+                             "have uncommitted changes; results written like --quick")
     args = parser.parse_args()
 
     if args.render is not None:
         report = json.loads(args.render.read_text())
-        write_section(args.markdown or RESULTS_MD, SECTION, markdown(report, args.render))
-        return 0
+        md = args.markdown or RESULTS_MD
+        try:
+            check_outputs([md], provenance())
+            if is_committed_output(md) and args.render.resolve() != RESULTS_JSON:
+                raise BenchError(f"{md} holds the figures of {RESULTS_JSON.relative_to(ROOT)}"
+                                 f"; render {args.render} elsewhere (--markdown)")
+        except BenchError as exc:
+            print(f"report.py: {exc}", file=sys.stderr)
+            return 2
+        write_section(md, SECTION, markdown(report, args.render))
+        return update_readme() if Path(md).resolve() == RESULTS_MD else 0
 
-    partial = args.quick or args.select is not None
-    stale = stale_extensions()
-    if stale:
-        print(f"warning: {', '.join(stale)} changed since the extensions were built; "
-              "run `make build` first", file=sys.stderr)
-    quick_json = Path(tempfile.gettempdir()) / "hbroker-bench-micro-quick.json"
+    partial = args.quick or args.select is not None or args.allow_dirty
+    quick_json = scratch_dir("hbroker-bench-micro-quick.json")
     output = (args.output or (quick_json if partial else RESULTS_JSON)).resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
     md_path = args.markdown or (None if partial else RESULTS_MD)
+    start = provenance()
+    try:
+        # a partial run (-k) is as unfit for the committed results as a quick one
+        check_outputs([output, md_path], start,
+                      quick=args.quick or args.select is not None)
+    except BenchError as exc:
+        print(f"report.py: {exc}", file=sys.stderr)
+        return 2
+    if start.stale:
+        print(f"warning: {', '.join(start.stale)} changed since the extensions were built; "
+              "run `make build` first", file=sys.stderr)
+    # pytest-benchmark writes the JSON itself: into the scratch file, moved once checked
+    run_json = quick_json if output != quick_json else output
+    run_json.parent.mkdir(parents=True, exist_ok=True)
 
-    code, cmd, seconds, others = run_suite(output, args.quick, args.select)
+    code, cmd, seconds, others = run_suite(run_json, args.quick, args.select)
     if code != 0:
         print(f"pytest exited with status {code}; nothing rendered", file=sys.stderr)
         return code
-    report = json.loads(output.read_text())
+    prov = settle(start)
+    status = 0
+    try:
+        check_outputs([output, md_path], prov, quick=args.quick)
+    except BenchError as exc:  # the tree changed during the run: keep the results elsewhere
+        print(f"report.py: {exc}", file=sys.stderr)
+        output, md_path, status = quick_json, None, 1
+    report = json.loads(run_json.read_text())
+    report["provenance"] = prov.as_dict()
     report["run"] = {"seconds": round(seconds, 1), "quick": args.quick,
                      "other_cpu": None if others is None else round(others, 3),
-                     "select": args.select, "stale_extensions": stale,
+                     "select": args.select, "stale_extensions": list(prov.stale),
                      "command": shlex.join(Path(c).name if c == sys.executable else c
                                            for c in cmd)}
+    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=1) + "\n")
+    if run_json != output:
+        run_json.unlink(missing_ok=True)
     section = markdown(report, output)
     if md_path is not None:
         write_section(md_path, SECTION, section)
@@ -302,6 +330,20 @@ def main() -> int:
     else:
         print(section)
         print(f"wrote {output}", file=sys.stderr)
+    if md_path is not None and Path(md_path).resolve() == RESULTS_MD and output == RESULTS_JSON:
+        status = update_readme() or status
+    return status
+
+
+def update_readme() -> int:
+    """Rewrites the Performance block of the top README from bench/results/ (readme.py)."""
+    import readme
+
+    try:
+        readme.update()
+    except BenchError as exc:
+        print(f"README not updated: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
