@@ -120,6 +120,9 @@ class Broker(BrokerCore):
         self.connection_rate = ConnectionRate(config.quotas)
         self.topic_limits = topic_limits(config.quotas)
         self.throttled: dict[Connection, float] = {}
+        # Connections closing gracefully after a DISCONNECT or a refusing CONNACK -> (when the
+        # sweep aborts them, their transport): see Connection._linger.
+        self.lingering: dict[Connection, tuple[float, asyncio.BaseTransport]] = {}
         self._dirty: list[Connection] = []
         self.flush_scheduled = False
         # Durable state (None with the memory backend): see hbroker.storage.journal.
@@ -468,8 +471,8 @@ class Broker(BrokerCore):
     # -- the periodic sweep ----------------------------------------------------------
 
     def _sweep(self) -> None:
-        """One timer for the whole broker: connect timeouts, keepalive, delayed wills,
-        session expiry and $SYS. No task or timer per connection."""
+        """One timer for the whole broker: connect timeouts, keepalive, the end of graceful
+        closes, delayed wills, session expiry and $SYS. No task or timer per connection."""
         now = time.monotonic()
         try:
             self.sweep(now)
@@ -486,6 +489,13 @@ class Broker(BrokerCore):
                 if now >= resume_at:
                     del throttled[conn]
                     conn.end_throttle(now)
+        lingering = self.lingering
+        if lingering:
+            for conn, (until, transport) in list(lingering.items()):
+                if now >= until:
+                    # The client neither closed nor went quiet after its DISCONNECT/CONNACK.
+                    del lingering[conn]
+                    transport.abort()
         for conn in list(self.connections):
             if conn.closing:
                 continue

@@ -77,6 +77,9 @@ DEFAULT_RECEIVE_MAXIMUM = 65535
 # 0x88 Server unavailable (an unreachable auth webhook) is not the client's doing.
 AUTH_FAILURES = frozenset((ReasonCode.BAD_USER_NAME_OR_PASSWORD, ReasonCode.NOT_AUTHORIZED,
                            ReasonCode.BAD_AUTHENTICATION_METHOD))
+# After a DISCONNECT or a refusing CONNACK, how long (seconds) the connection still reads and
+# discards what the client sends before the broker's sweep closes it (Connection._linger).
+LINGER_TIMEOUT = 1.5
 
 
 class Connection(ConnectionCore, asyncio.Protocol):
@@ -170,6 +173,7 @@ class Connection(ConnectionCore, asyncio.Protocol):
         broker = self.broker
         broker.connections.discard(self)
         broker.throttled.pop(self, None)
+        broker.lingering.pop(self, None)
         if not self.closing:
             self.closing = True
             self.close_reason = f"connection lost: {exc}" if exc else "closed by client"
@@ -208,33 +212,65 @@ class Connection(ConnectionCore, asyncio.Protocol):
     # -- closing ---------------------------------------------------------------------
 
     def disconnect(self, reason_code: int, reason: str, publish_will: bool) -> None:
-        """Server-initiated close: DISCONNECT with a reason code to a 5.0 client."""
+        """Server-initiated close: DISCONNECT with a reason code to a 5.0 client, then a
+        graceful close (`_linger`); a 3.1.1 client, which has no DISCONNECT to read, is closed
+        at once."""
         if self.closing:
             return
-        if self.protocol_version == 5 and self.connected:
+        told = self.protocol_version == 5 and self.connected
+        if told:
             self.send(Disconnect(reason_code))
-        self._close(reason, publish_will)
+        self._close(reason, publish_will, linger=told)
 
     def abort(self, reason: str) -> None:
         """Close without a word (3.1.1 errors, sockets that never sent CONNECT)."""
         if not self.closing:
             self._close(reason, publish_will=True)
 
-    def _close(self, reason: str, publish_will: bool) -> None:
+    def _close(self, reason: str, publish_will: bool, linger: bool = False) -> None:
+        """Stop handling the connection: nothing more is read or handled, the session is
+        detached and its will decided now. With `linger` (a DISCONNECT or a refusing CONNACK
+        was just written) the socket is closed gracefully (`_linger`), else at once."""
         self.closing = True
         self.close_reason = reason
         self.flush()
-        if self.transport is not None:
+        if linger:
+            self._linger()
+        elif self.transport is not None:
             self.transport.close()
         self.broker.client_gone(self, publish_will, time.monotonic())
+
+    def _linger(self) -> None:
+        """Close gracefully after a DISCONNECT or a refusing CONNACK, so that a client still
+        writing (the PUBRELs of its window, say) reads the reason code: a socket closed with
+        unread input, or receiving input once closed, answers with a reset, and a client whose
+        write fails gives up on what it had not read yet. The write side is shut after the
+        packet (TCP and Unix: a FIN; WebSocket: a Close frame; TLS: close_notify), and what
+        the client still sends is read and discarded (`data_received` ignores a closing
+        connection) until it closes, or for LINGER_TIMEOUT seconds: then the broker's sweep
+        aborts the socket. The transport leaves the connection, so nothing more is written."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.transport = None
+        if not transport.is_reading():
+            transport.resume_reading()  # paused for a throttle or an answer delayed by backoff
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            # TLS: close() sends close_notify after the data, then reads (and discards) until
+            # the client's close_notify or EOF.
+            transport.close()
+        self.broker.lingering[self] = (time.monotonic() + LINGER_TIMEOUT, transport)
 
     def shutdown(self) -> None:
         """The broker is stopping [SIGTERM]: DISCONNECT 0x8B to 5.0 clients."""
         if self.closing:
             return
-        if self.protocol_version == 5 and self.connected:
+        told = self.protocol_version == 5 and self.connected
+        if told:
             self.send(Disconnect(ReasonCode.SERVER_SHUTTING_DOWN))
-        self._close("server shutting down", publish_will=False)
+        self._close("server shutting down", publish_will=False, linger=told)
 
     def protocol_error(self, reason_code: int, message: str) -> None:
         self.broker.stats.protocol_errors += 1
@@ -252,28 +288,41 @@ class Connection(ConnectionCore, asyncio.Protocol):
         if not self.connected:
             # An error in CONNECT itself: a CONNACK can tell the client what was wrong.
             version = self.framer.protocol_version
+            connack: int | None = None
             if code == ReasonCode.UNSUPPORTED_PROTOCOL_VERSION:
                 # [MQTT-3.1.2-2] 3.1.1 return code 0x01 / 5.0 reason code 0x84.
                 self.protocol_version = 4 if version != 5 else 5
-                self.send(Connack(False, connack_code_for(self.protocol_version, code)))
+                connack = connack_code_for(self.protocol_version, code)
             elif version == 5:
                 self.protocol_version = 5
-                self.send(Connack(False, code))
+                connack = code
             self.broker.stats.protocol_errors += 1
             log.warning("bad CONNECT: %s", error, extra={"peer": self.peer,
                                                         "reason": reason_name(code)})
-            self.abort(f"{reason_name(code)}: {error}")
+            if connack is None:
+                self.abort(f"{reason_name(code)}: {error}")
+            else:
+                self.send(Connack(False, connack))
+                self._close(f"{reason_name(code)}: {error}", publish_will=True, linger=True)
             return
         self.protocol_error(code, str(error))
 
     # -- CONNECT -----------------------------------------------------------------------
 
     def refuse_connect(self, reason_code: int, why: str) -> None:
-        self.send(Connack(False, connack_code_for(self.protocol_version, reason_code)))
+        """CONNACK with the reason code, then a graceful close [MQTT-3.2.2-7]; a 3.1.1
+        refusal that no return code fits is closed without a CONNACK [MQTT-3.2.2-6]."""
+        code = connack_code_for(self.protocol_version, reason_code)
+        if code is None:
+            why += " (closed without CONNACK: no 3.1.1 return code says it)"
         log.info("connection refused: %s", why, extra={
             "client_id": self.client_id, "peer": self.peer, "protocol": self.protocol_version,
             "username": self.username, "reason": reason_name(reason_code)})
-        self.abort(f"CONNECT refused: {why}")
+        if code is None:
+            self.abort(f"CONNECT refused: {why}")
+            return
+        self.send(Connack(False, code))
+        self._close(f"CONNECT refused: {why}", publish_will=True, linger=True)
 
     def refuse_auth(self, reason_code: int, why: str) -> None:
         """A CONNECT refused for its credentials: logged, audited (on_auth_failed) and, when
@@ -306,10 +355,12 @@ class Connection(ConnectionCore, asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        self.write_output([encode(Connack(False, connack_code_for(self.protocol_version,
-                                                                  reason_code)),
-                                  self.protocol_version)])
-        transport.close()
+        code = connack_code_for(self.protocol_version, reason_code)
+        if code is None:  # [MQTT-3.2.2-6]
+            transport.close()
+            return
+        self.write_output([encode(Connack(False, code), self.protocol_version)])
+        self._linger()
 
     def handle_connect(self, p: Any) -> None:
         if self.connected or self.pending_connect is not None or self.client_info is not None:
