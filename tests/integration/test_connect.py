@@ -158,8 +158,10 @@ def test_will_topic_with_wildcard_is_refused(broker, uid):
     assert [(p.packet_type, p.reason_code) for p in got] == [(2, 0x90)]
 
 
-def test_takeover_sends_0x8e_to_old_v5_connection_and_publishes_its_will(broker, uid):
-    # [MQTT-3.1.4-3] the existing connection is closed; 5.0 tells it why.
+def test_takeover_sends_0x8e_to_old_v5_connection_and_publishes_its_will_as_session_ends(
+        broker, uid):
+    # [MQTT-3.1.4-3] the existing connection is closed; 5.0 tells it why. Its session has no
+    # expiry: it ends with the takeover, and the will goes out.
     watcher = PahoClient(broker.host, broker.port, f"{uid}-w")
     watcher.subscribe(f"{uid}/will", 1)
     old = RawClient(broker.host, broker.port, 5)
@@ -169,6 +171,38 @@ def test_takeover_sends_0x8e_to_old_v5_connection_and_publishes_its_will(broker,
     got = old.closed_by_broker()
     assert [(p.packet_type, p.reason_code) for p in got] == [(14, 0x8E)]
     assert watcher.expect().payload == b"gone"
+
+
+def test_takeover_with_clean_start_1_publishes_the_old_connections_will(broker, uid):
+    # The old session had an expiry, but Clean Start 1 ends it.
+    watcher = PahoClient(broker.host, broker.port, f"{uid}-w")
+    watcher.subscribe(f"{uid}/will", 1)
+    old = RawClient(broker.host, broker.port, 5)
+    old.connect(uid, properties={SESSION_EXPIRY_INTERVAL: 60},
+                will=Will(f"{uid}/will", b"gone", 1))
+    new = RawClient(broker.host, broker.port, 5)
+    assert not new.connect(uid, clean_start=True).session_present
+    assert [p.reason_code for p in old.closed_by_broker()] == [0x8E]
+    assert watcher.expect().payload == b"gone"
+
+
+@pytest.mark.parametrize("version", [5, 4])
+def test_takeover_of_a_persistent_session_does_not_publish_the_old_connections_will(
+        broker, uid, version):
+    # A client reconnecting before its half-open connection timed out takes its session over:
+    # the session goes on, so no will says it went offline (as in Mosquitto).
+    watcher = PahoClient(broker.host, broker.port, f"{uid}-w")
+    watcher.subscribe(f"{uid}/will", 1)
+    expiry = {SESSION_EXPIRY_INTERVAL: 60} if version == 5 else None
+    old = RawClient(broker.host, broker.port, version)
+    old.connect(uid, clean_start=False, properties=expiry,
+                will=Will(f"{uid}/will", b"offline", 1))
+    new = RawClient(broker.host, broker.port, version)
+    assert new.connect(uid, clean_start=False, properties=expiry).session_present
+    assert [p.reason_code for p in old.closed_by_broker()] == ([0x8E] if version == 5 else [])
+    new.publish(f"{uid}/will", b"still online", 1)
+    # The will would have been published during the takeover, before this message.
+    assert watcher.expect().payload == b"still online"
 
 
 def test_takeover_of_v311_connection_closes_it(broker, uid):
