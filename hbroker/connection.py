@@ -26,6 +26,7 @@ from hbroker_ext.codec import (
     PUBCOMP,
     PUBREC,
     PUBREL,
+    REASON_STRING,
     RECEIVE_MAXIMUM,
     REQUEST_RESPONSE_INFORMATION,
     RESPONSE_INFORMATION,
@@ -38,6 +39,7 @@ from hbroker_ext.codec import (
     SUBSCRIPTION_IDENTIFIER_AVAILABLE,
     TOPIC_ALIAS_MAXIMUM,
     UNSUBSCRIBE,
+    USER_PROPERTY,
     WILDCARD_SUBSCRIPTION_AVAILABLE,
     WILL_DELAY_INTERVAL,
     Auth,
@@ -550,29 +552,6 @@ class Connection(ConnectionCore, asyncio.Protocol):
                 expiry = expiration if expiration else NEVER
             send_window = limits.max_inflight
 
-        previous = broker.sessions.get(client_id)
-        broker.remember_identity(info, previous is not None and bool(previous.subscriptions))
-        session, present = broker.open_session(self, client_id, p.clean_start,
-                                               p.protocol_version, now)
-        self.session = session
-        self.connected = True
-        session.expiry_interval = expiry
-        session.send_window = send_window
-        session.publish_quota = broker.new_publish_quota(p.protocol_version, now)
-        if p.will is not None:
-            will = p.will
-            will_props = dict(will.properties) if will.properties else None
-            delay = 0
-            if will_props:
-                delay = will_props.pop(WILL_DELAY_INTERVAL, 0)
-            session.will = Message(will.topic, will.payload, will.qos, will.retain,
-                                   will_props or None, 0, client_id)
-            session.will_delay = delay
-        else:
-            session.will = None
-        if broker.journal is not None:
-            broker.journal.session_changed(session)
-
         if v5:
             if limits.max_inflight != DEFAULT_RECEIVE_MAXIMUM:
                 connack_props[RECEIVE_MAXIMUM] = limits.max_inflight
@@ -596,8 +575,35 @@ class Connection(ConnectionCore, asyncio.Protocol):
                 connack_props[AUTHENTICATION_METHOD] = self.auth_method
                 if auth_data is not None:
                     connack_props[AUTHENTICATION_DATA] = auth_data
-        # [MQTT-3.2.2-2] session present is 0 with clean start.
-        self.send(Connack(present, 0, connack_props or None))
+            if not self._connack_fits(connack_props):
+                return
+
+        previous = broker.sessions.get(client_id)
+        broker.remember_identity(info, previous is not None and bool(previous.subscriptions))
+        session, present = broker.open_session(self, client_id, p.clean_start,
+                                               p.protocol_version, now)
+        self.session = session
+        self.connected = True
+        session.expiry_interval = expiry
+        session.send_window = send_window
+        session.publish_quota = broker.new_publish_quota(p.protocol_version, now)
+        if p.will is not None:
+            will = p.will
+            will_props = dict(will.properties) if will.properties else None
+            delay = 0
+            if will_props:
+                delay = will_props.pop(WILL_DELAY_INTERVAL, 0)
+            session.will = Message(will.topic, will.payload, will.qos, will.retain,
+                                   will_props or None, 0, client_id)
+            session.will_delay = delay
+        else:
+            session.will = None
+        if broker.journal is not None:
+            broker.journal.session_changed(session)
+
+        # [MQTT-3.2.2-2] session present is 0 with clean start. MQTT 3.1 has no such flag:
+        # the byte is reserved there (0), though the session is resumed all the same.
+        self.send(Connack(present and p.protocol_version >= 4, 0, connack_props or None))
         if present:
             session.resend_inflight(now)
             session.drain(now)
@@ -609,6 +615,35 @@ class Connection(ConnectionCore, asyncio.Protocol):
             "clean_start": p.clean_start, "keepalive": keepalive,
             "session_present": present, "username": self.username,
             "listener": listener.name})
+
+    def _connack_fits(self, connack_props: dict[int, Any]) -> bool:
+        """Keep the CONNACK within the client's Maximum Packet Size [MQTT-3.1.2-24]: leave
+        out what the server may leave out (a Reason String or User Property [MQTT-3.2.2-19,
+        MQTT-3.2.2-20]; Response Information, which it MAY return [3.1.2.11.6]). If the rest is
+        still too large (the limits the client must know, an assigned client id), the CONNECT
+        is refused with a bare CONNACK 0x83 (implementation specific error: "valid but not
+        accepted by this Server"), or closed without one below its 5 bytes; returns False."""
+        limit = self.max_packet_size_out
+        if limit >= PROTOCOL_MAX_PACKET_SIZE:
+            return True
+        size = len(encode(Connack(False, 0, connack_props or None), 5))
+        for optional in (REASON_STRING, USER_PROPERTY, RESPONSE_INFORMATION):
+            if size <= limit:
+                return True
+            if optional in connack_props:
+                del connack_props[optional]
+                size = len(encode(Connack(False, 0, connack_props or None), 5))
+        if size <= limit:
+            return True
+        why = (f"its CONNACK ({size} bytes) would exceed the client's Maximum Packet Size "
+               f"({limit} bytes)")
+        if len(encode(Connack(False, ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR), 5)) > limit:
+            log.info("connection refused: %s (closed without CONNACK: none fits)", why, extra={
+                "client_id": self.client_id, "peer": self.peer, "protocol": 5})
+            self.abort(f"CONNECT refused: {why}")
+        else:
+            self.refuse_connect(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, why)
+        return False
 
     # -- PUBLISH and its acknowledgements ----------------------------------------------
 
@@ -803,11 +838,23 @@ class Connection(ConnectionCore, asyncio.Protocol):
     def handle_unsubscribe(self, p: Any) -> None:
         session = self.session
         assert session is not None
+        v5 = self.protocol_version == 5
         codes = []
         for topic_filter in p.topic_filters:
+            if not valid_topic_filter(topic_filter):
+                # Filters are validated as in SUBSCRIBE [MQTT-4.7.1-2, -3, MQTT-4.7.3-1]. 5.0
+                # answers 0x8F for that filter, as SUBACK does. A 3.1.1 UNSUBACK has no codes,
+                # and nothing states otherwise for UNSUBSCRIBE (SUBACK has its 0x80): the
+                # protocol violation closes the connection [MQTT-4.8.0-1].
+                if not v5:
+                    self.protocol_error(ReasonCode.TOPIC_FILTER_INVALID,
+                                        f"invalid topic filter {topic_filter!r} in UNSUBSCRIBE")
+                    return
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID)
+                continue
             existed = self.broker.unsubscribe(session, topic_filter)
             codes.append(0 if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
-        self.send(Unsuback(p.packet_id, codes if self.protocol_version == 5 else None))
+        self.send(Unsuback(p.packet_id, codes if v5 else None))
 
     # -- the rest ----------------------------------------------------------------------
 

@@ -449,3 +449,47 @@ def test_v311_refusal_without_a_return_code_closes_without_connack(make_broker, 
         assert c.closed_by_broker() == [], will
     assert "closed without CONNACK" in b.log()
 
+
+# -- a CONNACK within the client's Maximum Packet Size -----------------------------------------
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """Everything the broker sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_connack_leaves_out_response_information_beyond_client_maximum_packet_size(broker,
+                                                                                     uid):
+    # [MQTT-3.1.2-24] nothing larger than the client's Maximum Packet Size is sent; Response
+    # Information is the server's to give (it MAY, 3.1.2.11.6), the limits are not.
+    c = RawClient(broker.host, broker.port, 5)
+    c.send(Connect(uid, 5, properties={MAXIMUM_PACKET_SIZE: 40,
+                                       REQUEST_RESPONSE_INFORMATION: 1}))
+    data = c.sock.recv(65536)
+    assert data[0] == 0x20 and len(data) == 2 + data[1] <= 40, data
+    connack = Framer(protocol_version=5).feed(data)[0]
+    assert connack.reason_code == 0
+    assert RESPONSE_INFORMATION not in connack.properties
+    assert connack.properties[RECEIVE_MAXIMUM] == 20
+    roomy = RawClient(broker.host, broker.port, 5)
+    connack = roomy.connect(f"{uid}-r", properties={MAXIMUM_PACKET_SIZE: 200,
+                                                    REQUEST_RESPONSE_INFORMATION: 1})
+    assert connack.properties[RESPONSE_INFORMATION] == f"responses/{uid}-r"
+
+
+def test_connect_is_refused_when_no_connack_fits_client_maximum_packet_size(broker, uid):
+    # The broker's limits (16 bytes of CONNACK here) do not fit in 10 bytes: a bare CONNACK
+    # 0x83 (implementation specific error: "valid but not accepted by this Server") does;
+    # below its 5 bytes no CONNACK at all.
+    c = RawClient(broker.host, broker.port, 5)
+    c.send(Connect(uid, 5, properties={MAXIMUM_PACKET_SIZE: 10}))
+    data = read_to_end(c.sock)
+    assert len(data) <= 10
+    assert [(p.packet_type, p.reason_code, p.properties)
+            for p in Framer(protocol_version=5).feed(data)] == [(2, 0x83, None)]
+    tiny = RawClient(broker.host, broker.port, 5)
+    tiny.send(Connect(f"{uid}-4", 5, properties={MAXIMUM_PACKET_SIZE: 4}))
+    assert read_to_end(tiny.sock) == b""
