@@ -120,6 +120,9 @@ class Broker(BrokerCore):
         self.connection_rate = ConnectionRate(config.quotas)
         self.topic_limits = topic_limits(config.quotas)
         self.throttled: dict[Connection, float] = {}
+        # Connections closing gracefully after a DISCONNECT or a refusing CONNACK -> (when the
+        # sweep aborts them, their transport): see Connection._linger.
+        self.lingering: dict[Connection, tuple[float, asyncio.BaseTransport]] = {}
         self._dirty: list[Connection] = []
         self.flush_scheduled = False
         # Durable state (None with the memory backend): see hbroker.storage.journal.
@@ -183,12 +186,24 @@ class Broker(BrokerCore):
         session_present). An existing connection with the same client id is taken over."""
         session = self.sessions.get(client_id)
         if session is not None and session.connection is not None:
-            # [MQTT-3.1.4-3] the existing connection is closed; its will follows the usual rules.
+            # [MQTT-3.1.4-3] the existing connection is closed. Its will follows the usual
+            # rules with the takeover as the new Network Connection: not published when the
+            # session continues (it has an expiry and Clean Start is 0); when the session ends
+            # (no expiry, or Clean Start 1), published unless a Will Delay Interval is still
+            # running [MQTT-3.1.2-8] (below).
+            continues = session.expiry_interval != 0 and not clean_start
             session.connection.disconnect(ReasonCode.SESSION_TAKEN_OVER, "session taken over",
-                                          publish_will=True)
+                                          publish_will=not continues)
             self.stats.takeovers += 1
             session = self.sessions.get(client_id)  # ended if it had no expiry
         if session is not None and clean_start:
+            if session.will is not None and now < session.will_due:
+                # [MQTT-3.1.2-8] a new Network Connection for the client id opened before the
+                # Will Delay Interval elapsed: the will is not published, though the session
+                # ends.
+                log.info("will not published: the client connected again within its will "
+                         "delay", extra={"client_id": client_id})
+                session.will = None
             self.end_session(session, publish_will=True, now=now)
             session = None
         present = session is not None
@@ -197,7 +212,10 @@ class Broker(BrokerCore):
             self.sessions[client_id] = session
         else:
             # A new connection for the session before the will delay elapsed: no will
-            # [MQTT-3.1.3-9].
+            # [MQTT-3.1.2-8, MQTT-3.1.3-9].
+            if session.will is not None:
+                log.info("will not published: the client connected again within its will "
+                         "delay", extra={"client_id": client_id})
             session.will = None
             session.will_due = 0
             self._offline.discard(session)
@@ -468,8 +486,8 @@ class Broker(BrokerCore):
     # -- the periodic sweep ----------------------------------------------------------
 
     def _sweep(self) -> None:
-        """One timer for the whole broker: connect timeouts, keepalive, delayed wills,
-        session expiry and $SYS. No task or timer per connection."""
+        """One timer for the whole broker: connect timeouts, keepalive, the end of graceful
+        closes, delayed wills, session expiry and $SYS. No task or timer per connection."""
         now = time.monotonic()
         try:
             self.sweep(now)
@@ -486,6 +504,13 @@ class Broker(BrokerCore):
                 if now >= resume_at:
                     del throttled[conn]
                     conn.end_throttle(now)
+        lingering = self.lingering
+        if lingering:
+            for conn, (until, transport) in list(lingering.items()):
+                if now >= until:
+                    # The client neither closed nor went quiet after its DISCONNECT/CONNACK.
+                    del lingering[conn]
+                    transport.abort()
         for conn in list(self.connections):
             if conn.closing:
                 continue

@@ -26,6 +26,7 @@ from hbroker_ext.codec import (
     PUBCOMP,
     PUBREC,
     PUBREL,
+    REASON_STRING,
     RECEIVE_MAXIMUM,
     REQUEST_RESPONSE_INFORMATION,
     RESPONSE_INFORMATION,
@@ -38,6 +39,7 @@ from hbroker_ext.codec import (
     SUBSCRIPTION_IDENTIFIER_AVAILABLE,
     TOPIC_ALIAS_MAXIMUM,
     UNSUBSCRIBE,
+    USER_PROPERTY,
     WILDCARD_SUBSCRIPTION_AVAILABLE,
     WILL_DELAY_INTERVAL,
     Auth,
@@ -77,6 +79,9 @@ DEFAULT_RECEIVE_MAXIMUM = 65535
 # 0x88 Server unavailable (an unreachable auth webhook) is not the client's doing.
 AUTH_FAILURES = frozenset((ReasonCode.BAD_USER_NAME_OR_PASSWORD, ReasonCode.NOT_AUTHORIZED,
                            ReasonCode.BAD_AUTHENTICATION_METHOD))
+# After a DISCONNECT or a refusing CONNACK, how long (seconds) the connection still reads and
+# discards what the client sends before the broker's sweep closes it (Connection._linger).
+LINGER_TIMEOUT = 1.5
 
 
 class Connection(ConnectionCore, asyncio.Protocol):
@@ -170,6 +175,7 @@ class Connection(ConnectionCore, asyncio.Protocol):
         broker = self.broker
         broker.connections.discard(self)
         broker.throttled.pop(self, None)
+        broker.lingering.pop(self, None)
         if not self.closing:
             self.closing = True
             self.close_reason = f"connection lost: {exc}" if exc else "closed by client"
@@ -208,33 +214,65 @@ class Connection(ConnectionCore, asyncio.Protocol):
     # -- closing ---------------------------------------------------------------------
 
     def disconnect(self, reason_code: int, reason: str, publish_will: bool) -> None:
-        """Server-initiated close: DISCONNECT with a reason code to a 5.0 client."""
+        """Server-initiated close: DISCONNECT with a reason code to a 5.0 client, then a
+        graceful close (`_linger`); a 3.1.1 client, which has no DISCONNECT to read, is closed
+        at once."""
         if self.closing:
             return
-        if self.protocol_version == 5 and self.connected:
+        told = self.protocol_version == 5 and self.connected
+        if told:
             self.send(Disconnect(reason_code))
-        self._close(reason, publish_will)
+        self._close(reason, publish_will, linger=told)
 
     def abort(self, reason: str) -> None:
         """Close without a word (3.1.1 errors, sockets that never sent CONNECT)."""
         if not self.closing:
             self._close(reason, publish_will=True)
 
-    def _close(self, reason: str, publish_will: bool) -> None:
+    def _close(self, reason: str, publish_will: bool, linger: bool = False) -> None:
+        """Stop handling the connection: nothing more is read or handled, the session is
+        detached and its will decided now. With `linger` (a DISCONNECT or a refusing CONNACK
+        was just written) the socket is closed gracefully (`_linger`), else at once."""
         self.closing = True
         self.close_reason = reason
         self.flush()
-        if self.transport is not None:
+        if linger:
+            self._linger()
+        elif self.transport is not None:
             self.transport.close()
         self.broker.client_gone(self, publish_will, time.monotonic())
+
+    def _linger(self) -> None:
+        """Close gracefully after a DISCONNECT or a refusing CONNACK, so that a client still
+        writing (the PUBRELs of its window, say) reads the reason code: a socket closed with
+        unread input, or receiving input once closed, answers with a reset, and a client whose
+        write fails gives up on what it had not read yet. The write side is shut after the
+        packet (TCP and Unix: a FIN; WebSocket: a Close frame; TLS: close_notify), and what
+        the client still sends is read and discarded (`data_received` ignores a closing
+        connection) until it closes, or for LINGER_TIMEOUT seconds: then the broker's sweep
+        aborts the socket. The transport leaves the connection, so nothing more is written."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.transport = None
+        if not transport.is_reading():
+            transport.resume_reading()  # paused for a throttle or an answer delayed by backoff
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            # TLS: close() sends close_notify after the data, then reads (and discards) until
+            # the client's close_notify or EOF.
+            transport.close()
+        self.broker.lingering[self] = (time.monotonic() + LINGER_TIMEOUT, transport)
 
     def shutdown(self) -> None:
         """The broker is stopping [SIGTERM]: DISCONNECT 0x8B to 5.0 clients."""
         if self.closing:
             return
-        if self.protocol_version == 5 and self.connected:
+        told = self.protocol_version == 5 and self.connected
+        if told:
             self.send(Disconnect(ReasonCode.SERVER_SHUTTING_DOWN))
-        self._close("server shutting down", publish_will=False)
+        self._close("server shutting down", publish_will=False, linger=told)
 
     def protocol_error(self, reason_code: int, message: str) -> None:
         self.broker.stats.protocol_errors += 1
@@ -252,28 +290,41 @@ class Connection(ConnectionCore, asyncio.Protocol):
         if not self.connected:
             # An error in CONNECT itself: a CONNACK can tell the client what was wrong.
             version = self.framer.protocol_version
+            connack: int | None = None
             if code == ReasonCode.UNSUPPORTED_PROTOCOL_VERSION:
                 # [MQTT-3.1.2-2] 3.1.1 return code 0x01 / 5.0 reason code 0x84.
                 self.protocol_version = 4 if version != 5 else 5
-                self.send(Connack(False, connack_code_for(self.protocol_version, code)))
+                connack = connack_code_for(self.protocol_version, code)
             elif version == 5:
                 self.protocol_version = 5
-                self.send(Connack(False, code))
+                connack = code
             self.broker.stats.protocol_errors += 1
             log.warning("bad CONNECT: %s", error, extra={"peer": self.peer,
                                                         "reason": reason_name(code)})
-            self.abort(f"{reason_name(code)}: {error}")
+            if connack is None:
+                self.abort(f"{reason_name(code)}: {error}")
+            else:
+                self.send(Connack(False, connack))
+                self._close(f"{reason_name(code)}: {error}", publish_will=True, linger=True)
             return
         self.protocol_error(code, str(error))
 
     # -- CONNECT -----------------------------------------------------------------------
 
     def refuse_connect(self, reason_code: int, why: str) -> None:
-        self.send(Connack(False, connack_code_for(self.protocol_version, reason_code)))
+        """CONNACK with the reason code, then a graceful close [MQTT-3.2.2-7]; a 3.1.1
+        refusal that no return code fits is closed without a CONNACK [MQTT-3.2.2-6]."""
+        code = connack_code_for(self.protocol_version, reason_code)
+        if code is None:
+            why += " (closed without CONNACK: no 3.1.1 return code says it)"
         log.info("connection refused: %s", why, extra={
             "client_id": self.client_id, "peer": self.peer, "protocol": self.protocol_version,
             "username": self.username, "reason": reason_name(reason_code)})
-        self.abort(f"CONNECT refused: {why}")
+        if code is None:
+            self.abort(f"CONNECT refused: {why}")
+            return
+        self.send(Connack(False, code))
+        self._close(f"CONNECT refused: {why}", publish_will=True, linger=True)
 
     def refuse_auth(self, reason_code: int, why: str) -> None:
         """A CONNECT refused for its credentials: logged, audited (on_auth_failed) and, when
@@ -306,10 +357,12 @@ class Connection(ConnectionCore, asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        self.write_output([encode(Connack(False, connack_code_for(self.protocol_version,
-                                                                  reason_code)),
-                                  self.protocol_version)])
-        transport.close()
+        code = connack_code_for(self.protocol_version, reason_code)
+        if code is None:  # [MQTT-3.2.2-6]
+            transport.close()
+            return
+        self.write_output([encode(Connack(False, code), self.protocol_version)])
+        self._linger()
 
     def handle_connect(self, p: Any) -> None:
         if self.connected or self.pending_connect is not None or self.client_info is not None:
@@ -499,29 +552,6 @@ class Connection(ConnectionCore, asyncio.Protocol):
                 expiry = expiration if expiration else NEVER
             send_window = limits.max_inflight
 
-        previous = broker.sessions.get(client_id)
-        broker.remember_identity(info, previous is not None and bool(previous.subscriptions))
-        session, present = broker.open_session(self, client_id, p.clean_start,
-                                               p.protocol_version, now)
-        self.session = session
-        self.connected = True
-        session.expiry_interval = expiry
-        session.send_window = send_window
-        session.publish_quota = broker.new_publish_quota(p.protocol_version, now)
-        if p.will is not None:
-            will = p.will
-            will_props = dict(will.properties) if will.properties else None
-            delay = 0
-            if will_props:
-                delay = will_props.pop(WILL_DELAY_INTERVAL, 0)
-            session.will = Message(will.topic, will.payload, will.qos, will.retain,
-                                   will_props or None, 0, client_id)
-            session.will_delay = delay
-        else:
-            session.will = None
-        if broker.journal is not None:
-            broker.journal.session_changed(session)
-
         if v5:
             if limits.max_inflight != DEFAULT_RECEIVE_MAXIMUM:
                 connack_props[RECEIVE_MAXIMUM] = limits.max_inflight
@@ -545,8 +575,35 @@ class Connection(ConnectionCore, asyncio.Protocol):
                 connack_props[AUTHENTICATION_METHOD] = self.auth_method
                 if auth_data is not None:
                     connack_props[AUTHENTICATION_DATA] = auth_data
-        # [MQTT-3.2.2-2] session present is 0 with clean start.
-        self.send(Connack(present, 0, connack_props or None))
+            if not self._connack_fits(connack_props):
+                return
+
+        previous = broker.sessions.get(client_id)
+        broker.remember_identity(info, previous is not None and bool(previous.subscriptions))
+        session, present = broker.open_session(self, client_id, p.clean_start,
+                                               p.protocol_version, now)
+        self.session = session
+        self.connected = True
+        session.expiry_interval = expiry
+        session.send_window = send_window
+        session.publish_quota = broker.new_publish_quota(p.protocol_version, now)
+        if p.will is not None:
+            will = p.will
+            will_props = dict(will.properties) if will.properties else None
+            delay = 0
+            if will_props:
+                delay = will_props.pop(WILL_DELAY_INTERVAL, 0)
+            session.will = Message(will.topic, will.payload, will.qos, will.retain,
+                                   will_props or None, 0, client_id)
+            session.will_delay = delay
+        else:
+            session.will = None
+        if broker.journal is not None:
+            broker.journal.session_changed(session)
+
+        # [MQTT-3.2.2-2] session present is 0 with clean start. MQTT 3.1 has no such flag:
+        # the byte is reserved there (0), though the session is resumed all the same.
+        self.send(Connack(present and p.protocol_version >= 4, 0, connack_props or None))
         if present:
             session.resend_inflight(now)
             session.drain(now)
@@ -558,6 +615,35 @@ class Connection(ConnectionCore, asyncio.Protocol):
             "clean_start": p.clean_start, "keepalive": keepalive,
             "session_present": present, "username": self.username,
             "listener": listener.name})
+
+    def _connack_fits(self, connack_props: dict[int, Any]) -> bool:
+        """Keep the CONNACK within the client's Maximum Packet Size [MQTT-3.1.2-24]: leave
+        out what the server may leave out (a Reason String or User Property [MQTT-3.2.2-19,
+        MQTT-3.2.2-20]; Response Information, which it MAY return [3.1.2.11.6]). If the rest is
+        still too large (the limits the client must know, an assigned client id), the CONNECT
+        is refused with a bare CONNACK 0x83 (implementation specific error: "valid but not
+        accepted by this Server"), or closed without one below its 5 bytes; returns False."""
+        limit = self.max_packet_size_out
+        if limit >= PROTOCOL_MAX_PACKET_SIZE:
+            return True
+        size = len(encode(Connack(False, 0, connack_props or None), 5))
+        for optional in (REASON_STRING, USER_PROPERTY, RESPONSE_INFORMATION):
+            if size <= limit:
+                return True
+            if optional in connack_props:
+                del connack_props[optional]
+                size = len(encode(Connack(False, 0, connack_props or None), 5))
+        if size <= limit:
+            return True
+        why = (f"its CONNACK ({size} bytes) would exceed the client's Maximum Packet Size "
+               f"({limit} bytes)")
+        if len(encode(Connack(False, ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR), 5)) > limit:
+            log.info("connection refused: %s (closed without CONNACK: none fits)", why, extra={
+                "client_id": self.client_id, "peer": self.peer, "protocol": 5})
+            self.abort(f"CONNECT refused: {why}")
+        else:
+            self.refuse_connect(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, why)
+        return False
 
     # -- PUBLISH and its acknowledgements ----------------------------------------------
 
@@ -752,11 +838,23 @@ class Connection(ConnectionCore, asyncio.Protocol):
     def handle_unsubscribe(self, p: Any) -> None:
         session = self.session
         assert session is not None
+        v5 = self.protocol_version == 5
         codes = []
         for topic_filter in p.topic_filters:
+            if not valid_topic_filter(topic_filter):
+                # Filters are validated as in SUBSCRIBE [MQTT-4.7.1-2, -3, MQTT-4.7.3-1]. 5.0
+                # answers 0x8F for that filter, as SUBACK does. A 3.1.1 UNSUBACK has no codes,
+                # and nothing states otherwise for UNSUBSCRIBE (SUBACK has its 0x80): the
+                # protocol violation closes the connection [MQTT-4.8.0-1].
+                if not v5:
+                    self.protocol_error(ReasonCode.TOPIC_FILTER_INVALID,
+                                        f"invalid topic filter {topic_filter!r} in UNSUBSCRIBE")
+                    return
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID)
+                continue
             existed = self.broker.unsubscribe(session, topic_filter)
             codes.append(0 if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
-        self.send(Unsuback(p.packet_id, codes if self.protocol_version == 5 else None))
+        self.send(Unsuback(p.packet_id, codes if v5 else None))
 
     # -- the rest ----------------------------------------------------------------------
 

@@ -60,23 +60,30 @@ class ConnackReturnCode(IntEnum):
     NOT_AUTHORIZED = 0x05
 
 
-# How a 5.0 CONNACK reason code reads to a 3.1.1 client.
+# The 5.0 CONNACK reason codes that mean the same as a 3.1.1 return code (3.1.1 section
+# 3.2.2.3, which MQTT 3.1 shares). The others have no equivalent: 0x03 "Server unavailable"
+# tells a client to try again later, which would be wrong for, say, an invalid will topic.
 CONNACK_V5_TO_V311: dict[int, int] = {
     ReasonCode.SUCCESS: ConnackReturnCode.ACCEPTED,
     ReasonCode.UNSUPPORTED_PROTOCOL_VERSION: ConnackReturnCode.UNACCEPTABLE_PROTOCOL_VERSION,
     ReasonCode.CLIENT_IDENTIFIER_NOT_VALID: ConnackReturnCode.IDENTIFIER_REJECTED,
+    # "The Network Connection has been made but the MQTT service is unavailable": the
+    # service itself (an unreachable authentication webhook), busy, or stopping.
+    ReasonCode.SERVER_UNAVAILABLE: ConnackReturnCode.SERVER_UNAVAILABLE,
+    ReasonCode.SERVER_BUSY: ConnackReturnCode.SERVER_UNAVAILABLE,
+    ReasonCode.SERVER_SHUTTING_DOWN: ConnackReturnCode.SERVER_UNAVAILABLE,
     ReasonCode.BAD_USER_NAME_OR_PASSWORD: ConnackReturnCode.BAD_USER_NAME_OR_PASSWORD,
     ReasonCode.NOT_AUTHORIZED: ConnackReturnCode.NOT_AUTHORIZED,
-    ReasonCode.BANNED: ConnackReturnCode.NOT_AUTHORIZED,
-    ReasonCode.BAD_AUTHENTICATION_METHOD: ConnackReturnCode.BAD_USER_NAME_OR_PASSWORD,
+    ReasonCode.BANNED: ConnackReturnCode.NOT_AUTHORIZED,  # "not authorized to connect"
 }
 
 
-def connack_code_for(protocol_version: int, reason_code: int) -> int:
-    """The CONNACK code to send: the 5.0 reason code itself, or its 3.1.1 equivalent."""
+def connack_code_for(protocol_version: int, reason_code: int) -> int | None:
+    """The CONNACK code to send: the 5.0 reason code itself, or its 3.1.1 equivalent; None
+    when 3.1.1 has none: the connection is then closed without a CONNACK [MQTT-3.2.2-6]."""
     if protocol_version == 5:
         return reason_code
-    return CONNACK_V5_TO_V311.get(reason_code, ConnackReturnCode.SERVER_UNAVAILABLE)
+    return CONNACK_V5_TO_V311.get(reason_code)
 
 
 def reason_name(code: int) -> str:

@@ -53,7 +53,11 @@ class WebSocketTransport(asyncio.Transport):
         return self._carrier.is_closing()
 
     def can_write_eof(self) -> bool:
-        return False
+        return True
+
+    def write_eof(self) -> None:
+        """No more writes: a WebSocket Close frame (see WebSocketProtocol.write_eof)."""
+        self._carrier.write_eof()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._carrier.get_extra_info(name, default)
@@ -174,6 +178,18 @@ class WebSocketProtocol(asyncio.Protocol):
         self._send_pending()
         if self.transport is not None:
             self.transport.close()
+
+    def write_eof(self) -> None:
+        """The MQTT connection writes no more (after a DISCONNECT or a refusing CONNACK): a
+        Close frame after its data, the socket kept open. What the client still sends is read
+        (its frames go to the MQTT connection, which is closing and ignores them) until its
+        own Close frame, after which websockets ends the stream and `_send_pending` closes
+        the socket [RFC 6455 section 7.1.1], or until the connection aborts it."""
+        if self.closing or self.ws.state is not State.OPEN:
+            self.close()
+            return
+        self.ws.send_close(CloseCode.NORMAL_CLOSURE)
+        self._send_pending()
 
     def abort(self) -> None:
         self.closing = True

@@ -3,7 +3,7 @@
 import time
 
 from clients import QUIET, PahoClient, RawClient
-from hbroker_ext.codec import SESSION_EXPIRY_INTERVAL, Disconnect, Puback
+from hbroker_ext.codec import SESSION_EXPIRY_INTERVAL, Connect, Disconnect, Puback
 
 
 def test_clean_session_1_discards_previous_session_in_v311(broker, uid):
@@ -153,3 +153,20 @@ def test_subscriptions_survive_in_resumed_session(broker, uid):
     assert msg.payload == b"still here"
     c2.send(Puback(msg.packet_id))
     assert c2.recv_or_none(QUIET) is None
+
+
+def test_v31_connack_has_no_session_present_flag(broker, uid):
+    # MQTT 3.1's CONNACK has a reserved byte where 3.1.1 put Session Present: it is 0, also
+    # when the session is resumed (its offline message still arrives).
+    client_id = uid[-23:]  # MQTT 3.1 client ids have at most 23 characters
+    c = RawClient(broker.host, broker.port, 3)
+    c.connect(client_id, clean_start=False)
+    c.subscribe(f"{uid}/t", 1)
+    c.send(Disconnect())
+    assert c.closed_by_broker() == []
+    pub = PahoClient(broker.host, broker.port, f"{uid}-p")
+    pub.publish(f"{uid}/t", b"kept", 1)
+    again = RawClient(broker.host, broker.port, 3)
+    again.send(Connect(client_id, 3, "MQIsdp", False, 60))
+    assert again.sock.recv(4) == b"\x20\x02\x00\x00"
+    assert again.recv_type(3).payload == b"kept"

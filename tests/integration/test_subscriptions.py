@@ -127,6 +127,21 @@ def test_unsubscribe_stops_delivery_and_reports_missing_subscription(broker, uid
     assert c.recv_or_none(QUIET) is None
 
 
+def test_invalid_unsubscribe_filter_gets_0x8f_in_v5_and_closes_v311(broker, uid):
+    # UNSUBSCRIBE filters are validated as SUBSCRIBE's [MQTT-4.7.1-2, -3, MQTT-4.7.3-1]: 5.0
+    # answers 0x8F (not 0x11 No subscription existed); a 3.1.1 UNSUBACK has no codes, so the
+    # protocol violation closes the connection [MQTT-4.8.0-1].
+    c = RawClient(broker.host, broker.port, 5)
+    c.connect(uid)
+    c.subscribe(f"{uid}/t", 0)
+    c.send(Unsubscribe(2, ["", f"{uid}/t", f"{uid}/#/x", "$share//t"]))
+    assert c.recv_type(11).reason_codes == [0x8F, 0, 0x8F, 0x8F]
+    c4 = RawClient(broker.host, broker.port, 4)
+    c4.connect(f"{uid}-4")
+    c4.send(Unsubscribe(1, [""]))
+    assert c4.closed_by_broker() == []
+
+
 def test_wildcard_subscription_refused_when_not_available(make_broker, uid):
     b = make_broker(limits={"wildcard_subscription_available": False})
     c = RawClient(b.host, b.port, 5)

@@ -2,7 +2,7 @@
 
 import time
 
-from clients import QUIET, PahoClient, RawClient
+from clients import QUIET, WAIT, PahoClient, RawClient
 from hbroker_ext.codec import (
     SESSION_EXPIRY_INTERVAL,
     WILL_DELAY_INTERVAL,
@@ -110,3 +110,47 @@ def test_no_will_when_none_was_set(broker, uid):
     c.connect(uid)
     c.close()
     watcher.expect_none(QUIET)
+
+
+def wait_for_log(broker, text: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while text not in broker.log():
+        assert time.monotonic() < deadline, f"{text!r} not logged"
+        time.sleep(0.05)
+
+
+def will_with_delay(topic: str, delay: int) -> tuple:
+    props = Properties(PacketTypes.WILLMESSAGE)
+    props.WillDelayInterval = delay
+    return (topic, b"offline", 1, False, props)
+
+
+def test_will_is_not_published_when_client_reconnects_with_clean_start_within_will_delay(
+        broker, uid):
+    # [MQTT-3.1.2-8] no will when "a new Network Connection for the ClientID is opened before
+    # the Will Delay Interval has elapsed", also when Clean Start 1 then ends the old session.
+    watcher = PahoClient(broker.host, broker.port, f"{uid}-w")
+    watcher.subscribe(f"{uid}/will", 1)
+    c = PahoClient(broker.host, broker.port, uid, session_expiry=60,
+                   will=will_with_delay(f"{uid}/will", 3))
+    c.drop()
+    wait_for_log(broker, f"connection closed client_id={uid} ")  # gone, not taken over
+    again = PahoClient(broker.host, broker.port, uid, clean=True)
+    assert not again.session_present
+    again.publish(f"{uid}/will", b"back", 1)
+    # The will would have been published as the new connection opened, before this message.
+    assert watcher.expect().payload == b"back"
+
+
+def test_takeover_with_clean_start_1_within_will_delay_does_not_publish_the_will(broker, uid):
+    # The same rule when the old connection is still open: the takeover is the new Network
+    # Connection, opened before the Will Delay Interval elapsed.
+    watcher = PahoClient(broker.host, broker.port, f"{uid}-w")
+    watcher.subscribe(f"{uid}/will", 1)
+    old = RawClient(broker.host, broker.port, 5)
+    old.connect(uid, properties={SESSION_EXPIRY_INTERVAL: 60},
+                will=Will(f"{uid}/will", b"offline", 1, False, {WILL_DELAY_INTERVAL: 3}))
+    again = PahoClient(broker.host, broker.port, uid, clean=True)
+    assert [p.reason_code for p in old.closed_by_broker()] == [0x8E]
+    again.publish(f"{uid}/will", b"back", 1)
+    assert watcher.expect().payload == b"back"
