@@ -70,11 +70,17 @@ class ListenerConfig:
                                              "accepted: 3 (3.1), 4 (3.1.1), 5 (5.0). A client "
                                              "of another version is refused with CONNACK "
                                              "0x01 (3.1/3.1.1) or 0x84 (5.0).")
-    allow_anonymous: bool | None = opt(None, "Accept clients that give no username (and no "
-                                       "certificate identity used as username). Unset: `true` "
-                                       "on `unix` listeners and on loopback addresses, `false` "
-                                       "on every other listener. A refused client gets CONNACK "
-                                       "0x05 (3.1.1) or 0x87 (5.0).")
+    allow_anonymous: bool | None = opt(None, "Accept clients that no authentication source "
+                                       "vouches for: clients that give no username, and "
+                                       "clients whose username no source of this listener "
+                                       "checks. With `false`, a client is admitted only when "
+                                       "a source accepted it (a password file, the webhook, "
+                                       "SCRAM, or its certificate with "
+                                       "`use_identity_as_username`), and a listener without "
+                                       "any such source is a configuration error. Unset: "
+                                       "`true` on `unix` listeners and on loopback addresses, "
+                                       "`false` on every other listener. A refused client gets "
+                                       "CONNACK 0x05 (3.1.1) or 0x87 (5.0).")
     certfile: str = opt("", "`tls`/`wss`: PEM file with the server certificate (and its chain). "
                         "Required. Re-read on SIGHUP.")
     keyfile: str = opt("", "`tls`/`wss`: PEM file with the private key of `certfile`. "
@@ -664,14 +670,14 @@ def parse_config(data: dict[str, Any], where: str) -> Config:
 
 def _check_auth(where: str, auth: AuthConfig | None,
                 listeners: tuple[ListenerConfig, ...]) -> None:
+    if auth is not None and auth.scram and not auth.password_file \
+            and not any(lc.password_file for lc in listeners):
+        raise ConfigError(f"{where}: auth.password_file: expected the password file holding "
+                          "the SCRAM keys (auth.scram is true), got nothing")
     for i, lc in enumerate(listeners):
         _check_listener_auth(where, f"listeners[{i}]", lc, auth or AuthConfig())
     if auth is None:
         return
-    if auth.scram and not auth.password_file \
-            and not any(lc.password_file for lc in listeners):
-        raise ConfigError(f"{where}: auth.password_file: expected the password file holding "
-                          "the SCRAM keys (auth.scram is true), got nothing")
     url = auth.webhook_url
     if url and not (url.startswith(("http://", "https://")) and len(url.split("/", 3)[2])):
         raise ConfigError(f'{where}: auth.webhook_url: expected an http:// or https:// URL, '
@@ -689,20 +695,32 @@ def _check_listener_auth(where: str, prefix: str, lc: ListenerConfig,
     if lc.password_file and "password_file" not in sources and "scram" not in sources:
         raise ConfigError(f"{where}: {prefix}.password_file: not used: {prefix}.auth names "
                           "neither 'password_file' nor 'scram'")
-    if sources == AUTH_SOURCES:
-        return  # the default: every source configured in [auth]
-    configured = {"password_file": bool(lc.password_file or auth.password_file),
-                  "webhook": bool(auth.webhook_url), "scram": auth.scram}
-    needs = {"password_file": f"{prefix}.password_file or auth.password_file",
-             "webhook": "auth.webhook_url", "scram": "auth.scram = true"}
-    for source in sources:
-        if not configured[source]:
-            raise ConfigError(f'{where}: {prefix}.auth: "{source}" is not configured (it '
-                              f"needs {needs[source]})")
-    if not sources and not lc.allow_anonymous and not lc.use_identity_as_username:
-        raise ConfigError(f"{where}: {prefix}.auth: an empty list accepts any username "
-                          "without a check; set allow_anonymous = true to mean that, or "
-                          "name a source")
+    has_passwords = bool(lc.password_file or auth.password_file)
+    configured = {"password_file": has_passwords, "webhook": bool(auth.webhook_url),
+                  "scram": auth.scram}
+    if sources != AUTH_SOURCES:  # the default: every source configured in [auth]
+        needs = {"password_file": f"{prefix}.password_file or auth.password_file",
+                 "webhook": "auth.webhook_url", "scram": "auth.scram = true"}
+        for source in sources:
+            if not configured[source]:
+                raise ConfigError(f'{where}: {prefix}.auth: "{source}" is not configured (it '
+                                  f"needs {needs[source]})")
+        if not sources and not lc.allow_anonymous and not lc.use_identity_as_username:
+            raise ConfigError(f"{where}: {prefix}.auth: an empty list accepts any username "
+                              "without a check; set allow_anonymous = true to mean that, or "
+                              "name a source")
+    configured["scram"] = auth.scram and has_passwords  # its keys are in a password file
+    if not lc.allow_anonymous and not lc.use_identity_as_username \
+            and not any(configured[source] for source in sources):
+        # A client is admitted only when a source accepted it (hbroker.connection
+        # authenticate): with none, this listener would refuse every client.
+        local = lc.type == "unix" or is_loopback(lc.host)
+        default = "" if local else ", the default off the loopback address"
+        raise ConfigError(f"{where}: {prefix}: listener {lc.label} admits only authenticated "
+                          f"clients (allow_anonymous is false{default}) but no authentication "
+                          "source applies to it: set a password file "
+                          f"({prefix}.password_file or auth.password_file), auth.webhook_url "
+                          "or use_identity_as_username, or allow_anonymous = true")
 
 
 def load_config(path: str | os.PathLike | None) -> Config:

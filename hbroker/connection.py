@@ -403,27 +403,45 @@ class Connection(ConnectionCore, asyncio.Protocol):
             return
         self.authenticate(p, 0)
 
-    def authenticate(self, p: Any, start: int) -> None:
-        """Ask the authenticate hooks from `start` on; every one must allow. A hook that
-        answers with an awaitable (a password hash in a thread, a webhook) is waited for
-        without blocking the loop: reading stops until it answers, then the rest follow."""
+    def authenticate(self, p: Any, start: int, accepted: bool = False) -> None:
+        """Ask the authenticate hooks from `start` on: each accepts (0), refuses (a reason
+        code) or has no say (None). The client is admitted when none refused and one accepted
+        (`accepted`: one before `start` did), or when its listener admits clients no source
+        vouches for (`allow_anonymous`) or its certificate names it
+        (`use_identity_as_username`). A hook that answers with an awaitable (a password hash
+        in a thread, a webhook) is waited for without blocking the loop: reading stops until
+        it answers, then the rest follow."""
         checks = self.broker.hooks.authenticate
         info = self.client_info
         for i in range(start, len(checks)):
             code = checks[i](info, p.password)
+            if code is None:
+                continue
             if not isinstance(code, int):
                 future = asyncio.ensure_future(code)
                 if self.transport is not None:
                     self.transport.pause_reading()
                 future.add_done_callback(
-                    lambda f, i=i: self._authenticated(p, i, f))  # type: ignore[misc]
+                    lambda f, i=i, a=accepted: self._authenticated(  # type: ignore[misc]
+                        p, i, f, a))
                 return
             if code:
                 self.refuse_auth(code, "authentication failed")
                 return
+            accepted = True
+        listener = self.listener
+        if not (accepted or listener.allow_anonymous or listener.use_identity_as_username):
+            # Nothing vouched for the username (and password) the client gave: no source
+            # applies to this listener, or none accepts such a CONNECT (e.g. a SCRAM-only
+            # listener and a CONNECT without Authentication Method). Mosquitto 2 likewise.
+            self.refuse_auth(ReasonCode.NOT_AUTHORIZED,
+                             f"no authentication source accepted the client on listener "
+                             f"{listener.name}")
+            return
         self.accept_connect(p)
 
-    def _authenticated(self, p: Any, index: int, future: asyncio.Future) -> None:
+    def _authenticated(self, p: Any, index: int, future: asyncio.Future,
+                       accepted: bool) -> None:
         if self.closing:
             return  # the client left while it was being authenticated
         try:
@@ -437,7 +455,7 @@ class Connection(ConnectionCore, asyncio.Protocol):
             return
         if self.transport is not None:
             self.transport.resume_reading()
-        self.authenticate(p, index + 1)
+        self.authenticate(p, index + 1, accepted or code == 0)
 
     def accept_authenticated(self, p: Any, result: AuthResult) -> None:
         """Enhanced authentication succeeded: the method's identity becomes the username,

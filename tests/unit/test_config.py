@@ -117,6 +117,9 @@ format = "json"
 
 [storage]
 backend = "memory"
+
+[auth]
+webhook_url = "https://auth.example/mqtt"
 """)
     config = load_config(path)
     assert config.listeners == (
@@ -170,6 +173,9 @@ max_queued_bytes = 12345678901
 
 [logging]
 format = "json"
+
+[auth]
+webhook_url = "https://auth.example/mqtt"
 """)
     config = load_config(path)
     assert config.listeners[0].name == (

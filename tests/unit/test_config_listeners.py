@@ -31,7 +31,9 @@ def load(tmp_path: Path, text: str) -> tuple[ListenerConfig, ...]:
 ])
 def test_anonymous_clients_are_allowed_by_default_only_on_loopback_and_unix_listeners(
         tmp_path: Path, table: str, anonymous: bool) -> None:
-    lc, = load(tmp_path, f"[[listeners]]\n{table}\n")
+    # (A listener without anonymous clients needs an authentication source: the webhook.)
+    lc, = load(tmp_path, f"[[listeners]]\n{table}\n"
+                         '[auth]\nwebhook_url = "https://auth.example/mqtt"\n')
     assert lc.allow_anonymous is anonymous
 
 
@@ -158,6 +160,15 @@ BAD_LISTENERS: list[tuple[str, str, str]] = [
     ("auth-empty-without-anonymous", 'host = "0.0.0.0"\nauth = []',
      "listeners[0].auth: an empty list accepts any username without a check; set "
      "allow_anonymous = true to mean that, or name a source"),
+    ("no-source-without-anonymous", 'host = "0.0.0.0"\nname = "field"',
+     "listeners[0]: listener field admits only authenticated clients (allow_anonymous is "
+     "false, the default off the loopback address) but no authentication source applies to "
+     "it: set a password file (listeners[0].password_file or auth.password_file), "
+     "auth.webhook_url or use_identity_as_username, or allow_anonymous = true"),
+    ("only-scram-without-password-file",
+     'host = "0.0.0.0"\nauth = ["scram"]\n[auth]\nscram = true',
+     "auth.password_file: expected the password file holding the SCRAM keys (auth.scram is "
+     "true), got nothing"),
     ("password-file-left-out-of-auth",
      'password_file = "p"\nauth = ["webhook"]\n[auth]\nwebhook_url = "http://a/b"',
      "listeners[0].password_file: not used: listeners[0].auth names neither "
