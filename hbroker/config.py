@@ -149,11 +149,26 @@ class ListenerConfig:
 class LimitsConfig:
     max_connections: int = opt(10000, "Most simultaneous network connections; further "
                                "connections are closed at once.", reload=True, minimum=1)
-    max_packet_size: int = opt(268435455, "Largest packet accepted from a client, in bytes "
-                               "(fixed header included). A larger packet closes the connection "
-                               "(5.0: DISCONNECT 0x95). Sent to 5.0 clients as Maximum Packet "
-                               "Size when below the protocol maximum. Applies to new "
+    max_packet_size: int = opt(1048576, "Largest packet accepted from a client once its "
+                               "CONNECT is accepted, in bytes (fixed header included); 1 MiB, "
+                               "as EMQX. A larger packet closes the connection (5.0: "
+                               "DISCONNECT 0x95). Sent to 5.0 clients as Maximum Packet Size "
+                               "when below the protocol maximum (268435460). Applies to new "
                                "connections.", reload=True, minimum=16, maximum=268435460)
+    max_connect_packet_size: int = opt(16384, "Largest CONNECT accepted, in bytes (fixed "
+                                       "header included; at most `max_packet_size`), and the "
+                                       "most a client can make the broker hold before its "
+                                       "CONNECT is accepted: what it sends after the CONNECT "
+                                       "ahead of the CONNACK (held until the CONNECT is "
+                                       "decided, then handled in order) and the AUTH packets "
+                                       "of enhanced authentication share this limit with the "
+                                       "CONNECT. Over it: CONNACK 0x95 (Packet too large) to a "
+                                       "5.0 client, and the connection is closed (3.1.1 has no "
+                                       "return code for it). With `max_connections` = 10000, "
+                                       "connections that are not (yet) authenticated hold at "
+                                       "most 10000 × 16 KiB (156 MiB) at the default. Applies "
+                                       "to new connections.", reload=True, minimum=16,
+                                       maximum=268435460)
     max_inflight: int = opt(20, "Unacknowledged QoS 1/2 messages per client: the Receive "
                             "Maximum announced to 5.0 clients (incoming QoS 2) and the "
                             "outgoing window for 3.1.1 clients (5.0 clients state their own).",

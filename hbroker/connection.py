@@ -99,7 +99,11 @@ class Connection(ConnectionCore, asyncio.Protocol):
         self.certificate_identity: str | None = None
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
-        self.framer = Framer(broker.limits.max_packet_size)
+        # Until its CONNECT is accepted, a connection may make the broker hold at most
+        # max_connect_packet_size bytes: the CONNECT and what follows it (Framer).
+        limits = broker.limits
+        self.framer = Framer(min(limits.max_connect_packet_size, limits.max_packet_size),
+                             connecting=True)
         self.handlers = _HANDLERS
         self.protocol_version = 0
         self.session: Session | None = None
@@ -300,6 +304,7 @@ class Connection(ConnectionCore, asyncio.Protocol):
         self.closing = True  # nothing more is read or handled
         self.close_reason = f"CONNECT refused: {why}"
         self.transport.pause_reading()
+        self.framer.discard()  # nor kept: what the client sent after its CONNECT
         broker.loop.call_later(delay, self._refuse_late, reason_code)
 
     def _refuse_late(self, reason_code: int) -> None:
@@ -394,6 +399,7 @@ class Connection(ConnectionCore, asyncio.Protocol):
                 if result.data is not None:
                     auth_props[AUTHENTICATION_DATA] = result.data
                 self.send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, auth_props))
+                self.framer.resume()  # the client's AUTH (or DISCONNECT) comes next
                 return
             if result.reason_code != ReasonCode.SUCCESS:
                 self.refuse_auth(result.reason_code, f"{method} authentication failed")
@@ -419,6 +425,14 @@ class Connection(ConnectionCore, asyncio.Protocol):
                 continue
             if not isinstance(code, int):
                 future = asyncio.ensure_future(code)
+                try:
+                    # What the client sent after its CONNECT stays held (Framer) until this
+                    # hook answers: within the limit before the CONNACK.
+                    self.framer.check_held()
+                except MQTTError as error:
+                    future.cancel()
+                    self.codec_error(error)
+                    return
                 if self.transport is not None:
                     self.transport.pause_reading()
                 future.add_done_callback(
@@ -438,7 +452,7 @@ class Connection(ConnectionCore, asyncio.Protocol):
                              f"no authentication source accepted the client on listener "
                              f"{listener.name}")
             return
-        self.accept_connect(p)
+        self._admit(p)
 
     def _authenticated(self, p: Any, index: int, future: asyncio.Future,
                        accepted: bool) -> None:
@@ -456,13 +470,25 @@ class Connection(ConnectionCore, asyncio.Protocol):
         if self.transport is not None:
             self.transport.resume_reading()
         self.authenticate(p, index + 1, accepted or code == 0)
+        if not self.closing and not self.framer.held:
+            # Accepted: the packets the client sent ahead of the CONNACK, held meanwhile,
+            # are handled now, in order [MQTT-3.1.4-5].
+            self.data_received(b"")
+
+    def _admit(self, p: Any, auth_data: bytes | None = None) -> None:
+        """The CONNECT passed authentication: accept it (accept_connect) and let the framer
+        read on at the normal packet size limit; what the client sent after the CONNECT is
+        handled next (by the packet loop, or `_authenticated` after a hook that waited)."""
+        self.accept_connect(p, auth_data)
+        if self.connected:
+            self.framer.accept(self.broker.limits.max_packet_size)
 
     def accept_authenticated(self, p: Any, result: AuthResult) -> None:
         """Enhanced authentication succeeded: the method's identity becomes the username,
         and its last data (e.g. SCRAM's server-final-message) goes in the CONNACK."""
         if result.username is not None:
             self.username = result.username
-        self.accept_connect(p, result.data)
+        self._admit(p, result.data)
 
     def accept_connect(self, p: Any, auth_data: bytes | None = None) -> None:
         broker = self.broker
@@ -821,6 +847,7 @@ class Connection(ConnectionCore, asyncio.Protocol):
             if result.data is not None:
                 out[AUTHENTICATION_DATA] = result.data
             self.send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, out))
+            self.framer.resume()  # before the CONNACK: the next AUTH may be read
             return
         if result.reason_code != ReasonCode.SUCCESS:
             if self.connected:

@@ -26,6 +26,19 @@ from websockets.typing import Subprotocol
 log = logging.getLogger("hbroker.transports")
 
 MQTT_SUBPROTOCOL = Subprotocol("mqtt")
+# The most bytes of an HTTP upgrade request kept while it is incomplete (its lines and
+# headers; websockets alone would allow 128 headers of 8 KiB). A browser's request with its
+# cookies is a few KiB.
+MAX_UPGRADE_REQUEST = 16384
+
+
+def _set_max_message_size(ws: ServerProtocol, size: int) -> None:
+    """The largest WebSocket message `ws` accepts (websockets ≥ 15 names it
+    `max_message_size`, earlier versions `max_size`)."""
+    if hasattr(ws, "max_message_size"):
+        ws.max_message_size = size
+    else:
+        ws.max_size = size
 
 
 class WebSocketTransport(asyncio.Transport):
@@ -75,10 +88,15 @@ class WebSocketTransport(asyncio.Transport):
 
 
 class WebSocketProtocol(asyncio.Protocol):
-    """The socket's protocol on a `ws`/`wss` listener, carrying one MQTT connection."""
+    """The socket's protocol on a `ws`/`wss` listener, carrying one MQTT connection.
+
+    A WebSocket message is limited like an MQTT packet: to `max_size` (the broker's
+    `max_packet_size`) once the MQTT connection is accepted, and before that to what its
+    framer accepts before the CONNACK (`limits.max_connect_packet_size`), so a client that
+    has not authenticated cannot make the broker buffer a large frame either."""
 
     __slots__ = ("inner", "path", "max_size", "transport", "ws", "adapter", "closing",
-                 "upgraded")
+                 "upgraded", "received", "connecting")
 
     def __init__(self, inner: asyncio.Protocol, path: str, max_size: int) -> None:
         self.inner = inner
@@ -87,9 +105,14 @@ class WebSocketProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.ws = ServerProtocol(subprotocols=[MQTT_SUBPROTOCOL], max_size=max_size,
                                  logger=log)
+        framer = getattr(inner, "framer", None)  # hbroker.connection.Connection's
+        self.connecting = framer is not None and framer.connecting
+        if self.connecting:
+            _set_max_message_size(self.ws, min(max_size, framer.max_packet_size))
         self.adapter = WebSocketTransport(self)
         self.closing = False
         self.upgraded = False
+        self.received = 0  # bytes of the upgrade request so far
 
     # -- the socket's side ---------------------------------------------------------------
 
@@ -99,6 +122,15 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         ws = self.ws
+        if self.connecting:
+            self._check_connected()
+        if not self.upgraded:
+            self.received += len(data)
+            if self.received > MAX_UPGRADE_REQUEST and not self.closing:
+                log.info("websocket: upgrade request over %d bytes, closing",
+                         MAX_UPGRADE_REQUEST, extra={"peer": self.get_extra_info("peername")})
+                self.abort()
+                return
         ws.receive_data(data)
         inner = self.inner
         for event in ws.events_received():
@@ -119,7 +151,16 @@ class WebSocketProtocol(asyncio.Protocol):
                     self.closing = True
             elif isinstance(event, Request):
                 self._upgrade(event)
+        if self.connecting:
+            self._check_connected()
         self._send_pending()
+
+    def _check_connected(self) -> None:
+        """Once the MQTT connection is accepted, messages up to the packet size limit (frames
+        read before that were limited to what may come before the CONNACK)."""
+        if getattr(self.inner, "connected", False):
+            self.connecting = False
+            _set_max_message_size(self.ws, self.max_size)
 
     def _upgrade(self, request: Request) -> None:
         ws = self.ws
