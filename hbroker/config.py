@@ -36,6 +36,21 @@ AUTH_SOURCES = ("password_file", "webhook", "scram")
 DEFAULT_WEBSOCKET_PATH = "/mqtt"
 
 
+def is_web_origin(text: str) -> bool:
+    """Whether `text` is a serialised web origin, `scheme://host[:port]` (RFC 6454)."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or not scheme.isascii() or not scheme[:1].isalpha() \
+            or not all(c.isalnum() or c in "+-." for c in scheme) or not rest \
+            or any(c in rest for c in "/?#@ "):
+        return False
+    host, _, port = rest.rpartition(":") if not rest.endswith("]") else (rest, "", "")
+    if not host:
+        host, port = rest, ""
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        return False
+    return bool(host)
+
+
 def is_loopback(host: str) -> bool:
     """Whether `host` names only the machine itself (127.0.0.0/8, ::1, localhost)."""
     if host == "localhost":
@@ -63,6 +78,16 @@ class ListenerConfig:
                     "of the WebSocket endpoint; empty means `/mqtt`.")
     mode: str = opt("0660", "`unix`: permission bits of the socket file, in octal (who may "
                     "connect).")
+    allowed_origins: tuple[str, ...] = opt((), "`ws`/`wss`: the web origins whose pages may "
+                                           "open a WebSocket to this listener, as "
+                                           "`scheme://host[:port]` (e.g. "
+                                           "`https://app.example.com`); `*` allows every "
+                                           "origin. Empty: only pages of the listener's own "
+                                           "origin (an `Origin` header whose host and port are "
+                                           "the request's `Host`). Browsers always send "
+                                           "`Origin`; a request without one (not a browser) "
+                                           "is not checked. A refused upgrade gets HTTP 403, "
+                                           "logged with the origin and the listener.")
     max_connections: int = opt(0, "Most simultaneous connections on this listener; further "
                                "connections are closed at once. 0: only `limits."
                                "max_connections` applies.", minimum=0)
@@ -134,6 +159,7 @@ class ListenerConfig:
             object.__setattr__(self, "path", DEFAULT_WEBSOCKET_PATH)
         object.__setattr__(self, "protocol_versions", tuple(self.protocol_versions))
         object.__setattr__(self, "auth", tuple(self.auth))
+        object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
 
     @property
     def label(self) -> str:
@@ -511,7 +537,11 @@ def _check_value(where: str, path: str, f: dataclasses.Field, value: Any) -> Any
             raise ConfigError(f"{where}: {path}: expected a list of integers, {got}")
         value = tuple(value)
     elif tp == "tuple[str, ...]":
-        return _check_names(where, path, meta.get("choices") or (), value, got)
+        if not meta.get("choices"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: {path}: expected a list of strings, {got}")
+            return tuple(value)
+        return _check_names(where, path, meta["choices"], value, got)
     elif tp == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp == "float":
@@ -628,8 +658,16 @@ def _check_listener(where: str, prefix: str, lc: ListenerConfig) -> None:
         if not lc.path.startswith("/"):
             raise ConfigError(f'{where}: {prefix}.path: expected an HTTP path starting with '
                               f'"/", got "{lc.path}"')
+        for origin in lc.allowed_origins:
+            if origin != "*" and not is_web_origin(origin):
+                raise ConfigError(f"{where}: {prefix}.allowed_origins: expected origins such "
+                                  'as "https://app.example.com" (scheme://host[:port], no '
+                                  f'path) or "*", got "{origin}"')
     elif "path" in table:
         raise ConfigError(f"{where}: {prefix}.path: only for unix, ws and wss listeners "
+                          f'(type is "{kind}")')
+    if "allowed_origins" in table and kind not in WEBSOCKET_TYPES:
+        raise ConfigError(f"{where}: {prefix}.allowed_origins: only for ws and wss listeners "
                           f'(type is "{kind}")')
     if "mode" in table and kind != "unix":
         raise ConfigError(f"{where}: {prefix}.mode: only for unix listeners "

@@ -9,6 +9,11 @@ writes goes out as binary frames (one frame per coalesced write).
 
 The MQTT connection exists from the first byte, so the broker's connect timeout also closes
 sockets that never finish the HTTP upgrade, and listener limits apply at once.
+
+Browsers let any page open a WebSocket to any address, and say which page did in the `Origin`
+header (RFC 6455 section 10.2): an upgrade from an origin the listener does not allow
+(`allowed_origins`, `OriginPolicy`) is refused with 403, so a web page open in a browser on the
+gateway cannot use its loopback listener.
 """
 
 from __future__ import annotations
@@ -30,6 +35,67 @@ MQTT_SUBPROTOCOL = Subprotocol("mqtt")
 # headers; websockets alone would allow 128 headers of 8 KiB). A browser's request with its
 # cookies is a few KiB.
 MAX_UPGRADE_REQUEST = 16384
+
+
+class OriginPolicy:
+    """Which web origins may open a WebSocket to a listener: its `allowed_origins`, each as
+    `scheme://host[:port]`, or `*` for any; none listed: only the listener's own origin."""
+
+    __slots__ = ("any", "allowed", "default_port")
+
+    def __init__(self, allowed_origins: tuple[str, ...], secure: bool) -> None:
+        self.any = "*" in allowed_origins
+        self.allowed = {key for key in map(origin_key, allowed_origins) if key is not None}
+        self.default_port = 443 if secure else 80  # of the request's Host (wss, ws)
+
+    def allows(self, origins: list[str], host: str | None) -> bool:
+        """Whether a request with these `Origin` headers and this `Host` may upgrade."""
+        if not origins:
+            return True  # not a browser: browsers always send Origin on a WebSocket upgrade
+        if len(origins) > 1:
+            return False
+        if self.any:
+            return True
+        key = origin_key(origins[0])
+        if key is None:  # "null" (a sandboxed page, a file) or not an origin
+            return False
+        if key in self.allowed:
+            return True
+        return host is not None and key[1:] == _host_port(host, self.default_port)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def origin_key(origin: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a serialised origin, lowercase, the scheme's default port
+    filled in; None when it is not one."""
+    scheme, sep, rest = origin.strip().lower().partition("://")
+    if not sep or not scheme or not rest or any(c in rest for c in "/?#@ "):
+        return None
+    port = _DEFAULT_PORTS.get(scheme, 0)
+    hp = _host_port(rest, port)
+    return None if hp is None else (scheme, *hp)
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int] | None:
+    """`host[:port]` (IPv6 hosts in brackets) as (lowercase host, port)."""
+    text = text.strip().lower()
+    if text.startswith("["):
+        host, bracket, rest = text.partition("]")
+        host += bracket
+        if rest and not rest.startswith(":"):
+            return None
+        port = rest[1:]
+    else:
+        host, _, port = text.partition(":")
+    if not host:
+        return None
+    if not port:
+        return host, default_port
+    if not port.isdigit():
+        return None
+    return host, int(port)
 
 
 def _set_max_message_size(ws: ServerProtocol, size: int) -> None:
@@ -95,13 +161,17 @@ class WebSocketProtocol(asyncio.Protocol):
     framer accepts before the CONNACK (`limits.max_connect_packet_size`), so a client that
     has not authenticated cannot make the broker buffer a large frame either."""
 
-    __slots__ = ("inner", "path", "max_size", "transport", "ws", "adapter", "closing",
-                 "upgraded", "received", "connecting")
+    __slots__ = ("inner", "path", "max_size", "origins", "listener", "transport", "ws",
+                 "adapter", "closing", "upgraded", "received", "connecting")
 
-    def __init__(self, inner: asyncio.Protocol, path: str, max_size: int) -> None:
+    def __init__(self, inner: asyncio.Protocol, path: str, max_size: int,
+                 origins: OriginPolicy | None = None, listener: str = "") -> None:
+        """`origins`: who may upgrade (None: anyone); `listener`: its name, for logs."""
         self.inner = inner
         self.path = path
         self.max_size = max_size
+        self.origins = origins
+        self.listener = listener
         self.transport: asyncio.Transport | None = None
         self.ws = ServerProtocol(subprotocols=[MQTT_SUBPROTOCOL], max_size=max_size,
                                  logger=log)
@@ -164,9 +234,20 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _upgrade(self, request: Request) -> None:
         ws = self.ws
+        headers = request.headers
+        origins = headers.get_all("Origin")
+        hosts = headers.get_all("Host")
         if request.path.partition("?")[0] != self.path:
             response = ws.reject(404, f"No MQTT WebSocket endpoint at this path (try "
                                       f"{self.path}).\n")
+        elif self.origins is not None and not self.origins.allows(
+                origins, hosts[0] if len(hosts) == 1 else None):
+            log.warning("websocket: origin not allowed on listener %s (allowed_origins)",
+                        self.listener, extra={"peer": self.get_extra_info("peername"),
+                                              "origin": ", ".join(origins),
+                                              "listener": self.listener})
+            response = ws.reject(403, "This origin may not connect (the listener's "
+                                      "allowed_origins).\n")
         else:
             response = ws.accept(request)
         ws.send_response(response)

@@ -215,7 +215,8 @@ BAD_SNIPPETS: list[tuple[str, str, str, str]] = [
      "unknown key 'limits.max_inflght' (did you mean 'max_inflight'?)"),
     ("unknown-listener-key", "[[listeners]]\nsecure = true\n", "listeners[0].secure",
      "unknown key 'listeners[0].secure' (expected one of: type, host, port, name, path, "
-     "mode, max_connections, protocol_versions, allow_anonymous, certfile, keyfile, cafile, "
+     "mode, allowed_origins, max_connections, protocol_versions, allow_anonymous, certfile, "
+     "keyfile, cafile, "
      "crlfile, require_certificate, certificate_identity, use_identity_as_username, "
      "tls_version, ciphers, password_file, auth)"),
     ("unknown-in-second-listener", "[[listeners]]\nport = 1\n[[listeners]]\nprot = 2\n",
