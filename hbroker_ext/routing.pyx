@@ -930,7 +930,7 @@ cdef bint _handle_packets(ConnectionCore conn, list packets, dict handlers) exce
     `Framer`): once the connection has answered it (CONNECT accepted, enhanced authentication
     going on), the packets held behind it are appended to `packets` and handled next, in
     order; while an authenticate hook is still deciding, they stay held (the connection
-    reads them when it decides: `Connection.authenticate`)."""
+    reads them once it has decided: `Connection._authenticated`)."""
     cdef int ptype
     cdef object held_error = None
     for packet in packets:  # `packets` may grow while it is walked (packets held, above)
