@@ -36,6 +36,21 @@ AUTH_SOURCES = ("password_file", "webhook", "scram")
 DEFAULT_WEBSOCKET_PATH = "/mqtt"
 
 
+def is_web_origin(text: str) -> bool:
+    """Whether `text` is a serialised web origin, `scheme://host[:port]` (RFC 6454)."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or not scheme.isascii() or not scheme[:1].isalpha() \
+            or not all(c.isalnum() or c in "+-." for c in scheme) or not rest \
+            or any(c in rest for c in "/?#@ "):
+        return False
+    host, _, port = rest.rpartition(":") if not rest.endswith("]") else (rest, "", "")
+    if not host:
+        host, port = rest, ""
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        return False
+    return bool(host)
+
+
 def is_loopback(host: str) -> bool:
     """Whether `host` names only the machine itself (127.0.0.0/8, ::1, localhost)."""
     if host == "localhost":
@@ -63,6 +78,16 @@ class ListenerConfig:
                     "of the WebSocket endpoint; empty means `/mqtt`.")
     mode: str = opt("0660", "`unix`: permission bits of the socket file, in octal (who may "
                     "connect).")
+    allowed_origins: tuple[str, ...] = opt((), "`ws`/`wss`: the web origins whose pages may "
+                                           "open a WebSocket to this listener, as "
+                                           "`scheme://host[:port]` (e.g. "
+                                           "`https://app.example.com`); `*` allows every "
+                                           "origin. Empty: only pages of the listener's own "
+                                           "origin (an `Origin` header whose host and port are "
+                                           "the request's `Host`). Browsers always send "
+                                           "`Origin`; a request without one (not a browser) "
+                                           "is not checked. A refused upgrade gets HTTP 403, "
+                                           "logged with the origin and the listener.")
     max_connections: int = opt(0, "Most simultaneous connections on this listener; further "
                                "connections are closed at once. 0: only `limits."
                                "max_connections` applies.", minimum=0)
@@ -70,11 +95,17 @@ class ListenerConfig:
                                              "accepted: 3 (3.1), 4 (3.1.1), 5 (5.0). A client "
                                              "of another version is refused with CONNACK "
                                              "0x01 (3.1/3.1.1) or 0x84 (5.0).")
-    allow_anonymous: bool | None = opt(None, "Accept clients that give no username (and no "
-                                       "certificate identity used as username). Unset: `true` "
-                                       "on `unix` listeners and on loopback addresses, `false` "
-                                       "on every other listener. A refused client gets CONNACK "
-                                       "0x05 (3.1.1) or 0x87 (5.0).")
+    allow_anonymous: bool | None = opt(None, "Accept clients that no authentication source "
+                                       "vouches for: clients that give no username, and "
+                                       "clients whose username no source of this listener "
+                                       "checks. With `false`, a client is admitted only when "
+                                       "a source accepted it (a password file, the webhook, "
+                                       "SCRAM, or its certificate with "
+                                       "`use_identity_as_username`), and a listener without "
+                                       "any such source is a configuration error. Unset: "
+                                       "`true` on `unix` listeners and on loopback addresses, "
+                                       "`false` on every other listener. A refused client gets "
+                                       "CONNACK 0x05 (3.1.1) or 0x87 (5.0).")
     certfile: str = opt("", "`tls`/`wss`: PEM file with the server certificate (and its chain). "
                         "Required. Re-read on SIGHUP.")
     keyfile: str = opt("", "`tls`/`wss`: PEM file with the private key of `certfile`. "
@@ -128,6 +159,7 @@ class ListenerConfig:
             object.__setattr__(self, "path", DEFAULT_WEBSOCKET_PATH)
         object.__setattr__(self, "protocol_versions", tuple(self.protocol_versions))
         object.__setattr__(self, "auth", tuple(self.auth))
+        object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
 
     @property
     def label(self) -> str:
@@ -143,11 +175,26 @@ class ListenerConfig:
 class LimitsConfig:
     max_connections: int = opt(10000, "Most simultaneous network connections; further "
                                "connections are closed at once.", reload=True, minimum=1)
-    max_packet_size: int = opt(268435455, "Largest packet accepted from a client, in bytes "
-                               "(fixed header included). A larger packet closes the connection "
-                               "(5.0: DISCONNECT 0x95). Sent to 5.0 clients as Maximum Packet "
-                               "Size when below the protocol maximum. Applies to new "
+    max_packet_size: int = opt(1048576, "Largest packet accepted from a client once its "
+                               "CONNECT is accepted, in bytes (fixed header included); 1 MiB, "
+                               "as EMQX. A larger packet closes the connection (5.0: "
+                               "DISCONNECT 0x95). Sent to 5.0 clients as Maximum Packet Size "
+                               "when below the protocol maximum (268435460). Applies to new "
                                "connections.", reload=True, minimum=16, maximum=268435460)
+    max_connect_packet_size: int = opt(16384, "Largest CONNECT accepted, in bytes (fixed "
+                                       "header included; at most `max_packet_size`), and the "
+                                       "most a client can make the broker hold before its "
+                                       "CONNECT is accepted: what it sends after the CONNECT "
+                                       "ahead of the CONNACK (held until the CONNECT is "
+                                       "decided, then handled in order) and the AUTH packets "
+                                       "of enhanced authentication share this limit with the "
+                                       "CONNECT. Over it: CONNACK 0x95 (Packet too large) to a "
+                                       "5.0 client, and the connection is closed (3.1.1 has no "
+                                       "return code for it). With `max_connections` = 10000, "
+                                       "connections that are not (yet) authenticated hold at "
+                                       "most 10000 × 16 KiB (156 MiB) at the default. Applies "
+                                       "to new connections.", reload=True, minimum=16,
+                                       maximum=268435460)
     max_inflight: int = opt(20, "Unacknowledged QoS 1/2 messages per client: the Receive "
                             "Maximum announced to 5.0 clients (incoming QoS 2) and the "
                             "outgoing window for 3.1.1 clients (5.0 clients state their own).",
@@ -490,7 +537,11 @@ def _check_value(where: str, path: str, f: dataclasses.Field, value: Any) -> Any
             raise ConfigError(f"{where}: {path}: expected a list of integers, {got}")
         value = tuple(value)
     elif tp == "tuple[str, ...]":
-        return _check_names(where, path, meta.get("choices") or (), value, got)
+        if not meta.get("choices"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: {path}: expected a list of strings, {got}")
+            return tuple(value)
+        return _check_names(where, path, meta["choices"], value, got)
     elif tp == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp == "float":
@@ -607,8 +658,16 @@ def _check_listener(where: str, prefix: str, lc: ListenerConfig) -> None:
         if not lc.path.startswith("/"):
             raise ConfigError(f'{where}: {prefix}.path: expected an HTTP path starting with '
                               f'"/", got "{lc.path}"')
+        for origin in lc.allowed_origins:
+            if origin != "*" and not is_web_origin(origin):
+                raise ConfigError(f"{where}: {prefix}.allowed_origins: expected origins such "
+                                  'as "https://app.example.com" (scheme://host[:port], no '
+                                  f'path) or "*", got "{origin}"')
     elif "path" in table:
         raise ConfigError(f"{where}: {prefix}.path: only for unix, ws and wss listeners "
+                          f'(type is "{kind}")')
+    if "allowed_origins" in table and kind not in WEBSOCKET_TYPES:
+        raise ConfigError(f"{where}: {prefix}.allowed_origins: only for ws and wss listeners "
                           f'(type is "{kind}")')
     if "mode" in table and kind != "unix":
         raise ConfigError(f"{where}: {prefix}.mode: only for unix listeners "
@@ -664,14 +723,14 @@ def parse_config(data: dict[str, Any], where: str) -> Config:
 
 def _check_auth(where: str, auth: AuthConfig | None,
                 listeners: tuple[ListenerConfig, ...]) -> None:
+    if auth is not None and auth.scram and not auth.password_file \
+            and not any(lc.password_file for lc in listeners):
+        raise ConfigError(f"{where}: auth.password_file: expected the password file holding "
+                          "the SCRAM keys (auth.scram is true), got nothing")
     for i, lc in enumerate(listeners):
         _check_listener_auth(where, f"listeners[{i}]", lc, auth or AuthConfig())
     if auth is None:
         return
-    if auth.scram and not auth.password_file \
-            and not any(lc.password_file for lc in listeners):
-        raise ConfigError(f"{where}: auth.password_file: expected the password file holding "
-                          "the SCRAM keys (auth.scram is true), got nothing")
     url = auth.webhook_url
     if url and not (url.startswith(("http://", "https://")) and len(url.split("/", 3)[2])):
         raise ConfigError(f'{where}: auth.webhook_url: expected an http:// or https:// URL, '
@@ -689,20 +748,32 @@ def _check_listener_auth(where: str, prefix: str, lc: ListenerConfig,
     if lc.password_file and "password_file" not in sources and "scram" not in sources:
         raise ConfigError(f"{where}: {prefix}.password_file: not used: {prefix}.auth names "
                           "neither 'password_file' nor 'scram'")
-    if sources == AUTH_SOURCES:
-        return  # the default: every source configured in [auth]
-    configured = {"password_file": bool(lc.password_file or auth.password_file),
-                  "webhook": bool(auth.webhook_url), "scram": auth.scram}
-    needs = {"password_file": f"{prefix}.password_file or auth.password_file",
-             "webhook": "auth.webhook_url", "scram": "auth.scram = true"}
-    for source in sources:
-        if not configured[source]:
-            raise ConfigError(f'{where}: {prefix}.auth: "{source}" is not configured (it '
-                              f"needs {needs[source]})")
-    if not sources and not lc.allow_anonymous and not lc.use_identity_as_username:
-        raise ConfigError(f"{where}: {prefix}.auth: an empty list accepts any username "
-                          "without a check; set allow_anonymous = true to mean that, or "
-                          "name a source")
+    has_passwords = bool(lc.password_file or auth.password_file)
+    configured = {"password_file": has_passwords, "webhook": bool(auth.webhook_url),
+                  "scram": auth.scram}
+    if sources != AUTH_SOURCES:  # the default: every source configured in [auth]
+        needs = {"password_file": f"{prefix}.password_file or auth.password_file",
+                 "webhook": "auth.webhook_url", "scram": "auth.scram = true"}
+        for source in sources:
+            if not configured[source]:
+                raise ConfigError(f'{where}: {prefix}.auth: "{source}" is not configured (it '
+                                  f"needs {needs[source]})")
+        if not sources and not lc.allow_anonymous and not lc.use_identity_as_username:
+            raise ConfigError(f"{where}: {prefix}.auth: an empty list accepts any username "
+                              "without a check; set allow_anonymous = true to mean that, or "
+                              "name a source")
+    configured["scram"] = auth.scram and has_passwords  # its keys are in a password file
+    if not lc.allow_anonymous and not lc.use_identity_as_username \
+            and not any(configured[source] for source in sources):
+        # A client is admitted only when a source accepted it (hbroker.connection
+        # authenticate): with none, this listener would refuse every client.
+        local = lc.type == "unix" or is_loopback(lc.host)
+        default = "" if local else ", the default off the loopback address"
+        raise ConfigError(f"{where}: {prefix}: listener {lc.label} admits only authenticated "
+                          f"clients (allow_anonymous is false{default}) but no authentication "
+                          "source applies to it: set a password file "
+                          f"({prefix}.password_file or auth.password_file), auth.webhook_url "
+                          "or use_identity_as_username, or allow_anonymous = true")
 
 
 def load_config(path: str | os.PathLike | None) -> Config:

@@ -104,7 +104,11 @@ class Connection(ConnectionCore, asyncio.Protocol):
         self.certificate_identity: str | None = None
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
-        self.framer = Framer(broker.limits.max_packet_size)
+        # Until its CONNECT is accepted, a connection may make the broker hold at most
+        # max_connect_packet_size bytes: the CONNECT and what follows it (Framer).
+        limits = broker.limits
+        self.framer = Framer(min(limits.max_connect_packet_size, limits.max_packet_size),
+                             connecting=True)
         self.handlers = _HANDLERS
         self.protocol_version = 0
         self.session: Session | None = None
@@ -351,6 +355,7 @@ class Connection(ConnectionCore, asyncio.Protocol):
         self.closing = True  # nothing more is read or handled
         self.close_reason = f"CONNECT refused: {why}"
         self.transport.pause_reading()
+        self.framer.discard()  # nor kept: what the client sent after its CONNECT
         broker.loop.call_later(delay, self._refuse_late, reason_code)
 
     def _refuse_late(self, reason_code: int) -> None:
@@ -447,6 +452,7 @@ class Connection(ConnectionCore, asyncio.Protocol):
                 if result.data is not None:
                     auth_props[AUTHENTICATION_DATA] = result.data
                 self.send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, auth_props))
+                self.framer.resume()  # the client's AUTH (or DISCONNECT) comes next
                 return
             if result.reason_code != ReasonCode.SUCCESS:
                 self.refuse_auth(result.reason_code, f"{method} authentication failed")
@@ -456,27 +462,53 @@ class Connection(ConnectionCore, asyncio.Protocol):
             return
         self.authenticate(p, 0)
 
-    def authenticate(self, p: Any, start: int) -> None:
-        """Ask the authenticate hooks from `start` on; every one must allow. A hook that
-        answers with an awaitable (a password hash in a thread, a webhook) is waited for
-        without blocking the loop: reading stops until it answers, then the rest follow."""
+    def authenticate(self, p: Any, start: int, accepted: bool = False) -> None:
+        """Ask the authenticate hooks from `start` on: each accepts (0), refuses (a reason
+        code) or has no say (None). The client is admitted when none refused and one accepted
+        (`accepted`: one before `start` did), or when its listener admits clients no source
+        vouches for (`allow_anonymous`) or its certificate names it
+        (`use_identity_as_username`). A hook that answers with an awaitable (a password hash
+        in a thread, a webhook) is waited for without blocking the loop: reading stops until
+        it answers, then the rest follow."""
         checks = self.broker.hooks.authenticate
         info = self.client_info
         for i in range(start, len(checks)):
             code = checks[i](info, p.password)
+            if code is None:
+                continue
             if not isinstance(code, int):
                 future = asyncio.ensure_future(code)
+                try:
+                    # What the client sent after its CONNECT stays held (Framer) until this
+                    # hook answers: within the limit before the CONNACK.
+                    self.framer.check_held()
+                except MQTTError as error:
+                    future.cancel()
+                    self.codec_error(error)
+                    return
                 if self.transport is not None:
                     self.transport.pause_reading()
                 future.add_done_callback(
-                    lambda f, i=i: self._authenticated(p, i, f))  # type: ignore[misc]
+                    lambda f, i=i, a=accepted: self._authenticated(  # type: ignore[misc]
+                        p, i, f, a))
                 return
             if code:
                 self.refuse_auth(code, "authentication failed")
                 return
-        self.accept_connect(p)
+            accepted = True
+        listener = self.listener
+        if not (accepted or listener.allow_anonymous or listener.use_identity_as_username):
+            # Nothing vouched for the username (and password) the client gave: no source
+            # applies to this listener, or none accepts such a CONNECT (e.g. a SCRAM-only
+            # listener and a CONNECT without Authentication Method). Mosquitto 2 likewise.
+            self.refuse_auth(ReasonCode.NOT_AUTHORIZED,
+                             f"no authentication source accepted the client on listener "
+                             f"{listener.name}")
+            return
+        self._admit(p)
 
-    def _authenticated(self, p: Any, index: int, future: asyncio.Future) -> None:
+    def _authenticated(self, p: Any, index: int, future: asyncio.Future,
+                       accepted: bool) -> None:
         if self.closing:
             return  # the client left while it was being authenticated
         try:
@@ -490,14 +522,26 @@ class Connection(ConnectionCore, asyncio.Protocol):
             return
         if self.transport is not None:
             self.transport.resume_reading()
-        self.authenticate(p, index + 1)
+        self.authenticate(p, index + 1, accepted or code == 0)
+        if not self.closing and not self.framer.held:
+            # Accepted: the packets the client sent ahead of the CONNACK, held meanwhile,
+            # are handled now, in order [MQTT-3.1.4-5].
+            self.data_received(b"")
+
+    def _admit(self, p: Any, auth_data: bytes | None = None) -> None:
+        """The CONNECT passed authentication: accept it (accept_connect) and let the framer
+        read on at the normal packet size limit; what the client sent after the CONNECT is
+        handled next (by the packet loop, or `_authenticated` after a hook that waited)."""
+        self.accept_connect(p, auth_data)
+        if self.connected:
+            self.framer.accept(self.broker.limits.max_packet_size)
 
     def accept_authenticated(self, p: Any, result: AuthResult) -> None:
         """Enhanced authentication succeeded: the method's identity becomes the username,
         and its last data (e.g. SCRAM's server-final-message) goes in the CONNACK."""
         if result.username is not None:
             self.username = result.username
-        self.accept_connect(p, result.data)
+        self._admit(p, result.data)
 
     def accept_connect(self, p: Any, auth_data: bytes | None = None) -> None:
         broker = self.broker
@@ -901,6 +945,7 @@ class Connection(ConnectionCore, asyncio.Protocol):
             if result.data is not None:
                 out[AUTHENTICATION_DATA] = result.data
             self.send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, out))
+            self.framer.resume()  # before the CONNACK: the next AUTH may be read
             return
         if result.reason_code != ReasonCode.SUCCESS:
             if self.connected:

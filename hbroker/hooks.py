@@ -67,14 +67,18 @@ class Hook:
         """Called once when the broker stops."""
 
     def authenticate(self, client: ClientInfo,
-                     password: bytes | None) -> int | Awaitable[int]:
-        """Decide a CONNECT: return 0x00 to allow, or a CONNACK reason code (0x86, 0x87…).
+                     password: bytes | None) -> int | None | Awaitable[int | None]:
+        """Decide a CONNECT: return 0x00 when this source accepts the client's credentials, a
+        CONNACK reason code (0x86, 0x87…) to refuse it, or None when it has no say about this
+        client (its source does not apply to the client's listener, or the client gave no
+        username). A client is admitted when no hook refused it and one accepted it, or when
+        its listener allows anonymous clients (or its certificate names it).
 
         A hook that must wait (a slow hash in a thread, an HTTP call) returns an awaitable of
-        that code instead: the connection stops reading until it completes, other clients are
-        served meanwhile. Returning an int keeps the synchronous path. Not called for clients
-        that authenticated through an enhanced authentication method."""
-        return 0
+        that answer instead: the connection stops reading until it completes, other clients
+        are served meanwhile. Returning an int or None keeps the synchronous path. Not called
+        for clients that authenticated through an enhanced authentication method."""
+        return None
 
     def auth_methods(self) -> tuple[str, ...]:
         """Enhanced authentication methods (AUTH packet) this hook implements."""

@@ -31,6 +31,10 @@ cdef class Puback(_PacketIdAck):
 cdef class Framer:
     cdef public int max_packet_size
     cdef public int protocol_version
+    # Before the CONNECT is accepted (`connecting`): one packet per feed, the bytes after it
+    # kept unread (`held`) until the connection resumes or accepts.
+    cdef public bint connecting
+    cdef readonly bint held
     cdef bytearray pending
     cdef str last_topic  # the last PUBLISH topic name, when it is ASCII
     # The last PUBLISH property block (the bytes after its Property Length; none when 0 bytes)
@@ -40,6 +44,7 @@ cdef class Framer:
     cdef dict last_props
 
     cpdef list feed(self, data)
+    cdef void _hold(self, data) except *
 
 
 cpdef bytes encode_ack(int packet_type, int packet_id, int reason_code, int protocol_version)

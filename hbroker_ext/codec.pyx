@@ -962,21 +962,59 @@ cdef object _decode_whole(const unsigned char* buf, Py_ssize_t size, int protoco
 
 cdef class Framer:
     """Incremental framer: `feed` returns every complete packet of the buffer at once and keeps
-    the incomplete rest."""
+    the incomplete rest.
 
-    # fields declared in codec.pxd: max_packet_size, protocol_version, pending
+    A server's framer starts `connecting`: until the connection calls `accept`, `feed` returns
+    one packet at a time and then holds what follows it unread (`held`), because what comes
+    after a CONNECT (or an AUTH) must wait for its answer: packets a client sends ahead of the
+    CONNACK are handled only once the CONNECT is accepted [MQTT-3.1.4-5], and not at all if it
+    is refused. Meanwhile `max_packet_size` is the pre-CONNACK limit, and what the client sends
+    after its CONNECT shares it with the CONNECT: the limit left after a CONNECT of N bytes is
+    `max_packet_size - N`, for each later packet and for the bytes held. `resume` frames the
+    next packet (enhanced authentication goes on); `accept` ends the phase with the normal
+    limit. Nothing is allocated for a declared remaining length: only bytes that arrived are
+    kept."""
 
-    def __init__(self, int max_packet_size=268435455, int protocol_version=0):
+    # fields declared in codec.pxd: max_packet_size, protocol_version, connecting, held,
+    # pending
+
+    def __init__(self, int max_packet_size=268435455, int protocol_version=0,
+                 bint connecting=False):
         self.max_packet_size = max_packet_size
         self.protocol_version = protocol_version
+        self.connecting = connecting
+        self.held = False
         self.pending = bytearray()
 
     @property
     def buffered(self):
         return len(self.pending)
 
+    def resume(self):
+        """Frame the next packet after the held one (while `connecting`, again one)."""
+        self.held = False
+
+    def accept(self, int max_packet_size):
+        """The CONNECT was accepted: every packet from now on, up to `max_packet_size`."""
+        self.connecting = False
+        self.held = False
+        self.max_packet_size = max_packet_size
+
+    def discard(self):
+        """Drop what is buffered (a refused connection that is closed later)."""
+        self.pending = bytearray()
+
+    def check_held(self):
+        """MQTTError 0x95 when the bytes held exceed the limit left before the CONNACK (as
+        `feed` raises when more arrive)."""
+        if self.held:
+            self._hold(b"")
+
     cpdef list feed(self, data):
         cdef object src
+        if self.held:
+            self._hold(data)
+            return []
         if self.pending:
             if type(data) is bytes or type(data) is bytearray:
                 self.pending += data
@@ -995,6 +1033,17 @@ cdef class Framer:
             return _frames(self, <const unsigned char*>PyByteArray_AS_STRING(src),
                            PyByteArray_GET_SIZE(src), src is self.pending)
         return _frames_of_view(self, src)
+
+    cdef void _hold(self, data) except *:
+        """Keep `data` unread behind the held packet, within `max_packet_size`."""
+        if type(data) is bytes or type(data) is bytearray:
+            self.pending += data
+        else:
+            self.pending += _contiguous(data)
+        if len(self.pending) > self.max_packet_size:
+            _fail(RC_PACKET_TOO_LARGE,
+                  f"{len(self.pending)} bytes sent ahead of the CONNACK exceed the "
+                  f"{self.max_packet_size} left of the limit before it")
 
 
 cdef object _contiguous(data):
@@ -1052,6 +1101,12 @@ cdef list _frames(Framer framer, const unsigned char* buf, Py_ssize_t end, bint 
             body = i
             total = (body - pos) + length
             if total > framer.max_packet_size:
+                if first >> 4 == 1 and framer.protocol_version == 0:
+                    # An oversized CONNECT: its protocol level says whether a CONNACK 0x95
+                    # can tell the client (5.0); wait for those few bytes of its body.
+                    if end - body < 7:
+                        break
+                    framer.protocol_version = _connect_level(buf + body)
                 # [MQTT-3.1.2-24] checked before the body arrives.
                 _fail(RC_PACKET_TOO_LARGE,
                      f"packet of {total} bytes exceeds the maximum of {framer.max_packet_size}")
@@ -1061,8 +1116,14 @@ cdef list _frames(Framer framer, const unsigned char* buf, Py_ssize_t end, bint 
                                   framer)
             if first >> 4 == 1:  # CONNECT
                 framer.protocol_version = (<Connect>packet).protocol_version
+                if framer.connecting:
+                    # What follows the CONNECT before its CONNACK shares its limit.
+                    framer.max_packet_size -= total
             out.append(packet)
             pos += total
+            if framer.connecting:
+                framer.held = True  # the rest waits for the connection's answer
+                break
     except MQTTError as exc:
         exc.packets = out
         raise
@@ -1072,6 +1133,17 @@ cdef list _frames(Framer framer, const unsigned char* buf, Py_ssize_t end, bint 
     elif pos < end:
         framer.pending = PyByteArray_FromStringAndSize(<const char*>(buf + pos), end - pos)
     return out
+
+
+cdef int _connect_level(const unsigned char* body):
+    """The protocol level of a CONNECT from the first 7 bytes of its body (protocol name and
+    level), 0 when the name is neither MQTT nor MQIsdp."""
+    if body[0] == 0 and body[1] == 4 and body[2] == 77 and body[3] == 81 and body[4] == 84 \
+            and body[5] == 84:  # "MQTT"
+        return body[6]
+    if body[0] == 0 and body[1] == 6 and body[2] == 77 and body[3] == 81:  # "MQ"Isdp
+        return 3
+    return 0
 
 
 # == encoding ==============================================================================

@@ -914,6 +914,7 @@ DEF T_CONNECT = 1
 DEF T_PUBLISH = 3
 DEF T_PUBACK = 4
 DEF T_PUBREC = 5
+DEF T_DISCONNECT = 14
 DEF T_AUTH = 15
 
 _ACTION_PUBLISH = "publish"  # hbroker.hooks.PUBLISH
@@ -923,9 +924,16 @@ cdef bint _handle_packets(ConnectionCore conn, list packets, dict handlers) exce
     """The packets of one read, in order (`ConnectionCore.data_received`): PUBLISH straight to
     `handle_publish` and PUBACK to the session, the others to their handler in `handlers`
     (packet type -> function of the connection and the packet). Returns False when the
-    connection stopped reading (it is closing, or a packet was refused) before the end."""
+    connection stopped reading (it is closing, or a packet was refused) before the end.
+
+    Before the CONNACK the framer hands over one packet at a time and holds the rest (see
+    `Framer`): once the connection has answered it (CONNECT accepted, enhanced authentication
+    going on), the packets held behind it are appended to `packets` and handled next, in
+    order; while an authenticate hook is still deciding, they stay held (the connection
+    reads them once it has decided: `Connection._authenticated`)."""
     cdef int ptype
-    for packet in packets:
+    cdef object held_error = None
+    for packet in packets:  # `packets` may grow while it is walked (packets held, above)
         if conn.closing:
             return False
         if conn.connected:
@@ -936,18 +944,46 @@ cdef bint _handle_packets(ConnectionCore conn, list packets, dict handlers) exce
                 conn.session.on_puback((<Puback>packet).packet_id, conn.last_received)
                 continue
         ptype = packet.packet_type
-        if not conn.connected and ptype != T_CONNECT and not (
-                ptype == T_AUTH and conn.pending_connect is not None):
-            # [MQTT-3.1.0-1] the first packet must be CONNECT.
-            conn.abort("first packet was not CONNECT")
-            return False
+        if not conn.connected:
+            if conn.pending_connect is not None:
+                if ptype != T_AUTH and ptype != T_DISCONNECT:
+                    # [MQTT-3.1.2-30] during enhanced authentication, only AUTH or
+                    # DISCONNECT before the CONNACK.
+                    conn.protocol_error(RC_PROTOCOL_ERROR, f"packet type {ptype} during "
+                                        "enhanced authentication, before the CONNACK")
+                    return False
+            elif ptype != T_CONNECT:
+                # [MQTT-3.1.0-1] the first packet must be CONNECT.
+                conn.abort("first packet was not CONNECT")
+                return False
+            handlers[ptype](conn, packet)
+            if held_error is None and not conn.closing and not conn.framer.held:
+                held_error = _read_held(conn, packets)
+            continue
         handler = handlers.get(ptype)
         if handler is None:
             # A packet only a server sends (CONNACK, SUBACK, …) is a protocol error.
             conn.protocol_error(RC_PROTOCOL_ERROR, f"unexpected packet type {ptype} from client")
             return False
         handler(conn, packet)
+    if held_error is not None and not conn.closing:
+        conn.codec_error(held_error)  # a malformed packet among those held
+        return False
     return True
+
+
+cdef object _read_held(ConnectionCore conn, list packets):
+    """The packets the framer held behind one handled before the CONNACK, appended to
+    `packets`; returns the MQTTError that ended them, if any."""
+    error = None
+    try:
+        held = conn.framer.feed(b"")
+    except MQTTError as exc:
+        held = exc.packets or []
+        error = exc
+    conn.broker.stats.packets_received += len(held)
+    packets.extend(held)
+    return error
 
 
 cdef _handle_publish(ConnectionCore conn, Publish p):

@@ -71,6 +71,8 @@ def _allowed(f: dataclasses.Field) -> str:
         return f"≤ {num(hi)}"
     if str(f.type).startswith("tuple[int"):
         return "list of integers"
+    if str(f.type).startswith("tuple[str"):
+        return "list of strings"
     return "true, false" if str(f.type) in ("bool", "bool | None") else "any"
 
 

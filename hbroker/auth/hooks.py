@@ -73,19 +73,21 @@ class PasswordAuth(AuthHook):
         return self.files.default
 
     def authenticate(self, client: ClientInfo, password: bytes | None) -> Any:
+        """0 for a known user with its password, 0x86 otherwise; None where the password file
+        has no say (see Hook.authenticate)."""
         username = client.username
         if username is None:
-            return 0  # anonymous: the listener's allow_anonymous decided (Connection)
+            return None  # anonymous: the listener's allow_anonymous decides (Connection)
         if certificate_authenticated(client):
             # The client certificate, checked in the TLS handshake, names the user: no
             # password is asked for (Mosquitto's use_identity_as_username does the same).
-            return 0
+            return None
         settings = client.listener_config
         if not applies("password_file", settings):
-            return 0  # the listener's `auth` leaves this source out: others decide
+            return None  # the listener's `auth` leaves this source out: others decide
         passwords = self.files.for_listener(settings)
         if passwords is None:
-            return 0  # neither the listener nor [auth] names a password file
+            return None  # neither the listener nor [auth] names a password file
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(password_executor(), self._check, passwords, username,
                                     password)
@@ -114,7 +116,7 @@ class WebhookAuth(AuthHook):
 
     def authenticate(self, client: ClientInfo, password: bytes | None) -> Any:
         if not applies("webhook", client.listener_config):
-            return 0
+            return None  # the listener's `auth` leaves the webhook out
         cached = self.webhook.cached(client, password)
         if cached is not None:
             return cached

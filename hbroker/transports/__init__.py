@@ -117,12 +117,14 @@ class Listener:
         if lc.type in WEBSOCKET_TYPES:
             # Imported here: the websockets package costs ~40 ms of start-up (its version
             # lookup reads package metadata), which a broker without ws listeners skips.
-            from hbroker.transports.websocket import WebSocketProtocol
+            from hbroker.transports.websocket import OriginPolicy, WebSocketProtocol
 
             path = lc.path
+            origins = OriginPolicy(lc.allowed_origins, lc.type == "wss")
 
             def mqtt() -> asyncio.Protocol:
-                return WebSocketProtocol(make_connection(self), path, max_packet_size)
+                return WebSocketProtocol(make_connection(self), path, max_packet_size,
+                                         origins, self.name)
         else:
             def mqtt() -> asyncio.Protocol:
                 return make_connection(self)
@@ -184,6 +186,7 @@ def describe(listener: Listener) -> dict[str, Any]:
                               "address": listener.address()}
     if lc.type in WEBSOCKET_TYPES:
         fields["path"] = lc.path
+        fields["allowed_origins"] = ", ".join(lc.allowed_origins) or "same origin only"
     if listener.tls is not None:
         fields["client_certificates"] = ("required" if lc.require_certificate
                                          else "optional" if lc.cafile else "not asked")

@@ -9,6 +9,11 @@ writes goes out as binary frames (one frame per coalesced write).
 
 The MQTT connection exists from the first byte, so the broker's connect timeout also closes
 sockets that never finish the HTTP upgrade, and listener limits apply at once.
+
+Browsers let any page open a WebSocket to any address, and say which page did in the `Origin`
+header (RFC 6455 section 10.2): an upgrade from an origin the listener does not allow
+(`allowed_origins`, `OriginPolicy`) is refused with 403, so a web page open in a browser on the
+gateway cannot use its loopback listener.
 """
 
 from __future__ import annotations
@@ -26,6 +31,80 @@ from websockets.typing import Subprotocol
 log = logging.getLogger("hbroker.transports")
 
 MQTT_SUBPROTOCOL = Subprotocol("mqtt")
+# The most bytes of an HTTP upgrade request kept while it is incomplete (its lines and
+# headers; websockets alone would allow 128 headers of 8 KiB). A browser's request with its
+# cookies is a few KiB.
+MAX_UPGRADE_REQUEST = 16384
+
+
+class OriginPolicy:
+    """Which web origins may open a WebSocket to a listener: its `allowed_origins`, each as
+    `scheme://host[:port]`, or `*` for any; none listed: only the listener's own origin."""
+
+    __slots__ = ("any", "allowed", "default_port")
+
+    def __init__(self, allowed_origins: tuple[str, ...], secure: bool) -> None:
+        self.any = "*" in allowed_origins
+        self.allowed = {key for key in map(origin_key, allowed_origins) if key is not None}
+        self.default_port = 443 if secure else 80  # of the request's Host (wss, ws)
+
+    def allows(self, origins: list[str], host: str | None) -> bool:
+        """Whether a request with these `Origin` headers and this `Host` may upgrade."""
+        if not origins:
+            return True  # not a browser: browsers always send Origin on a WebSocket upgrade
+        if len(origins) > 1:
+            return False
+        if self.any:
+            return True
+        key = origin_key(origins[0])
+        if key is None:  # "null" (a sandboxed page, a file) or not an origin
+            return False
+        if key in self.allowed:
+            return True
+        return host is not None and key[1:] == _host_port(host, self.default_port)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def origin_key(origin: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a serialised origin, lowercase, the scheme's default port
+    filled in; None when it is not one."""
+    scheme, sep, rest = origin.strip().lower().partition("://")
+    if not sep or not scheme or not rest or any(c in rest for c in "/?#@ "):
+        return None
+    port = _DEFAULT_PORTS.get(scheme, 0)
+    hp = _host_port(rest, port)
+    return None if hp is None else (scheme, *hp)
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int] | None:
+    """`host[:port]` (IPv6 hosts in brackets) as (lowercase host, port)."""
+    text = text.strip().lower()
+    if text.startswith("["):
+        host, bracket, rest = text.partition("]")
+        host += bracket
+        if rest and not rest.startswith(":"):
+            return None
+        port = rest[1:]
+    else:
+        host, _, port = text.partition(":")
+    if not host:
+        return None
+    if not port:
+        return host, default_port
+    if not port.isdigit():
+        return None
+    return host, int(port)
+
+
+def _set_max_message_size(ws: ServerProtocol, size: int) -> None:
+    """The largest WebSocket message `ws` accepts (websockets ≥ 15 names it
+    `max_message_size`, earlier versions `max_size`)."""
+    if hasattr(ws, "max_message_size"):
+        ws.max_message_size = size
+    else:
+        ws.max_size = size
 
 
 class WebSocketTransport(asyncio.Transport):
@@ -79,21 +158,35 @@ class WebSocketTransport(asyncio.Transport):
 
 
 class WebSocketProtocol(asyncio.Protocol):
-    """The socket's protocol on a `ws`/`wss` listener, carrying one MQTT connection."""
+    """The socket's protocol on a `ws`/`wss` listener, carrying one MQTT connection.
 
-    __slots__ = ("inner", "path", "max_size", "transport", "ws", "adapter", "closing",
-                 "upgraded")
+    A WebSocket message is limited like an MQTT packet: to `max_size` (the broker's
+    `max_packet_size`) once the MQTT connection is accepted, and before that to what its
+    framer accepts before the CONNACK (`limits.max_connect_packet_size`), so a client that
+    has not authenticated cannot make the broker buffer a large frame either."""
 
-    def __init__(self, inner: asyncio.Protocol, path: str, max_size: int) -> None:
+    __slots__ = ("inner", "path", "max_size", "origins", "listener", "transport", "ws",
+                 "adapter", "closing", "upgraded", "received", "connecting")
+
+    def __init__(self, inner: asyncio.Protocol, path: str, max_size: int,
+                 origins: OriginPolicy | None = None, listener: str = "") -> None:
+        """`origins`: who may upgrade (None: anyone); `listener`: its name, for logs."""
         self.inner = inner
         self.path = path
         self.max_size = max_size
+        self.origins = origins
+        self.listener = listener
         self.transport: asyncio.Transport | None = None
         self.ws = ServerProtocol(subprotocols=[MQTT_SUBPROTOCOL], max_size=max_size,
                                  logger=log)
+        framer = getattr(inner, "framer", None)  # hbroker.connection.Connection's
+        self.connecting = framer is not None and framer.connecting
+        if self.connecting:
+            _set_max_message_size(self.ws, min(max_size, framer.max_packet_size))
         self.adapter = WebSocketTransport(self)
         self.closing = False
         self.upgraded = False
+        self.received = 0  # bytes of the upgrade request so far
 
     # -- the socket's side ---------------------------------------------------------------
 
@@ -103,6 +196,15 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         ws = self.ws
+        if self.connecting:
+            self._check_connected()
+        if not self.upgraded:
+            self.received += len(data)
+            if self.received > MAX_UPGRADE_REQUEST and not self.closing:
+                log.info("websocket: upgrade request over %d bytes, closing",
+                         MAX_UPGRADE_REQUEST, extra={"peer": self.get_extra_info("peername")})
+                self.abort()
+                return
         ws.receive_data(data)
         inner = self.inner
         for event in ws.events_received():
@@ -123,13 +225,33 @@ class WebSocketProtocol(asyncio.Protocol):
                     self.closing = True
             elif isinstance(event, Request):
                 self._upgrade(event)
+        if self.connecting:
+            self._check_connected()
         self._send_pending()
+
+    def _check_connected(self) -> None:
+        """Once the MQTT connection is accepted, messages up to the packet size limit (frames
+        read before that were limited to what may come before the CONNACK)."""
+        if getattr(self.inner, "connected", False):
+            self.connecting = False
+            _set_max_message_size(self.ws, self.max_size)
 
     def _upgrade(self, request: Request) -> None:
         ws = self.ws
+        headers = request.headers
+        origins = headers.get_all("Origin")
+        hosts = headers.get_all("Host")
         if request.path.partition("?")[0] != self.path:
             response = ws.reject(404, f"No MQTT WebSocket endpoint at this path (try "
                                       f"{self.path}).\n")
+        elif self.origins is not None and not self.origins.allows(
+                origins, hosts[0] if len(hosts) == 1 else None):
+            log.warning("websocket: origin not allowed on listener %s (allowed_origins)",
+                        self.listener, extra={"peer": self.get_extra_info("peername"),
+                                              "origin": ", ".join(origins),
+                                              "listener": self.listener})
+            response = ws.reject(403, "This origin may not connect (the listener's "
+                                      "allowed_origins).\n")
         else:
             response = ws.accept(request)
         ws.send_response(response)

@@ -41,7 +41,7 @@ def test_v5_connect_is_accepted_with_broker_limits_in_connack(broker, uid):
     props = connack.properties
     assert props[RECEIVE_MAXIMUM] == 20
     assert props[TOPIC_ALIAS_MAXIMUM] == 10
-    assert props[MAXIMUM_PACKET_SIZE] == 268435455  # the configured maximum
+    assert props[MAXIMUM_PACKET_SIZE] == 1048576  # the configured maximum (default 1 MiB)
 
 
 def test_v311_connect_is_accepted(broker, uid):

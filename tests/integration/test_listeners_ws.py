@@ -148,3 +148,92 @@ def test_plain_mqtt_client_on_a_websocket_listener_is_closed_after_the_connect_t
             assert sock.recv(65536) == b""  # closed by the broker, nothing sent
     finally:
         assert broker.stop() == 0, broker.log()
+
+
+# -- Origin -------------------------------------------------------------------------------
+
+
+def upgrade_status(broker: BrokerProcess, *origins: str, host: str | None = None) -> int:
+    """The HTTP status of an upgrade request carrying these Origin headers (none: a client
+    that is not a browser)."""
+    lines = ["GET /mqtt HTTP/1.1", f"Host: {host or f'127.0.0.1:{broker.port}'}",
+             "Upgrade: websocket", "Connection: Upgrade",
+             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13",
+             "Sec-WebSocket-Protocol: mqtt", *(f"Origin: {o}" for o in origins)]
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=WAIT) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        answer = b""
+        while b"\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_an_upgrade_from_another_origin_is_refused_with_403(start: Any) -> None:
+    broker = start({"type": "ws", "name": "web"})
+    assert upgrade_status(broker, "http://evil.example:8000") == 403
+    line = next(line for line in broker.log().splitlines()
+                if "websocket: origin not allowed" in line)
+    assert "origin=http://evil.example:8000 " in line and "listener=web" in line, line
+    assert upgrade_status(broker, "null") == 403  # a sandboxed page or a local file
+    assert upgrade_status(broker, f"http://127.0.0.1:{broker.port + 1}") == 403
+    # The listener's own origin, and clients that are not browsers (no Origin at all).
+    assert upgrade_status(broker, f"http://127.0.0.1:{broker.port}") == 101
+    assert upgrade_status(broker) == 101
+    # paho sends its own origin: served.
+    client = Paho("ws-own-origin", broker.port, transport="websockets")
+    assert client.accepted
+    client.close()
+
+
+def test_allowed_origins_admits_the_origins_it_names(start: Any) -> None:
+    broker = start({"type": "ws", "allowed_origins": ["https://app.example.com",
+                                                      "http://127.0.0.1:8080"]})
+    assert upgrade_status(broker, "https://app.example.com") == 101
+    assert upgrade_status(broker, "https://APP.example.com:443") == 101  # the same origin
+    assert upgrade_status(broker, "http://127.0.0.1:8080") == 101
+    assert upgrade_status(broker, "http://app.example.com") == 403  # another scheme
+    assert upgrade_status(broker, "https://other.example") == 403
+    assert upgrade_status(broker, "https://app.example.com", "https://other.example") == 403
+    anyone = start({"type": "ws", "allowed_origins": ["*"]})
+    assert upgrade_status(anyone, "https://other.example") == 101
+    with ws_connect(anyone) as ws:
+        assert ws.subprotocol == "mqtt"
+
+
+# -- before the CONNACK -------------------------------------------------------------------
+
+
+def test_websocket_message_before_the_connack_is_limited_like_the_connect(start: Any) -> None:
+    broker = start({"type": "ws"})
+    with ws_connect(broker) as ws:
+        # 20 kB in one message before any CONNACK: over limits.max_connect_packet_size.
+        ws.send(encode(Connect("ws-big", 5, "MQTT", True, 60), 5) + b"\xc0\x00" * 10_000)
+        with pytest.raises(ConnectionClosedError) as info:
+            ws.recv(timeout=WAIT)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009  # too big
+    # Once connected, messages up to max_packet_size.
+    with ws_connect(broker) as ws:
+        ws.send(encode(Connect("ws-large-after", 5, "MQTT", True, 60), 5))
+        connack, = receive_packets(ws, 1)
+        assert connack.reason_code == 0
+        ws.send(encode(Subscribe(1, [Subscription("ws/large", 0)]), 5))
+        assert receive_packets(ws, 1)[0].packet_type == 9
+        payload = b"p" * 100_000
+        ws.send(encode(Publish("ws/large", payload, 0, False, False, 0), 5))
+        assert receive_packets(ws, 1)[0].payload == payload
+
+
+def test_an_upgrade_request_over_16_kib_closes_that_socket(start: Any) -> None:
+    broker = start({"type": "ws"})
+    bystander = Paho("upgrade-bystander", broker.port, transport="websockets")
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=WAIT) as sock:
+        sock.sendall(b"GET /mqtt HTTP/1.1\r\nHost: x\r\n"
+                     + b"".join(b"X-Filler-%d: %s\r\n" % (i, b"f" * 4000) for i in range(5)))
+        try:
+            answer = sock.recv(65536)
+        except ConnectionResetError:  # closed with the rest of the request unread
+            answer = b""
+        assert answer == b""  # closed, the request never completed
+    assert "websocket: upgrade request over 16384 bytes, closing" in broker.log()
+    roundtrip(bystander, bystander, "ws/upgrade-bystander", b"still served")
+    bystander.close()

@@ -156,10 +156,10 @@ def client(username: str, listener: ListenerConfig | None) -> ClientInfo:
     return ClientInfo("c1", username, "127.0.0.1:5000", 5, "l", None, listener)
 
 
-def decide(hook: Hook, info: ClientInfo, password: bytes) -> int:
-    async def run() -> int:
+def decide(hook: Hook, info: ClientInfo, password: bytes) -> int | None:
+    async def run() -> int | None:
         code = hook.authenticate(info, password)
-        return code if isinstance(code, int) else await code
+        return code if code is None or isinstance(code, int) else await code
 
     return asyncio.run(run())
 
@@ -184,13 +184,13 @@ def test_sources_a_listener_leaves_out_are_not_asked(tmp_path: Path) -> None:
     cfg, field, webhook_only, _ = listener_setup(tmp_path)
     hooks = build_hooks(cfg)
     passwords, webhook = hook_of(hooks, PasswordAuth), hook_of(hooks, WebhookAuth)
-    # The password file does not apply on the webhook-only listener: any password passes it
-    # (the webhook decides), and no scrypt check is started.
-    assert passwords.authenticate(client("reader", webhook_only), b"wrong") == 0
+    # The password file does not apply on the webhook-only listener: it has no say (None,
+    # neither accepting nor refusing; the webhook decides), and no scrypt check is started.
+    assert passwords.authenticate(client("reader", webhook_only), b"wrong") is None
     # The webhook applies there; it would be asked (an awaitable), but not on a listener
     # whose list leaves it out.
     restricted = dataclasses.replace(field, auth=("password_file",))
-    assert webhook.authenticate(client("device", restricted), b"secret") == 0
+    assert webhook.authenticate(client("device", restricted), b"secret") is None
     asked = webhook.authenticate(client("reader", webhook_only), b"pw")
     assert not isinstance(asked, int)
     asked.close()  # type: ignore[attr-defined]

@@ -937,10 +937,24 @@ def test_max_packet_size_counts_the_fixed_header() -> None:
 
 def test_max_packet_size_applies_to_connect() -> None:
     raw = encode(Connect("a" * 50, 5), 5)
+    framer = Framer(max_packet_size=len(raw) - 1)
+    # Refused once its protocol level is readable (7 bytes into the body), so that a 5.0
+    # client can be told with CONNACK 0x95: the framer knows the version when it raises.
+    assert framer.feed(raw[:2 + 6]) == []
     with pytest.raises(MQTTError) as info:
-        Framer(max_packet_size=len(raw) - 1).feed(raw[:2])
+        framer.feed(raw[8:9])
     assert info.value.reason_code == PACKET_TOO_LARGE
+    assert framer.protocol_version == 5
     assert Framer(max_packet_size=len(raw)).feed(raw) == [Connect("a" * 50, 5)]
+
+
+@pytest.mark.parametrize(("version", "level"), [(5, 5), (4, 4), (3, 3)])
+def test_oversized_connect_reports_its_protocol_level(version: int, level: int) -> None:
+    raw = encode(Connect("a" * 50, version, "MQTT" if version > 3 else "MQIsdp"), version)
+    framer = Framer(max_packet_size=20)
+    with pytest.raises(MQTTError):
+        framer.feed(raw)
+    assert framer.protocol_version == level
 
 
 def test_too_large_packet_keeps_the_packets_decoded_before_it() -> None:

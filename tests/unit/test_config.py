@@ -117,6 +117,9 @@ format = "json"
 
 [storage]
 backend = "memory"
+
+[auth]
+webhook_url = "https://auth.example/mqtt"
 """)
     config = load_config(path)
     assert config.listeners == (
@@ -170,6 +173,9 @@ max_queued_bytes = 12345678901
 
 [logging]
 format = "json"
+
+[auth]
+webhook_url = "https://auth.example/mqtt"
 """)
     config = load_config(path)
     assert config.listeners[0].name == (
@@ -209,7 +215,8 @@ BAD_SNIPPETS: list[tuple[str, str, str, str]] = [
      "unknown key 'limits.max_inflght' (did you mean 'max_inflight'?)"),
     ("unknown-listener-key", "[[listeners]]\nsecure = true\n", "listeners[0].secure",
      "unknown key 'listeners[0].secure' (expected one of: type, host, port, name, path, "
-     "mode, max_connections, protocol_versions, allow_anonymous, certfile, keyfile, cafile, "
+     "mode, allowed_origins, max_connections, protocol_versions, allow_anonymous, certfile, "
+     "keyfile, cafile, "
      "crlfile, require_certificate, certificate_identity, use_identity_as_username, "
      "tls_version, ciphers, password_file, auth)"),
     ("unknown-in-second-listener", "[[listeners]]\nport = 1\n[[listeners]]\nprot = 2\n",

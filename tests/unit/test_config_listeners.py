@@ -31,7 +31,9 @@ def load(tmp_path: Path, text: str) -> tuple[ListenerConfig, ...]:
 ])
 def test_anonymous_clients_are_allowed_by_default_only_on_loopback_and_unix_listeners(
         tmp_path: Path, table: str, anonymous: bool) -> None:
-    lc, = load(tmp_path, f"[[listeners]]\n{table}\n")
+    # (A listener without anonymous clients needs an authentication source: the webhook.)
+    lc, = load(tmp_path, f"[[listeners]]\n{table}\n"
+                         '[auth]\nwebhook_url = "https://auth.example/mqtt"\n')
     assert lc.allow_anonymous is anonymous
 
 
@@ -57,6 +59,7 @@ type = "wss"
 host = "0.0.0.0"
 port = 8884
 path = "/mqtt/ws"
+allowed_origins = ["https://app.example.com", "http://[::1]:8080"]
 max_connections = 500
 protocol_versions = [4, 5]
 certfile = "/etc/hbroker/server.pem"
@@ -77,6 +80,7 @@ mode = "0600"
     config = load_config(path)
     wss, unix = config.listeners
     assert wss.protocol_versions == (4, 5)
+    assert wss.allowed_origins == ("https://app.example.com", "http://[::1]:8080")
     assert (wss.allow_anonymous, unix.allow_anonymous) == (False, True)
     again = tmp_path / "again.toml"
     again.write_text(config.to_toml())
@@ -158,6 +162,25 @@ BAD_LISTENERS: list[tuple[str, str, str]] = [
     ("auth-empty-without-anonymous", 'host = "0.0.0.0"\nauth = []',
      "listeners[0].auth: an empty list accepts any username without a check; set "
      "allow_anonymous = true to mean that, or name a source"),
+    ("no-source-without-anonymous", 'host = "0.0.0.0"\nname = "field"',
+     "listeners[0]: listener field admits only authenticated clients (allow_anonymous is "
+     "false, the default off the loopback address) but no authentication source applies to "
+     "it: set a password file (listeners[0].password_file or auth.password_file), "
+     "auth.webhook_url or use_identity_as_username, or allow_anonymous = true"),
+    ("only-scram-without-password-file",
+     'host = "0.0.0.0"\nauth = ["scram"]\n[auth]\nscram = true',
+     "auth.password_file: expected the password file holding the SCRAM keys (auth.scram is "
+     "true), got nothing"),
+    ("allowed-origins-on-tcp", 'allowed_origins = ["https://app.example.com"]',
+     'listeners[0].allowed_origins: only for ws and wss listeners (type is "tcp")'),
+    ("allowed-origin-with-a-path", 'type = "ws"\nallowed_origins = ["https://app.example.com/"]',
+     'listeners[0].allowed_origins: expected origins such as "https://app.example.com" '
+     '(scheme://host[:port], no path) or "*", got "https://app.example.com/"'),
+    ("allowed-origin-without-scheme", 'type = "ws"\nallowed_origins = ["app.example.com"]',
+     'listeners[0].allowed_origins: expected origins such as "https://app.example.com" '
+     '(scheme://host[:port], no path) or "*", got "app.example.com"'),
+    ("allowed-origins-as-string", 'type = "ws"\nallowed_origins = "*"',
+     'listeners[0].allowed_origins: expected a list of strings, got "*"'),
     ("password-file-left-out-of-auth",
      'password_file = "p"\nauth = ["webhook"]\n[auth]\nwebhook_url = "http://a/b"',
      "listeners[0].password_file: not used: listeners[0].auth names neither "
