@@ -1037,8 +1037,10 @@ cdef _handle_publish(ConnectionCore conn, Publish p):
             # [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is not delivered again.
             conn._write(encode_ack(T_PUBREC, pid, 0, conn.protocol_version))
             return
-        if len(session.awaiting_pubrel) >= broker.max_inflight:
-            # [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
+        if conn.protocol_version == 5 and len(session.awaiting_pubrel) >= broker.max_inflight:
+            # [MQTT-3.3.4-9] more unacknowledged QoS 2 than the Receive Maximum in our
+            # CONNACK. 3.1.1 has no Receive Maximum: a 3.1.1 client is bound only by the
+            # packet id space (at most 65,535 ids awaiting PUBREL per session).
             conn.protocol_error(RC_RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
             return
     quota = session.publish_quota

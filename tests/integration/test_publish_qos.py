@@ -202,3 +202,21 @@ def test_publish_to_sys_topic_is_refused(broker, uid):
     c = RawClient(broker.host, broker.port, 5)
     c.connect(uid)
     assert c.publish("$SYS/broker/version", b"fake", 1).reason_code == 0x87
+
+
+def test_v311_client_may_pipeline_more_qos2_publishes_than_max_inflight(broker, uid):
+    # 3.1.1 has no Receive Maximum: the broker announced no limit, so a client awaiting more
+    # PUBRECs/PUBCOMPs than `max_inflight` (20 by default) breaks no rule and must not be
+    # disconnected. 500 messages, up to 100 unfinished at a time.
+    sub = PahoClient(broker.host, broker.port, f"{uid}-s", version=4)
+    sub.subscribe(f"{uid}/t", 2)
+    pub = PahoClient(broker.host, broker.port, f"{uid}-p", version=4, max_inflight=100)
+    expected = [f"m{i}".encode() for i in range(500)]
+    mids = {pub.publish(f"{uid}/t", payload, 2, wait=False) for payload in expected}
+    assert pub.wait_acked(mids, 30), f"{len(mids - pub.acks)} of 500 QoS 2 publishes not completed"
+    assert not pub.disconnected.is_set(), f"publisher disconnected: {pub.disconnect_reason}"
+    got = [sub.expect().payload for _ in range(500)]
+    assert sorted(got) == sorted(expected)  # each exactly once
+    sub.expect_none()
+    assert not sub.disconnected.is_set()
+
