@@ -242,24 +242,43 @@ cpdef object delivery_properties(Message msg, object sub_ids, long expiry):
     return props
 
 
-cdef bytes _encode_with_topic_alias(ConnectionCore conn, Message msg, int qos, bint retain,
-                                    object sub_ids, long expiry):
-    """Encode for a client that accepts topic aliases: the first topics get an alias each, and
-    later messages on an aliased topic are sent with an empty topic name [MQTT-3.3.2-12]."""
+cdef inline bint _fits(ConnectionCore conn, bytes data) except -1:
+    """Whether a PUBLISH is within the client's Maximum Packet Size; one that is not is
+    discarded for that client [MQTT-3.1.2-25] and counted."""
+    if len(data) > <Py_ssize_t>conn.max_packet_size_out:
+        conn.broker.stats.dropped_too_large += 1
+        return False
+    return True
+
+
+cdef object _encode_with_topic_alias(ConnectionCore conn, Message msg, int qos, bint retain,
+                                     object sub_ids, long expiry, int packet_id, bint dup):
+    """The PUBLISH for a client that accepts topic aliases, or None if it is too large for the
+    client: the first topics get an alias each, and later messages on an aliased topic are
+    sent with an empty topic name [MQTT-3.3.2-12]. A new alias is recorded only when its
+    PUBLISH goes out: the client learns the mapping from that packet, so a packet dropped for
+    its size must leave the topic unaliased."""
     props = delivery_properties(msg, sub_ids, expiry)
     aliases = conn.topic_aliases_out
     topic = msg.topic
+    cdef int new_alias = 0
     alias = aliases.get(topic)
     if alias is None:
         if len(aliases) < conn.topic_alias_maximum_out:
-            alias = aliases[topic] = len(aliases) + 1
+            new_alias = len(aliases) + 1
             props = dict(props) if props else {}
-            props[TOPIC_ALIAS] = alias
+            props[TOPIC_ALIAS] = new_alias
     else:
         props = dict(props) if props else {}
         props[TOPIC_ALIAS] = alias
         topic = ""
-    return encode_publish(topic, msg.payload, qos, retain, False, 1 if qos else 0, props, 5)
+    data = encode_publish(topic, msg.payload, qos, retain, dup, packet_id if qos else 0, props,
+                          5)
+    if not _fits(conn, data):
+        return None
+    if new_alias:
+        aliases[topic] = new_alias
+    return data
 
 
 cdef object _publish_bytes(ConnectionCore conn, int version, Message msg, int qos, bint retain,
@@ -273,19 +292,16 @@ cdef object _publish_bytes(ConnectionCore conn, int version, Message msg, int qo
     cdef long expiry = msg.remaining_expiry(now) if msg.expires_at != 0 else -1
     cdef bytes data
     if conn.topic_aliases_out is not None:
-        data = _encode_with_topic_alias(conn, msg, qos, retain, sub_ids, expiry)
-    else:
-        data = msg._cached(version, qos, retain, sub_ids, expiry)
-        if data is None:
-            props = delivery_properties(msg, sub_ids, expiry) if version == 5 else None
-            data = encode_publish(msg.topic, msg.payload, qos, retain, False, 1 if qos else 0,
-                                  props, version)
-            msg._cache(version, qos, retain, sub_ids, expiry, data)
+        return _encode_with_topic_alias(conn, msg, qos, retain, sub_ids, expiry, packet_id, dup)
+    data = msg._cached(version, qos, retain, sub_ids, expiry)
+    if data is None:
+        props = delivery_properties(msg, sub_ids, expiry) if version == 5 else None
+        data = encode_publish(msg.topic, msg.payload, qos, retain, False, 1 if qos else 0,
+                              props, version)
+        msg._cache(version, qos, retain, sub_ids, expiry, data)
     if qos:
         data = set_packet_id(data, packet_id, dup)
-    if len(data) > <Py_ssize_t>conn.max_packet_size_out:
-        # [MQTT-3.1.2-25] a message too large for the client is discarded for that client.
-        conn.broker.stats.dropped_too_large += 1
+    if not _fits(conn, data):
         return None
     return data
 
