@@ -380,11 +380,16 @@ class Broker(BrokerCore):
         return True
 
     def _redistribute_shared(self, session: Session, now: float) -> None:
-        """Offer a departed member's unacknowledged shared-subscription messages to the rest
-        of its group (MQTT 5.0 section 4.8.2)."""
+        """Offer the shared-subscription messages a departed member may give up to the rest
+        of its group (MQTT 5.0 section 4.8.2): QoS 1 messages it has not acknowledged and
+        messages still queued for it. QoS 2 messages in flight stay with it
+        (`Session.take_shared_deliveries`)."""
         taken = session.take_shared_deliveries()
+        members_of: dict[str, list] = {}
         for delivery in taken:
-            members = self._group_members(delivery.group)
+            members = members_of.get(delivery.group)
+            if members is None:
+                members = members_of[delivery.group] = self._group_members(delivery.group)
             if not self._deliver_shared(delivery.message, delivery.group, members, now,
                                         exclude=session):
                 # Nobody else in the group: keep it for the member that had it.

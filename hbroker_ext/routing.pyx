@@ -656,11 +656,13 @@ cdef class Session:
             self.drain(now)
 
     def take_shared_deliveries(self):
-        """Remove and return the shared-subscription messages not yet acknowledged, so the
-        broker can offer them to another member of the group."""
+        """Remove and return the shared-subscription messages the broker may offer to another
+        member of the group (MQTT 5.0 section 4.8.2): QoS 1 messages not yet acknowledged and
+        messages still queued. A QoS 2 message in flight stays: it is completed with this
+        member when it reconnects [MQTT-4.8.2-4] and never sent to another member, not even
+        when this session ends [MQTT-4.8.2-5]."""
         cdef Delivery d
-        taken = [d for d in self.inflight.values()
-                 if d.group is not None and d.state == S_AWAITING_PUBACK_OR_PUBREC]
+        taken = [d for d in self.inflight.values() if d.group is not None and d.qos == 1]
         for d in taken:
             del self.inflight[d.packet_id]
         queued = [d for d in self.queue if d.group is not None]
