@@ -48,6 +48,15 @@ DEF S_AWAITING_PUBCOMP = 2  # PUBREL sent
 AWAITING_PUBACK_OR_PUBREC = S_AWAITING_PUBACK_OR_PUBREC
 AWAITING_PUBCOMP = S_AWAITING_PUBCOMP
 
+# What an acknowledgement from the client (PUBACK, PUBREC, PUBCOMP) was to the session's
+# outgoing flows (`Session.on_puback`, `on_pubrec`, `on_pubcomp`).
+DEF A_ACCEPTED = 0  # it advanced the flow of its packet id
+DEF A_UNKNOWN = 1  # no message is in flight with that packet id
+DEF A_WRONG_TYPE = 2  # the packet id is in flight, but this packet has no place in its flow
+ACK_ACCEPTED = A_ACCEPTED
+ACK_UNKNOWN = A_UNKNOWN
+ACK_WRONG_TYPE = A_WRONG_TYPE
+
 # Encodings of one message kept for reuse across its fan-out beyond the first one; a message
 # is rarely delivered in more than a handful of distinct forms.
 DEF ENCODING_CACHE_LIMIT = 16
@@ -621,32 +630,54 @@ cdef class Session:
         del self.inflight[packet_id]
         self._unstored(delivery)
 
-    cpdef bint on_puback(self, int packet_id, double now) except *:
-        cdef Delivery delivery = self._inflight(packet_id)
-        if delivery is None or delivery.qos != 1:
-            return False
-        self._completed(packet_id, delivery, now)
-        return True
+    # Acknowledgements. Each one answers a packet the broker sent on the same network
+    # connection: a receiver re-sends nothing on a new connection (only PUBLISH and PUBREL
+    # are re-sent [MQTT-4.4.0-1]), packets arrive in order, and a packet id is freed only by
+    # the flow's last acknowledgement. So a packet id in `inflight` names exactly the flow the
+    # client is answering, and an acknowledgement that has no place in it (PUBREC for QoS 1,
+    # PUBACK for QoS 2, PUBCOMP before PUBREL was sent) is the client's protocol error
+    # (A_WRONG_TYPE; 5.0: DISCONNECT 0x82, section 4.13; 3.1.1: close [MQTT-4.8.0-1]). An
+    # acknowledgement for a packet id not in flight (A_UNKNOWN) has no flow to be wrong for,
+    # and the spec expects such acknowledgements from a peer whose state differs from ours
+    # (reason code 0x92 Packet Identifier not found; a session lost in a restart without
+    # durable storage, a re-send dropped as too large for the new connection, a client that
+    # re-sends an acknowledgement): it is tolerated. PUBACK and PUBCOMP are ignored; PUBREC
+    # is answered by the caller. A repeated PUBREC for a QoS 2 message already released is in
+    # its flow: answered with PUBREL again.
 
-    cpdef bint on_pubrec(self, int packet_id, int reason_code) except *:
-        """Returns False when the packet id is unknown; the caller answers PUBREL 0x92."""
+    cpdef int on_puback(self, int packet_id, double now) except -1:
         cdef Delivery delivery = self._inflight(packet_id)
-        if delivery is None or delivery.qos != 2:
-            return False
+        if delivery is None:
+            return A_UNKNOWN
+        if delivery.qos != 1:
+            return A_WRONG_TYPE
+        self._completed(packet_id, delivery, now)
+        return A_ACCEPTED
+
+    cpdef int on_pubrec(self, int packet_id, int reason_code) except -1:
+        """A_UNKNOWN: the caller answers PUBREL 0x92 unless `reason_code` >= 0x80. A PUBREC
+        with an error frees the packet id; the caller drains what was waiting for it."""
+        cdef Delivery delivery = self._inflight(packet_id)
+        if delivery is None:
+            return A_UNKNOWN
+        if delivery.qos != 2:
+            return A_WRONG_TYPE
         if reason_code >= 0x80:
-            # [MQTT-4.3.3-?] a PUBREC with an error ends the exchange; the id is free again.
+            # A PUBREC with an error ends the exchange (section 4.3.3); the id is free again.
             self._release(packet_id, delivery)
-            return True
+            return A_ACCEPTED
         delivery.state = S_AWAITING_PUBCOMP
         self._stored(delivery)
-        return True
+        return A_ACCEPTED
 
-    cpdef bint on_pubcomp(self, int packet_id, double now) except *:
+    cpdef int on_pubcomp(self, int packet_id, double now) except -1:
         cdef Delivery delivery = self._inflight(packet_id)
-        if delivery is None or delivery.state != S_AWAITING_PUBCOMP:
-            return False
+        if delivery is None:
+            return A_UNKNOWN
+        if delivery.state != S_AWAITING_PUBCOMP:
+            return A_WRONG_TYPE  # QoS 1, or QoS 2 whose PUBREC has not come
         self._completed(packet_id, delivery, now)
-        return True
+        return A_ACCEPTED
 
     cdef void _completed(self, int packet_id, Delivery delivery, double now) except *:
         """The last acknowledgement of an outgoing QoS 1/2 message: its packet id is free and
@@ -951,7 +982,11 @@ cdef bint _handle_packets(ConnectionCore conn, list packets, dict handlers) exce
                 _handle_publish(conn, <Publish>packet)
                 continue
             if type(packet) is Puback:
-                conn.session.on_puback((<Puback>packet).packet_id, conn.last_received)
+                if conn.session.on_puback((<Puback>packet).packet_id, conn.last_received) \
+                        == A_WRONG_TYPE:
+                    conn.protocol_error(RC_PROTOCOL_ERROR, f"PUBACK for QoS 2 message "
+                                        f"{(<Puback>packet).packet_id}")
+                    return False
                 continue
         ptype = packet.packet_type
         if not conn.connected and ptype != T_CONNECT and not (
