@@ -185,7 +185,8 @@ cdef class Message:
 cdef class Delivery:
     """One message on its way to one session: queued, or inflight with a packet id.
     `seq` is non-zero while the journal tracks it for a durable session; `written` tells
-    whether its row has been written."""
+    whether its row has been written. `awaiting_resend`: inflight from an earlier network
+    connection, not yet re-sent on this one (`Session.resend_inflight`)."""
 
     cdef public Message message
     cdef public int qos
@@ -196,6 +197,7 @@ cdef class Delivery:
     cdef public object group
     cdef public long long seq
     cdef public bint written
+    cdef public bint awaiting_resend
 
     def __init__(self, Message message, int qos, bint retain, sub_ids, group):
         self.message = message
@@ -448,6 +450,11 @@ cdef class Session:
     cdef public dict subscriptions
     cdef public object expiry_interval  # seconds after disconnect; NEVER for no expiry
     cdef public dict inflight  # packet id -> Delivery
+    # Inflight PUBLISHes of an earlier network connection not yet re-sent on this one, in
+    # their original order (NO_QUEUE when none): those with `awaiting_resend` set, counted
+    # by `resends_pending` (an entry whose flag was cleared is skipped when popped).
+    cdef public object resends
+    cdef public long resends_pending
     cdef public object queue  # NO_QUEUE, a deque once something is queued
     cdef public long long queued_bytes
     cdef public int next_packet_id
@@ -477,6 +484,8 @@ cdef class Session:
         self.subscriptions = {}
         self.expiry_interval = 0
         self.inflight = {}
+        self.resends = NO_QUEUE
+        self.resends_pending = 0
         self.queue = NO_QUEUE
         self.queued_bytes = 0
         self.next_packet_id = 1
@@ -586,11 +595,16 @@ cdef class Session:
         return pid
 
     cpdef drain(self, double now):
-        """Move queued messages to the client while its window has room."""
+        """Fill the client's window: first the PUBLISHes that resuming the session left to
+        re-send, then queued messages."""
         cdef Delivery delivery
         cdef ConnectionCore conn = self.connection
         if conn is None or conn.closing:
             return
+        if self.resends_pending:
+            self._resend(conn, now)
+            if self.resends_pending:
+                return  # the window is full of re-sends; new messages wait behind them
         queue = self.queue
         while queue and len(self.inflight) < self.send_window:
             delivery = queue.popleft()
@@ -607,19 +621,53 @@ cdef class Session:
                 self._send_new(delivery, conn, now)
 
     def resend_inflight(self, double now):
-        """On session resume, re-send unacknowledged PUBLISH with DUP and PUBREL [MQTT-4.4.0-1]."""
+        """On session resume, re-send what the client has not acknowledged, with the original
+        packet ids [MQTT-4.4.0-1]: every PUBREL, and the unacknowledged PUBLISHes with DUP in
+        the order they were first sent [MQTT-4.6.0-1], as many as the new connection's
+        window (Receive Maximum, section 3.3.4) allows. The rest go out as acknowledgements
+        open the window (`drain`), before anything queued."""
         cdef Delivery delivery
         cdef ConnectionCore conn = self.connection
-        for pid, delivery in list(self.inflight.items()):
+        for delivery in self.resends:  # left over from an earlier connection: rebuilt below
+            delivery.awaiting_resend = False
+        resends = deque()
+        for pid, delivery in self.inflight.items():
             if delivery.state == S_AWAITING_PUBCOMP:
+                # A PUBREL is no PUBLISH: not bounded by the window [MQTT-4.9.0-3].
                 conn._write(encode_ack(PUBREL, pid, 0, conn.protocol_version))
-                continue
+            else:
+                delivery.awaiting_resend = True
+                resends.append(delivery)
+        self.resends = resends if resends else NO_QUEUE
+        self.resends_pending = len(resends)
+        if resends:
+            self._resend(conn, now)
+
+    cdef void _resend(self, ConnectionCore conn, double now) except *:
+        """Re-send waiting PUBLISHes (DUP, original packet id) while the window has room.
+
+        The window counts every packet id in flight except the PUBLISHes still waiting, so
+        QoS 2 messages awaiting PUBCOMP since the earlier connection count too, although the
+        send quota of section 4.9 starts afresh on a new connection: fewer re-sends go out at
+        once than allowed, never more, and each PUBCOMP opens the window by one."""
+        cdef Delivery delivery
+        resends = self.resends
+        while self.resends_pending and \
+                len(self.inflight) - self.resends_pending < self.send_window:
+            delivery = resends.popleft()
+            if not delivery.awaiting_resend:
+                continue  # acknowledged or taken away while it waited
+            delivery.awaiting_resend = False
+            self.resends_pending -= 1
             data = _publish_bytes(conn, self.protocol_version, delivery.message, delivery.qos,
-                                  delivery.retain, delivery.sub_ids, pid, True, now)
+                                  delivery.retain, delivery.sub_ids, delivery.packet_id, True,
+                                  now)
             if data is None:
-                self._release(pid, delivery)
+                self._release(delivery.packet_id, delivery)
             else:
                 _write_publish(conn, data, self.stats)
+        if not self.resends_pending:
+            self.resends = NO_QUEUE
 
     cdef Delivery _inflight(self, int packet_id):
         """The outgoing QoS 1/2 delivery with this packet id, or None."""
@@ -628,6 +676,10 @@ cdef class Session:
     cdef void _release(self, int packet_id, Delivery delivery) except *:
         """The packet id is free again and the delivery no longer stored."""
         del self.inflight[packet_id]
+        if delivery.awaiting_resend:
+            # Acknowledged before it was re-sent: one re-send fewer to wait for.
+            delivery.awaiting_resend = False
+            self.resends_pending -= 1
         self._unstored(delivery)
 
     # Acknowledgements. Each one answers a packet the broker sent on the same network
@@ -683,7 +735,7 @@ cdef class Session:
         """The last acknowledgement of an outgoing QoS 1/2 message: its packet id is free and
         the window has room for what is queued."""
         self._release(packet_id, delivery)
-        if self.queue:
+        if self.queue or self.resends_pending:
             self.drain(now)
 
     def take_shared_deliveries(self):
@@ -696,6 +748,9 @@ cdef class Session:
         taken = [d for d in self.inflight.values() if d.group is not None and d.qos == 1]
         for d in taken:
             del self.inflight[d.packet_id]
+            if d.awaiting_resend:
+                d.awaiting_resend = False
+                self.resends_pending -= 1
         queued = [d for d in self.queue if d.group is not None]
         if queued:
             self.queue = deque(d for d in self.queue if d.group is None)
