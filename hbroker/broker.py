@@ -245,8 +245,11 @@ class Broker(BrokerCore):
             self._publish_will(session, now)
         session.will = None
         tree = self.subscriptions
+        shared_next = self._shared_next
         for topic_filter in session.subscriptions:
             tree.unsubscribe(topic_filter, session.client_id)
+            if topic_filter in shared_next:
+                self._forget_empty_group(topic_filter)
         session.subscriptions.clear()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
@@ -401,6 +404,12 @@ class Broker(BrokerCore):
         return [(cid, s.subscriptions[group_key]) for cid, s in self.sessions.items()
                 if group_key in s.subscriptions]
 
+    def _forget_empty_group(self, group_key: str) -> None:
+        """A member left the shared group `group_key`: once the group has no member, its
+        round-robin position goes too (groups come and go; their positions must not stay)."""
+        if not self.subscriptions.has_shared_group(group_key):
+            self._shared_next.pop(group_key, None)
+
     def _retain(self, msg: Message) -> None:
         """[MQTT-3.3.1-5] store, [MQTT-3.3.1-6/7] an empty payload clears the topic."""
         if not msg.payload:
@@ -452,7 +461,10 @@ class Broker(BrokerCore):
         if session.subscriptions.pop(topic_filter, None) is not None \
                 and self.journal is not None and session.expiry_interval:
             self.journal.subscription_changed(session, topic_filter)
-        return self.subscriptions.unsubscribe(topic_filter, session.client_id)
+        existed = self.subscriptions.unsubscribe(topic_filter, session.client_id)
+        if existed and topic_filter in self._shared_next:
+            self._forget_empty_group(topic_filter)
+        return existed
 
     def has_durable_target(self, topic: str) -> bool:
         """Whether a message on `topic` would reach a session that outlives its connection
