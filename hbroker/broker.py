@@ -263,8 +263,11 @@ class Broker(BrokerCore):
             self._publish_will(session, now)
         session.will = None
         tree = self.subscriptions
+        shared_next = self._shared_next
         for topic_filter in session.subscriptions:
             tree.unsubscribe(topic_filter, session.client_id)
+            if topic_filter in shared_next:
+                self._forget_empty_group(topic_filter)
         session.subscriptions.clear()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
@@ -398,11 +401,16 @@ class Broker(BrokerCore):
         return True
 
     def _redistribute_shared(self, session: Session, now: float) -> None:
-        """Offer a departed member's unacknowledged shared-subscription messages to the rest
-        of its group (MQTT 5.0 section 4.8.2)."""
+        """Offer the shared-subscription messages a departed member may give up to the rest
+        of its group (MQTT 5.0 section 4.8.2): QoS 1 messages it has not acknowledged and
+        messages still queued for it. QoS 2 messages in flight stay with it
+        (`Session.take_shared_deliveries`)."""
         taken = session.take_shared_deliveries()
+        members_of: dict[str, list] = {}
         for delivery in taken:
-            members = self._group_members(delivery.group)
+            members = members_of.get(delivery.group)
+            if members is None:
+                members = members_of[delivery.group] = self._group_members(delivery.group)
             if not self._deliver_shared(delivery.message, delivery.group, members, now,
                                         exclude=session):
                 # Nobody else in the group: keep it for the member that had it.
@@ -413,6 +421,12 @@ class Broker(BrokerCore):
         while messages were on their way to it)."""
         return [(cid, s.subscriptions[group_key]) for cid, s in self.sessions.items()
                 if group_key in s.subscriptions]
+
+    def _forget_empty_group(self, group_key: str) -> None:
+        """A member left the shared group `group_key`: once the group has no member, its
+        round-robin position goes too (groups come and go; their positions must not stay)."""
+        if not self.subscriptions.has_shared_group(group_key):
+            self._shared_next.pop(group_key, None)
 
     def _retain(self, msg: Message) -> None:
         """[MQTT-3.3.1-5] store, [MQTT-3.3.1-6/7] an empty payload clears the topic."""
@@ -465,7 +479,10 @@ class Broker(BrokerCore):
         if session.subscriptions.pop(topic_filter, None) is not None \
                 and self.journal is not None and session.expiry_interval:
             self.journal.subscription_changed(session, topic_filter)
-        return self.subscriptions.unsubscribe(topic_filter, session.client_id)
+        existed = self.subscriptions.unsubscribe(topic_filter, session.client_id)
+        if existed and topic_filter in self._shared_next:
+            self._forget_empty_group(topic_filter)
+        return existed
 
     def has_durable_target(self, topic: str) -> bool:
         """Whether a message on `topic` would reach a session that outlives its connection

@@ -196,8 +196,12 @@ class LimitsConfig:
                                        "to new connections.", reload=True, minimum=16,
                                        maximum=268435460)
     max_inflight: int = opt(20, "Unacknowledged QoS 1/2 messages per client: the Receive "
-                            "Maximum announced to 5.0 clients (incoming QoS 2) and the "
-                            "outgoing window for 3.1.1 clients (5.0 clients state their own).",
+                            "Maximum announced to 5.0 clients (incoming QoS 2 awaiting "
+                            "PUBREL; one more is DISCONNECT 0x93) and the outgoing window for "
+                            "3.1.1 clients, re-sends on a resumed session included (5.0 "
+                            "clients state their own). 3.1.1 has no Receive Maximum, "
+                            "so a 3.1.1 client's incoming QoS 2 messages are bounded only by "
+                            "the packet id space: at most 65,535 awaiting PUBREL per session.",
                             reload=True, minimum=1, maximum=65535)
     max_queued_messages: int = opt(1000, "Messages queued per session while the client is "
                                    "offline or its window is full; further messages are dropped "

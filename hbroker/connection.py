@@ -53,7 +53,7 @@ from hbroker_ext.codec import (
     encode,
     encode_ack,
 )
-from hbroker_ext.routing import ConnectionCore
+from hbroker_ext.routing import ACK_ACCEPTED, ACK_WRONG_TYPE, ConnectionCore
 from hbroker_ext.topics import parse_shared, valid_topic_filter, valid_topic_name
 
 from hbroker import hooks
@@ -781,14 +781,23 @@ class Connection(ConnectionCore, asyncio.Protocol):
                     broker.journal.qos2_changed(session, p.packet_id)
                 self.ack(PUBREC, p.packet_id)
 
+    # Which acknowledgements are protocol errors and which are tolerated:
+    # hbroker_ext.routing, above Session.on_puback.
+
     def handle_pubrec(self, p: Any) -> None:
         session = self.session
         assert session is not None
-        if session.on_pubrec(p.packet_id, p.reason_code):
-            if p.reason_code < 0x80:
-                self.ack(PUBREL, p.packet_id)
-            elif session.queue:
+        outcome = session.on_pubrec(p.packet_id, p.reason_code)
+        if outcome == ACK_WRONG_TYPE:
+            self.protocol_error(ReasonCode.PROTOCOL_ERROR,
+                                f"PUBREC for QoS 1 message {p.packet_id}")
+        elif p.reason_code >= 0x80:
+            # An error ends the exchange (MQTT 5.0 section 4.3.3): no PUBREL, known packet
+            # id or not. A freed id opens the window for what waits.
+            if outcome == ACK_ACCEPTED:
                 session.drain(self.last_received)
+        elif outcome == ACK_ACCEPTED:
+            self.ack(PUBREL, p.packet_id)
         else:
             self.ack(PUBREL, p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND)
 
@@ -806,7 +815,9 @@ class Connection(ConnectionCore, asyncio.Protocol):
 
     def handle_pubcomp(self, p: Any) -> None:
         assert self.session is not None
-        self.session.on_pubcomp(p.packet_id, self.last_received)
+        if self.session.on_pubcomp(p.packet_id, self.last_received) == ACK_WRONG_TYPE:
+            self.protocol_error(ReasonCode.PROTOCOL_ERROR, f"PUBCOMP for message "
+                                f"{p.packet_id}, which awaits PUBACK or PUBREC")
 
     # -- SUBSCRIBE / UNSUBSCRIBE ---------------------------------------------------------
 

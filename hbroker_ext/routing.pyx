@@ -48,6 +48,15 @@ DEF S_AWAITING_PUBCOMP = 2  # PUBREL sent
 AWAITING_PUBACK_OR_PUBREC = S_AWAITING_PUBACK_OR_PUBREC
 AWAITING_PUBCOMP = S_AWAITING_PUBCOMP
 
+# What an acknowledgement from the client (PUBACK, PUBREC, PUBCOMP) was to the session's
+# outgoing flows (`Session.on_puback`, `on_pubrec`, `on_pubcomp`).
+DEF A_ACCEPTED = 0  # it advanced the flow of its packet id
+DEF A_UNKNOWN = 1  # no message is in flight with that packet id
+DEF A_WRONG_TYPE = 2  # the packet id is in flight, but this packet has no place in its flow
+ACK_ACCEPTED = A_ACCEPTED
+ACK_UNKNOWN = A_UNKNOWN
+ACK_WRONG_TYPE = A_WRONG_TYPE
+
 # Encodings of one message kept for reuse across its fan-out beyond the first one; a message
 # is rarely delivered in more than a handful of distinct forms.
 DEF ENCODING_CACHE_LIMIT = 16
@@ -176,7 +185,8 @@ cdef class Message:
 cdef class Delivery:
     """One message on its way to one session: queued, or inflight with a packet id.
     `seq` is non-zero while the journal tracks it for a durable session; `written` tells
-    whether its row has been written."""
+    whether its row has been written. `awaiting_resend`: inflight from an earlier network
+    connection, not yet re-sent on this one (`Session.resend_inflight`)."""
 
     cdef public Message message
     cdef public int qos
@@ -187,6 +197,7 @@ cdef class Delivery:
     cdef public object group
     cdef public long long seq
     cdef public bint written
+    cdef public bint awaiting_resend
 
     def __init__(self, Message message, int qos, bint retain, sub_ids, group):
         self.message = message
@@ -242,24 +253,43 @@ cpdef object delivery_properties(Message msg, object sub_ids, long expiry):
     return props
 
 
-cdef bytes _encode_with_topic_alias(ConnectionCore conn, Message msg, int qos, bint retain,
-                                    object sub_ids, long expiry):
-    """Encode for a client that accepts topic aliases: the first topics get an alias each, and
-    later messages on an aliased topic are sent with an empty topic name [MQTT-3.3.2-12]."""
+cdef inline bint _fits(ConnectionCore conn, bytes data) except -1:
+    """Whether a PUBLISH is within the client's Maximum Packet Size; one that is not is
+    discarded for that client [MQTT-3.1.2-25] and counted."""
+    if len(data) > <Py_ssize_t>conn.max_packet_size_out:
+        conn.broker.stats.dropped_too_large += 1
+        return False
+    return True
+
+
+cdef object _encode_with_topic_alias(ConnectionCore conn, Message msg, int qos, bint retain,
+                                     object sub_ids, long expiry, int packet_id, bint dup):
+    """The PUBLISH for a client that accepts topic aliases, or None if it is too large for the
+    client: the first topics get an alias each, and later messages on an aliased topic are
+    sent with an empty topic name [MQTT-3.3.2-12]. A new alias is recorded only when its
+    PUBLISH goes out: the client learns the mapping from that packet, so a packet dropped for
+    its size must leave the topic unaliased."""
     props = delivery_properties(msg, sub_ids, expiry)
     aliases = conn.topic_aliases_out
     topic = msg.topic
+    cdef int new_alias = 0
     alias = aliases.get(topic)
     if alias is None:
         if len(aliases) < conn.topic_alias_maximum_out:
-            alias = aliases[topic] = len(aliases) + 1
+            new_alias = len(aliases) + 1
             props = dict(props) if props else {}
-            props[TOPIC_ALIAS] = alias
+            props[TOPIC_ALIAS] = new_alias
     else:
         props = dict(props) if props else {}
         props[TOPIC_ALIAS] = alias
         topic = ""
-    return encode_publish(topic, msg.payload, qos, retain, False, 1 if qos else 0, props, 5)
+    data = encode_publish(topic, msg.payload, qos, retain, dup, packet_id if qos else 0, props,
+                          5)
+    if not _fits(conn, data):
+        return None
+    if new_alias:
+        aliases[topic] = new_alias
+    return data
 
 
 cdef object _publish_bytes(ConnectionCore conn, int version, Message msg, int qos, bint retain,
@@ -273,19 +303,16 @@ cdef object _publish_bytes(ConnectionCore conn, int version, Message msg, int qo
     cdef long expiry = msg.remaining_expiry(now) if msg.expires_at != 0 else -1
     cdef bytes data
     if conn.topic_aliases_out is not None:
-        data = _encode_with_topic_alias(conn, msg, qos, retain, sub_ids, expiry)
-    else:
-        data = msg._cached(version, qos, retain, sub_ids, expiry)
-        if data is None:
-            props = delivery_properties(msg, sub_ids, expiry) if version == 5 else None
-            data = encode_publish(msg.topic, msg.payload, qos, retain, False, 1 if qos else 0,
-                                  props, version)
-            msg._cache(version, qos, retain, sub_ids, expiry, data)
+        return _encode_with_topic_alias(conn, msg, qos, retain, sub_ids, expiry, packet_id, dup)
+    data = msg._cached(version, qos, retain, sub_ids, expiry)
+    if data is None:
+        props = delivery_properties(msg, sub_ids, expiry) if version == 5 else None
+        data = encode_publish(msg.topic, msg.payload, qos, retain, False, 1 if qos else 0,
+                              props, version)
+        msg._cache(version, qos, retain, sub_ids, expiry, data)
     if qos:
         data = set_packet_id(data, packet_id, dup)
-    if len(data) > <Py_ssize_t>conn.max_packet_size_out:
-        # [MQTT-3.1.2-25] a message too large for the client is discarded for that client.
-        conn.broker.stats.dropped_too_large += 1
+    if not _fits(conn, data):
         return None
     return data
 
@@ -423,6 +450,11 @@ cdef class Session:
     cdef public dict subscriptions
     cdef public object expiry_interval  # seconds after disconnect; NEVER for no expiry
     cdef public dict inflight  # packet id -> Delivery
+    # Inflight PUBLISHes of an earlier network connection not yet re-sent on this one, in
+    # their original order (NO_QUEUE when none): those with `awaiting_resend` set, counted
+    # by `resends_pending` (an entry whose flag was cleared is skipped when popped).
+    cdef public object resends
+    cdef public long resends_pending
     cdef public object queue  # NO_QUEUE, a deque once something is queued
     cdef public long long queued_bytes
     cdef public int next_packet_id
@@ -452,6 +484,8 @@ cdef class Session:
         self.subscriptions = {}
         self.expiry_interval = 0
         self.inflight = {}
+        self.resends = NO_QUEUE
+        self.resends_pending = 0
         self.queue = NO_QUEUE
         self.queued_bytes = 0
         self.next_packet_id = 1
@@ -561,11 +595,16 @@ cdef class Session:
         return pid
 
     cpdef drain(self, double now):
-        """Move queued messages to the client while its window has room."""
+        """Fill the client's window: first the PUBLISHes that resuming the session left to
+        re-send, then queued messages."""
         cdef Delivery delivery
         cdef ConnectionCore conn = self.connection
         if conn is None or conn.closing:
             return
+        if self.resends_pending:
+            self._resend(conn, now)
+            if self.resends_pending:
+                return  # the window is full of re-sends; new messages wait behind them
         queue = self.queue
         while queue and len(self.inflight) < self.send_window:
             delivery = queue.popleft()
@@ -582,19 +621,53 @@ cdef class Session:
                 self._send_new(delivery, conn, now)
 
     def resend_inflight(self, double now):
-        """On session resume, re-send unacknowledged PUBLISH with DUP and PUBREL [MQTT-4.4.0-1]."""
+        """On session resume, re-send what the client has not acknowledged, with the original
+        packet ids [MQTT-4.4.0-1]: every PUBREL, and the unacknowledged PUBLISHes with DUP in
+        the order they were first sent [MQTT-4.6.0-1], as many as the new connection's
+        window (Receive Maximum, section 3.3.4) allows. The rest go out as acknowledgements
+        open the window (`drain`), before anything queued."""
         cdef Delivery delivery
         cdef ConnectionCore conn = self.connection
-        for pid, delivery in list(self.inflight.items()):
+        for delivery in self.resends:  # left over from an earlier connection: rebuilt below
+            delivery.awaiting_resend = False
+        resends = deque()
+        for pid, delivery in self.inflight.items():
             if delivery.state == S_AWAITING_PUBCOMP:
+                # A PUBREL is no PUBLISH: not bounded by the window [MQTT-4.9.0-3].
                 conn._write(encode_ack(PUBREL, pid, 0, conn.protocol_version))
-                continue
+            else:
+                delivery.awaiting_resend = True
+                resends.append(delivery)
+        self.resends = resends if resends else NO_QUEUE
+        self.resends_pending = len(resends)
+        if resends:
+            self._resend(conn, now)
+
+    cdef void _resend(self, ConnectionCore conn, double now) except *:
+        """Re-send waiting PUBLISHes (DUP, original packet id) while the window has room.
+
+        The window counts every packet id in flight except the PUBLISHes still waiting, so
+        QoS 2 messages awaiting PUBCOMP since the earlier connection count too, although the
+        send quota of section 4.9 starts afresh on a new connection: fewer re-sends go out at
+        once than allowed, never more, and each PUBCOMP opens the window by one."""
+        cdef Delivery delivery
+        resends = self.resends
+        while self.resends_pending and \
+                len(self.inflight) - self.resends_pending < self.send_window:
+            delivery = resends.popleft()
+            if not delivery.awaiting_resend:
+                continue  # acknowledged or taken away while it waited
+            delivery.awaiting_resend = False
+            self.resends_pending -= 1
             data = _publish_bytes(conn, self.protocol_version, delivery.message, delivery.qos,
-                                  delivery.retain, delivery.sub_ids, pid, True, now)
+                                  delivery.retain, delivery.sub_ids, delivery.packet_id, True,
+                                  now)
             if data is None:
-                self._release(pid, delivery)
+                self._release(delivery.packet_id, delivery)
             else:
                 _write_publish(conn, data, self.stats)
+        if not self.resends_pending:
+            self.resends = NO_QUEUE
 
     cdef Delivery _inflight(self, int packet_id):
         """The outgoing QoS 1/2 delivery with this packet id, or None."""
@@ -603,50 +676,81 @@ cdef class Session:
     cdef void _release(self, int packet_id, Delivery delivery) except *:
         """The packet id is free again and the delivery no longer stored."""
         del self.inflight[packet_id]
+        if delivery.awaiting_resend:
+            # Acknowledged before it was re-sent: one re-send fewer to wait for.
+            delivery.awaiting_resend = False
+            self.resends_pending -= 1
         self._unstored(delivery)
 
-    cpdef bint on_puback(self, int packet_id, double now) except *:
-        cdef Delivery delivery = self._inflight(packet_id)
-        if delivery is None or delivery.qos != 1:
-            return False
-        self._completed(packet_id, delivery, now)
-        return True
+    # Acknowledgements. Each one answers a packet the broker sent on the same network
+    # connection: a receiver re-sends nothing on a new connection (only PUBLISH and PUBREL
+    # are re-sent [MQTT-4.4.0-1]), packets arrive in order, and a packet id is freed only by
+    # the flow's last acknowledgement. So a packet id in `inflight` names exactly the flow the
+    # client is answering, and an acknowledgement that has no place in it (PUBREC for QoS 1,
+    # PUBACK for QoS 2, PUBCOMP before PUBREL was sent) is the client's protocol error
+    # (A_WRONG_TYPE; 5.0: DISCONNECT 0x82, section 4.13; 3.1.1: close [MQTT-4.8.0-1]). An
+    # acknowledgement for a packet id not in flight (A_UNKNOWN) has no flow to be wrong for,
+    # and the spec expects such acknowledgements from a peer whose state differs from ours
+    # (reason code 0x92 Packet Identifier not found; a session lost in a restart without
+    # durable storage, a re-send dropped as too large for the new connection, a client that
+    # re-sends an acknowledgement): it is tolerated. PUBACK and PUBCOMP are ignored; PUBREC
+    # is answered by the caller. A repeated PUBREC for a QoS 2 message already released is in
+    # its flow: answered with PUBREL again.
 
-    cpdef bint on_pubrec(self, int packet_id, int reason_code) except *:
-        """Returns False when the packet id is unknown; the caller answers PUBREL 0x92."""
+    cpdef int on_puback(self, int packet_id, double now) except -1:
         cdef Delivery delivery = self._inflight(packet_id)
-        if delivery is None or delivery.qos != 2:
-            return False
+        if delivery is None:
+            return A_UNKNOWN
+        if delivery.qos != 1:
+            return A_WRONG_TYPE
+        self._completed(packet_id, delivery, now)
+        return A_ACCEPTED
+
+    cpdef int on_pubrec(self, int packet_id, int reason_code) except -1:
+        """A_UNKNOWN: the caller answers PUBREL 0x92 unless `reason_code` >= 0x80. A PUBREC
+        with an error frees the packet id; the caller drains what was waiting for it."""
+        cdef Delivery delivery = self._inflight(packet_id)
+        if delivery is None:
+            return A_UNKNOWN
+        if delivery.qos != 2:
+            return A_WRONG_TYPE
         if reason_code >= 0x80:
-            # [MQTT-4.3.3-?] a PUBREC with an error ends the exchange; the id is free again.
+            # A PUBREC with an error ends the exchange (section 4.3.3); the id is free again.
             self._release(packet_id, delivery)
-            return True
+            return A_ACCEPTED
         delivery.state = S_AWAITING_PUBCOMP
         self._stored(delivery)
-        return True
+        return A_ACCEPTED
 
-    cpdef bint on_pubcomp(self, int packet_id, double now) except *:
+    cpdef int on_pubcomp(self, int packet_id, double now) except -1:
         cdef Delivery delivery = self._inflight(packet_id)
-        if delivery is None or delivery.state != S_AWAITING_PUBCOMP:
-            return False
+        if delivery is None:
+            return A_UNKNOWN
+        if delivery.state != S_AWAITING_PUBCOMP:
+            return A_WRONG_TYPE  # QoS 1, or QoS 2 whose PUBREC has not come
         self._completed(packet_id, delivery, now)
-        return True
+        return A_ACCEPTED
 
     cdef void _completed(self, int packet_id, Delivery delivery, double now) except *:
         """The last acknowledgement of an outgoing QoS 1/2 message: its packet id is free and
         the window has room for what is queued."""
         self._release(packet_id, delivery)
-        if self.queue:
+        if self.queue or self.resends_pending:
             self.drain(now)
 
     def take_shared_deliveries(self):
-        """Remove and return the shared-subscription messages not yet acknowledged, so the
-        broker can offer them to another member of the group."""
+        """Remove and return the shared-subscription messages the broker may offer to another
+        member of the group (MQTT 5.0 section 4.8.2): QoS 1 messages not yet acknowledged and
+        messages still queued. A QoS 2 message in flight stays: it is completed with this
+        member when it reconnects [MQTT-4.8.2-4] and never sent to another member, not even
+        when this session ends [MQTT-4.8.2-5]."""
         cdef Delivery d
-        taken = [d for d in self.inflight.values()
-                 if d.group is not None and d.state == S_AWAITING_PUBACK_OR_PUBREC]
+        taken = [d for d in self.inflight.values() if d.group is not None and d.qos == 1]
         for d in taken:
             del self.inflight[d.packet_id]
+            if d.awaiting_resend:
+                d.awaiting_resend = False
+                self.resends_pending -= 1
         queued = [d for d in self.queue if d.group is not None]
         if queued:
             self.queue = deque(d for d in self.queue if d.group is None)
@@ -941,7 +1045,11 @@ cdef bint _handle_packets(ConnectionCore conn, list packets, dict handlers) exce
                 _handle_publish(conn, <Publish>packet)
                 continue
             if type(packet) is Puback:
-                conn.session.on_puback((<Puback>packet).packet_id, conn.last_received)
+                if conn.session.on_puback((<Puback>packet).packet_id, conn.last_received) \
+                        == A_WRONG_TYPE:
+                    conn.protocol_error(RC_PROTOCOL_ERROR, f"PUBACK for QoS 2 message "
+                                        f"{(<Puback>packet).packet_id}")
+                    return False
                 continue
         ptype = packet.packet_type
         if not conn.connected:
@@ -1073,8 +1181,10 @@ cdef _handle_publish(ConnectionCore conn, Publish p):
             # [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is not delivered again.
             conn._write(encode_ack(T_PUBREC, pid, 0, conn.protocol_version))
             return
-        if len(session.awaiting_pubrel) >= broker.max_inflight:
-            # [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
+        if conn.protocol_version == 5 and len(session.awaiting_pubrel) >= broker.max_inflight:
+            # [MQTT-3.3.4-9] more unacknowledged QoS 2 than the Receive Maximum in our
+            # CONNACK. 3.1.1 has no Receive Maximum: a 3.1.1 client is bound only by the
+            # packet id space (at most 65,535 ids awaiting PUBREL per session).
             conn.protocol_error(RC_RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
             return
     quota = session.publish_quota

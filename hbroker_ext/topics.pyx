@@ -374,6 +374,14 @@ cdef class SubscriptionTree:
         self._prune(node)
         return True
 
+    def has_shared_group(self, str topic_filter) -> bool:
+        """Whether the shared subscription `$share/<group>/<filter>` has any member."""
+        group, inner = parse_shared(topic_filter)
+        if group is None:
+            return False
+        cdef _Node node = self._find(inner, False)
+        return node is not None and node.shared is not None and group in node.shared
+
     cdef void _prune(self, _Node node) except *:
         cdef _Node parent
         while node is not self.root and node.empty():

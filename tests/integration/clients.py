@@ -156,7 +156,9 @@ class PahoClient:
                  clean: bool = True, session_expiry: int | None = None,
                  will: tuple | None = None, keepalive: int = 60,
                  connect_properties: Properties | None = None, username: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, max_inflight: int | None = None) -> None:
+        """`max_inflight`: paho's window of unfinished outgoing QoS 1/2 messages (its
+        default, 20, when None)."""
         protocol = {5: paho.MQTTv5, 4: paho.MQTTv311, 3: paho.MQTTv31}[version]
         kwargs: dict[str, Any] = {"client_id": client_id, "protocol": protocol}
         if version != 5:
@@ -182,6 +184,8 @@ class PahoClient:
         if will is not None:
             topic, payload, qos, retain, *rest = will
             c.will_set(topic, payload, qos, retain, properties=rest[0] if rest else None)
+        if max_inflight is not None:
+            c.max_inflight_messages_set(max_inflight)
         props = connect_properties
         if version == 5 and session_expiry is not None:
             props = props or Properties(PacketTypes.CONNECT)
@@ -237,6 +241,11 @@ class PahoClient:
                 assert self._cond.wait_for(lambda: info.mid in self.acks, WAIT), \
                     f"publish {info.mid} not acknowledged"
         return info.mid
+
+    def wait_acked(self, mids: set[int], timeout: float = WAIT) -> bool:
+        """Whether every publish in `mids` is acknowledged (completed) within `timeout`."""
+        with self._cond:
+            return self._cond.wait_for(lambda: mids <= self.acks, timeout)
 
     def expect(self, timeout: float = WAIT) -> paho.MQTTMessage:
         try:

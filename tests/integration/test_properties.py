@@ -114,6 +114,25 @@ def test_broker_sends_no_topic_alias_to_client_without_topic_alias_maximum(broke
     assert msg.topic == f"{uid}/t" and TOPIC_ALIAS not in (msg.properties or {})
 
 
+
+def test_topic_alias_is_not_assigned_by_a_publish_dropped_as_too_large(broker, uid):
+    # [MQTT-3.1.2-25] the big message is not sent to this client, so the alias it would have
+    # carried was never told: the next message on the topic must name the topic (and may set
+    # up the alias then), never use an alias the client does not know [MQTT-3.3.2-12].
+    sub = RawClient(broker.host, broker.port, 5)
+    sub.connect(f"{uid}-s", properties={TOPIC_ALIAS_MAXIMUM: 5, MAXIMUM_PACKET_SIZE: 200})
+    sub.subscribe(f"{uid}/t", 0)
+    pub = RawClient(broker.host, broker.port, 5)
+    pub.connect(f"{uid}-p")
+    pub.publish(f"{uid}/t", b"x" * 500)
+    pub.publish(f"{uid}/t", b"small")
+    pub.publish(f"{uid}/t", b"again")
+    first, second = sub.recv_type(3), sub.recv_type(3)
+    assert (first.topic, first.payload) == (f"{uid}/t", b"small")
+    alias = first.properties[TOPIC_ALIAS]
+    assert (second.topic, second.payload, second.properties[TOPIC_ALIAS]) == \
+        ("", b"again", alias)
+
 # -- maximum packet size -------------------------------------------------------------------
 
 

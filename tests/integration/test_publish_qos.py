@@ -3,6 +3,7 @@
 from clients import QUIET, PahoClient, RawClient
 from hbroker_ext.codec import (
     SESSION_EXPIRY_INTERVAL,
+    Pingreq,
     Puback,
     Pubcomp,
     Publish,
@@ -202,3 +203,92 @@ def test_publish_to_sys_topic_is_refused(broker, uid):
     c = RawClient(broker.host, broker.port, 5)
     c.connect(uid)
     assert c.publish("$SYS/broker/version", b"fake", 1).reason_code == 0x87
+
+
+def test_v311_client_may_pipeline_more_qos2_publishes_than_max_inflight(broker, uid):
+    # 3.1.1 has no Receive Maximum: the broker announced no limit, so a client awaiting more
+    # PUBRECs/PUBCOMPs than `max_inflight` (20 by default) breaks no rule and must not be
+    # disconnected. 500 messages, up to 100 unfinished at a time.
+    sub = PahoClient(broker.host, broker.port, f"{uid}-s", version=4)
+    sub.subscribe(f"{uid}/t", 2)
+    pub = PahoClient(broker.host, broker.port, f"{uid}-p", version=4, max_inflight=100)
+    expected = [f"m{i}".encode() for i in range(500)]
+    mids = {pub.publish(f"{uid}/t", payload, 2, wait=False) for payload in expected}
+    assert pub.wait_acked(mids, 30), f"{len(mids - pub.acks)} of 500 QoS 2 publishes not completed"
+    assert not pub.disconnected.is_set(), f"publisher disconnected: {pub.disconnect_reason}"
+    got = [sub.expect().payload for _ in range(500)]
+    assert sorted(got) == sorted(expected)  # each exactly once
+    sub.expect_none()
+    assert not sub.disconnected.is_set()
+
+
+def test_pubrec_with_error_for_unknown_packet_id_is_not_answered(broker, uid):
+    # A PUBREC with a reason code >= 0x80 ends the exchange (MQTT 5.0 section 4.3.3): there is
+    # nothing to release, known packet id or not.
+    c = RawClient(broker.host, broker.port, 5)
+    c.connect(uid)
+    c.send(Pubrec(999, 0x80))
+    assert c.recv_or_none(QUIET) is None
+    c.send(Pubrec(998))  # without an error: PUBREL 0x92 Packet Identifier not found
+    rel = c.recv_type(6)
+    assert (rel.packet_id, rel.reason_code) == (998, 0x92)
+
+
+def test_late_puback_and_pubcomp_for_unknown_packet_ids_are_ignored(broker, uid):
+    # An acknowledgement for a packet id the broker no longer has in flight is not a fault
+    # the broker can prove (the flow may have ended on its side): nothing is answered and the
+    # connection stays open.
+    c = RawClient(broker.host, broker.port, 5)
+    c.connect(uid)
+    c.send(Puback(4321))
+    c.send(Pubcomp(4322))
+    c.send(Pingreq())
+    assert c.recv().packet_type == 13  # PINGRESP, nothing before it
+
+
+def _delivered(broker, uid, qos, version=5):
+    """A subscriber holding one unacknowledged QoS `qos` delivery from the broker."""
+    sub = RawClient(broker.host, broker.port, version)
+    sub.connect(f"{uid}-s")
+    sub.subscribe(f"{uid}/t", qos)
+    pub = RawClient(broker.host, broker.port, version)
+    pub.connect(f"{uid}-p")
+    pub.publish(f"{uid}/t", b"x", qos)
+    msg = sub.recv_type(3)
+    assert msg.qos == qos
+    return sub, msg
+
+
+def test_pubrec_for_a_qos1_delivery_is_a_protocol_error(broker, uid):
+    sub, msg = _delivered(broker, uid, 1)
+    sub.send(Pubrec(msg.packet_id))
+    got = sub.closed_by_broker()
+    assert [(p.packet_type, p.reason_code) for p in got] == [(14, 0x82)]
+
+
+def test_puback_for_a_qos2_delivery_is_a_protocol_error(broker, uid):
+    sub, msg = _delivered(broker, uid, 2)
+    sub.send(Puback(msg.packet_id))
+    got = sub.closed_by_broker()
+    assert [(p.packet_type, p.reason_code) for p in got] == [(14, 0x82)]
+
+
+def test_pubcomp_before_pubrel_for_a_qos2_delivery_is_a_protocol_error(broker, uid):
+    sub, msg = _delivered(broker, uid, 2)
+    sub.send(Pubcomp(msg.packet_id))  # the broker sent no PUBREL: PUBREC is due
+    got = sub.closed_by_broker()
+    assert [(p.packet_type, p.reason_code) for p in got] == [(14, 0x82)]
+
+
+def test_pubcomp_for_a_qos1_delivery_is_a_protocol_error(broker, uid):
+    sub, msg = _delivered(broker, uid, 1)
+    sub.send(Pubcomp(msg.packet_id))
+    got = sub.closed_by_broker()
+    assert [(p.packet_type, p.reason_code) for p in got] == [(14, 0x82)]
+
+
+def test_v311_acknowledgement_of_the_wrong_type_closes_the_connection(broker, uid):
+    # [MQTT-4.8.0-1] 3.1.1: a protocol violation closes the network connection.
+    sub, msg = _delivered(broker, uid, 1, version=4)
+    sub.send(Pubrec(msg.packet_id))
+    assert sub.closed_by_broker() == []

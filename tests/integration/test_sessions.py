@@ -3,7 +3,13 @@
 import time
 
 from clients import QUIET, PahoClient, RawClient
-from hbroker_ext.codec import SESSION_EXPIRY_INTERVAL, Connect, Disconnect, Puback
+from hbroker_ext.codec import (
+    RECEIVE_MAXIMUM,
+    SESSION_EXPIRY_INTERVAL,
+    Connect,
+    Disconnect,
+    Puback,
+)
 
 
 def test_clean_session_1_discards_previous_session_in_v311(broker, uid):
@@ -170,3 +176,39 @@ def test_v31_connack_has_no_session_present_flag(broker, uid):
     again.send(Connect(client_id, 3, "MQIsdp", False, 60))
     assert again.sock.recv(4) == b"\x20\x02\x00\x00"
     assert again.recv_type(3).payload == b"kept"
+
+
+def test_resumed_session_resends_inflight_within_the_new_receive_maximum(broker, uid):
+    # Receive Maximum (MQTT 5.0 section 3.3.4) bounds re-sent PUBLISHes too [MQTT-3.3.4-9]:
+    # the rest wait until acknowledgements open the window, and go out with DUP and their
+    # original packet ids [MQTT-4.4.0-1], in their original order [MQTT-4.6.0-1], before
+    # anything queued since.
+    sub = RawClient(broker.host, broker.port, 5)
+    sub.connect(f"{uid}-s", properties={SESSION_EXPIRY_INTERVAL: 60})
+    sub.subscribe(f"{uid}/t", 1)
+    pub = RawClient(broker.host, broker.port, 5)
+    pub.connect(f"{uid}-p")
+    for i in range(6):
+        pub.publish(f"{uid}/t", f"m{i}".encode(), 1, packet_id=i + 1)
+    first = [sub.recv_type(3) for _ in range(6)]  # none acknowledged
+    ids = {p.payload: p.packet_id for p in first}
+    sub.close()
+    sub = RawClient(broker.host, broker.port, 5)
+    assert sub.connect(f"{uid}-s", clean_start=False,
+                       properties={SESSION_EXPIRY_INTERVAL: 60, RECEIVE_MAXIMUM: 2}
+                       ).session_present
+    pub.publish(f"{uid}/t", b"new", 1, packet_id=7)
+    window = [sub.recv_type(3), sub.recv_type(3)]
+    assert sub.recv_or_none(QUIET) is None  # two unacknowledged: the window is full
+    got = list(window)
+    while len(got) < 7:  # each PUBACK lets exactly one more through
+        sub.send(Puback(window.pop(0).packet_id))
+        window.append(sub.recv_type(3))
+        got.append(window[-1])
+    for p in window:
+        sub.send(Puback(p.packet_id))
+    assert sub.recv_or_none(QUIET) is None
+    assert [p.payload for p in got] == [f"m{i}".encode() for i in range(6)] + [b"new"]
+    for p in got[:6]:
+        assert (p.dup, p.packet_id) == (True, ids[p.payload])
+    assert not got[6].dup

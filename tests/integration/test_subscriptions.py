@@ -222,3 +222,51 @@ def test_shared_subscription_refused_when_not_available(make_broker, uid):
     c = RawClient(b.host, b.port, 5)
     c.connect(uid)
     assert c.subscribe("$share/g/t", 0) == [0x9E]
+
+
+def _member_holding_unacknowledged(broker, uid):
+    """A persistent member A of `$share/g/<uid>/t` that stopped reading (so acknowledges
+    nothing) while the broker sent it a QoS 2 message `q2` then a QoS 1 message `q1`, and a
+    member B that joined afterwards; A then vanishes. Returns (B, the publisher)."""
+    group = f"$share/g/{uid}/t"
+    a = PahoClient(broker.host, broker.port, f"{uid}-a", session_expiry=300)
+    a.subscribe(group, 2)
+    a.client.loop_stop()  # A reads nothing from now on: no PUBREC, no PUBACK
+    pub = PahoClient(broker.host, broker.port, f"{uid}-p")
+    pub.publish(f"{uid}/t", b"q2", 2)  # completed for the publisher once routed to A
+    pub.publish(f"{uid}/t", b"q1", 1)
+    b = PahoClient(broker.host, broker.port, f"{uid}-b")
+    b.subscribe(group, 2)
+    a.drop()
+    return b, pub
+
+
+def test_shared_qos1_message_in_flight_moves_to_another_member_qos2_stays(broker, uid):
+    # MQTT 5.0 section 4.8.2: an unacknowledged QoS 1 message may go to another member when
+    # the first one's connection breaks; a QoS 2 message in flight is completed with the
+    # member it was sent to when it reconnects [MQTT-4.8.2-4], never sent to another.
+    b, pub = _member_holding_unacknowledged(broker, uid)
+    moved = b.expect()
+    assert (moved.payload, moved.qos) == (b"q1", 1)
+    pub.publish(f"{uid}/t", b"after", 1)  # round robin prefers B, the connected member
+    assert b.expect().payload == b"after"  # and nothing (no q2) before it
+    a = PahoClient(broker.host, broker.port, f"{uid}-a", clean=False, session_expiry=300)
+    assert a.session_present
+    resumed = a.expect()
+    assert (resumed.payload, resumed.qos, resumed.dup) == (b"q2", 2, True)
+    a.expect_none()  # q1 went to B; it is not sent to A as well
+    b.expect_none()
+
+
+def test_shared_qos2_message_in_flight_is_not_sent_to_another_member_when_session_ends(
+        broker, uid):
+    # [MQTT-4.8.2-5] the member's session ends (it comes back with Clean Start 1) before it
+    # completed the QoS 2 message: the message goes to no other member.
+    b, pub = _member_holding_unacknowledged(broker, uid)
+    assert b.expect().payload == b"q1"
+    a = PahoClient(broker.host, broker.port, f"{uid}-a", clean=True, session_expiry=300)
+    assert not a.session_present
+    pub.publish(f"{uid}/t", b"after", 1)  # B is the group's only member now
+    assert b.expect().payload == b"after"  # q2 was not moved to B when A's session ended
+    b.expect_none()
+    a.expect_none()
