@@ -1024,6 +1024,12 @@ DEF T_AUTH = 15
 _ACTION_PUBLISH = "publish"  # hbroker.hooks.PUBLISH
 
 
+cdef void _puback_for_qos2(ConnectionCore conn, int packet_id) except *:
+    """A PUBACK for a QoS 2 message in flight: a protocol error (see Session.on_puback). Out
+    of line, so the packet loop stays small."""
+    conn.protocol_error(RC_PROTOCOL_ERROR, f"PUBACK for QoS 2 message {packet_id}")
+
+
 cdef bint _handle_packets(ConnectionCore conn, list packets, dict handlers) except -1:
     """The packets of one read, in order (`ConnectionCore.data_received`): PUBLISH straight to
     `handle_publish` and PUBACK to the session, the others to their handler in `handlers`
@@ -1047,8 +1053,7 @@ cdef bint _handle_packets(ConnectionCore conn, list packets, dict handlers) exce
             if type(packet) is Puback:
                 if conn.session.on_puback((<Puback>packet).packet_id, conn.last_received) \
                         == A_WRONG_TYPE:
-                    conn.protocol_error(RC_PROTOCOL_ERROR, f"PUBACK for QoS 2 message "
-                                        f"{(<Puback>packet).packet_id}")
+                    _puback_for_qos2(conn, (<Puback>packet).packet_id)
                     return False
                 continue
         ptype = packet.packet_type
