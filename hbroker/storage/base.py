@@ -29,15 +29,16 @@ SCHEMA_VERSION = 1
 #                  retain_handling, subscription_identifier)
 # retained:       (topic, payload, qos, properties, expires_at)
 # messages:       (id, topic, payload, qos, retain, properties, expires_at, sender)
-#   A message referenced by queued or inflight deliveries, or received and acknowledged but
-#   not yet routed. A row is written once and never changed; it is deleted with the last
-#   delivery that needs it. A message without deliveries is one whose routing did not happen
-#   before a crash: it is routed again at start.
+#   A message referenced by queued or inflight deliveries: written once, in the commit of its
+#   first delivery, never changed, and deleted in the commit that deletes the last delivery
+#   that needs it. (A retained message lives in `retained` only.)
 # deliveries:     (client_id, seq, message_id, qos, retain, subscription_ids, packet_id,
 #                  state, share_group)
 #   One message on its way to one session. packet_id 0: queued; otherwise inflight, with
 #   state 1 (PUBLISH sent, awaiting PUBACK/PUBREC) or 2 (PUBREL sent, awaiting PUBCOMP).
-#   seq orders a session's deliveries; subscription_ids is a packed list.
+#   seq orders a session's deliveries; subscription_ids is a packed list. At start these rows
+#   are the sessions' queues and inflight windows as they were: stored messages are never
+#   routed again.
 # incoming_qos2:  (client_id, packet_id): QoS 2 packet ids received and PUBRECed, awaiting
 #                  PUBREL [MQTT-4.3.3-9].
 

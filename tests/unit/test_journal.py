@@ -1,0 +1,202 @@
+"""The storage journal (hbroker.storage.journal): what each commit holds, and what clients see
+before and after it. A restart rebuilds state from these rows and routes nothing again, so a
+PUBLISH must be committed together with its routing (test_restore.py has the other half)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from hbroker_ext.codec import PUBACK, PUBREC
+from journal_harness import Harness, Publisher, payloads
+
+from hbroker.storage.base import Batch, StorageError
+
+
+def run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def the_batch_with(batches: list[Batch], message_id: int) -> Batch:
+    """The one batch that wrote the row of message `message_id`."""
+    found = [b for b in batches if any(row[0] == message_id for row in b.messages)]
+    assert len(found) == 1, f"message {message_id} written by {len(found)} batches"
+    return found[0]
+
+
+def test_a_publish_is_committed_with_its_deliveries_and_retained_update_before_its_puback(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        h = await Harness(tmp_path / "db").start()
+        s1 = h.session("s1", "t/#")
+        s2 = h.session("s2", "t/r")
+        pub = Publisher(h.session("p", expiry=0))
+        msg = h.publish(pub, "t/r", b"v", retain=True, packet_id=7)
+        assert pub.acks() == [], "acknowledged before anything was committed"
+        await h.committed()
+        assert pub.acks() == [(PUBACK, 7, 0)]
+        batch = the_batch_with(h.backend.batches, msg.store_id)
+        assert sorted((row[0], row[2]) for row in batch.deliveries) == [
+            ("s1", msg.store_id), ("s2", msg.store_id)]
+        assert [row[:2] for row in batch.retained] == [("t/r", b"v")]
+        assert [d.message for d in s1.queue] == [msg] == [d.message for d in s2.queue]
+        await h.stop()
+
+    run(main())
+
+
+def test_a_qos2_publish_commits_its_packet_id_with_its_deliveries_before_its_pubrec(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        h = await Harness(tmp_path / "db").start()
+        h.session("s", "t/#", qos=2)
+        pub = Publisher(h.session("p"))
+        msg = h.publish(pub, "t/x", b"v", qos=2, packet_id=9)
+        assert pub.acks() == []
+        await h.committed()
+        assert pub.acks() == [(PUBREC, 9, 0)]
+        batch = the_batch_with(h.backend.batches, msg.store_id)
+        assert ("p", 9) in batch.incoming_qos2
+        assert [(row[0], row[2], row[3]) for row in batch.deliveries] == [
+            ("s", msg.store_id, 2)]
+        await h.stop()
+
+    run(main())
+
+
+def test_a_publish_that_reaches_only_retained_state_writes_no_message_row(
+        tmp_path: Path) -> None:
+    """The retained table holds a retained message; a message row is only for deliveries."""
+    async def main() -> None:
+        h = await Harness(tmp_path / "db").start()
+        pub = Publisher(h.session("p", expiry=0))
+        h.publish(pub, "t/r", b"v", retain=True, packet_id=3)
+        await h.committed()
+        assert pub.acks() == [(PUBACK, 3, 0x10)]  # No matching subscribers
+        assert [row[:2] for b in h.backend.batches for row in b.retained] == [("t/r", b"v")]
+        assert not any(b.messages for b in h.backend.batches)
+        await h.stop()
+
+    run(main())
+
+
+def test_deliveries_to_subscribers_are_held_until_the_commit_of_the_publish(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        h = await Harness(tmp_path / "db").start()
+        durable = h.online(h.session("s", "t/#"))
+        clean = h.online(h.session("c", "t/#", expiry=0))
+        pub = Publisher(h.session("p", expiry=0))
+        gate = h.backend.gate = asyncio.Event()
+        h.publish(pub, "t/x", b"v", packet_id=1)
+        await h.until(lambda: h.journal.committing is not None, "the commit started")
+        await asyncio.sleep(0)
+        assert durable.data == clean.data == b"" and pub.acks() == []
+        gate.set()
+        await h.committed()
+        assert payloads(durable.data) == payloads(clean.data) == [b"v"]
+        assert pub.acks() == [(PUBACK, 1, 0)]
+        await h.stop()
+
+    run(main())
+
+
+def test_an_acknowledged_delivery_is_deleted_with_its_message_row_by_a_later_commit(
+        tmp_path: Path) -> None:
+    """Rows per message to one online persistent subscriber: the message and its delivery
+    written with the PUBLISH, both deleted after the PUBACK (a lazy change)."""
+    async def main() -> None:
+        h = await Harness(tmp_path / "db").start()
+        session = h.session("s", "t/#")
+        h.online(session)
+        pub = Publisher(h.session("p", expiry=0))
+        msg = h.publish(pub, "t/x", b"v", packet_id=1)
+        await h.committed()
+        (packet_id,) = session.inflight
+        session.on_puback(packet_id, time.monotonic())
+        await h.committed()
+        batches = h.backend.batches
+        assert sum(len(b.messages) for b in batches) == 1
+        assert sum(len(b.deliveries) for b in batches) == 1
+        assert [r for b in batches for r in b.deliveries_deleted] == [("s", 1)]
+        assert [r for b in batches for r in b.messages_deleted] == [(msg.store_id,) * 2]
+        state = await h.backend.load()
+        assert state.messages == [] and state.deliveries == []
+        await h.stop()
+
+    run(main())
+
+
+def test_a_publish_storage_refused_is_withdrawn_from_queues_and_retained_state(
+        tmp_path: Path) -> None:
+    """The publisher is refused (0x97 for a full disk), the offline session's queue loses
+    the copy nobody has seen, and the retained message is the one before; the retried commit
+    stores none of it."""
+    async def main() -> None:
+        h = await Harness(tmp_path / "db").start()
+        session = h.session("s", "t/#")
+        pub = Publisher(h.session("p", expiry=0))
+        before = h.publish(pub, "t/r", b"before", retain=True, packet_id=1)
+        await h.committed()
+        h.backend.fail = StorageError("disk full", full=True)
+        h.publish(pub, "t/r", b"refused", retain=True, packet_id=2)
+        h.publish(pub, "t/r", b"", retain=True, packet_id=3)  # clears it: refused too
+        await h.until(lambda: h.journal.degraded, "the commit failed")
+        assert pub.refused == [(2, True), (3, True)]
+        assert pub.acks() == [(PUBACK, 1, 0)]
+        assert [d.message for d in session.queue] == [before]
+        assert session.queued_bytes == len(b"before")
+        assert h.broker.retained.get("t/r").payload == b"before"
+        h.backend.fail = None
+        await h.until(lambda: not h.journal.degraded, "storage recovered")
+        await h.committed()
+        state = await h.backend.load()
+        assert [row[:2] for row in state.retained] == [("t/r", b"before")]
+        assert [row[2] for row in state.messages] == [b"before"]
+        assert [row[2] for row in state.deliveries] == [before.store_id]
+        await h.stop()
+
+    run(main())
+
+
+def test_a_publish_storage_refused_stays_with_a_subscriber_it_was_sent_to(
+        tmp_path: Path) -> None:
+    """The output held behind a failed commit is released (the broker stays responsive):
+    an online subscriber that was sent the message completes it; its row is stored by the
+    retried commit, so a restart re-sends it with the same packet id."""
+    async def main() -> None:
+        h = await Harness(tmp_path / "db").start()
+        session = h.session("s", "t/#")
+        transport = h.online(session)
+        pub = Publisher(h.session("p", expiry=0))
+        h.backend.fail = StorageError("connection lost")
+        h.publish(pub, "t/x", b"sent", packet_id=1)
+        await h.until(lambda: h.journal.degraded, "the commit failed")
+        assert pub.refused == [(1, False)]
+        assert payloads(transport.data) == [b"sent"]
+        assert [d.message.payload for d in session.inflight.values()] == [b"sent"]
+        h.backend.fail = None
+        await h.until(lambda: not h.journal.degraded, "storage recovered")
+        await h.committed()
+        state = await h.backend.load()
+        assert [(row[0], row[6]) for row in state.deliveries] == [("s", *session.inflight)]
+        await h.stop()
+
+    run(main())
+
+
+def test_periodic_mode_commits_a_message_with_its_deliveries(tmp_path: Path) -> None:
+    async def main() -> None:
+        h = await Harness(tmp_path / "db", sync=False).start()
+        h.session("s", "t/#")
+        from hbroker.session import Message
+
+        msg = Message("t/x", b"v", 1, False, None, 0.0, "p")
+        h.broker.publish(msg, time.monotonic())  # acknowledged at once in periodic mode
+        await h.committed()
+        batch = the_batch_with(h.backend.batches, msg.store_id)
+        assert [(row[0], row[2]) for row in batch.deliveries] == [("s", msg.store_id)]
+        await h.stop()
+
+    run(main())
