@@ -36,7 +36,8 @@ SCHEMA_VERSION = 1
 #                  state, share_group)
 #   One message on its way to one session. packet_id 0: queued; otherwise inflight, with
 #   state 1 (PUBLISH sent, awaiting PUBACK/PUBREC) or 2 (PUBREL sent, awaiting PUBCOMP).
-#   seq orders a session's deliveries; subscription_ids is a packed list. At start these rows
+#   seq orders a session's deliveries (it counts per session); subscription_ids is a packed
+#   list. At start these rows
 #   are the sessions' queues and inflight windows as they were: stored messages are never
 #   routed again.
 # incoming_qos2:  (client_id, packet_id): QoS 2 packet ids received and PUBRECed, awaiting
@@ -65,7 +66,9 @@ class Batch:
     subscriptions_deleted: list[tuple[str, str]] = field(default_factory=list)
     messages: list[tuple] = field(default_factory=list)
     deliveries: list[tuple] = field(default_factory=list)
-    deliveries_deleted: list[tuple[str, int]] = field(default_factory=list)
+    # (client id, first seq, last seq): that session's deliveries of the range, both ends
+    # included, are deleted.
+    deliveries_deleted: list[tuple[str, int, int]] = field(default_factory=list)
     # (first id, last id): every message id of the range, both ends included, is deleted.
     messages_deleted: list[tuple[int, int]] = field(default_factory=list)
     incoming_qos2: list[tuple[str, int]] = field(default_factory=list)

@@ -163,7 +163,9 @@ class Journal:
         self.degraded = False
         self.full = False  # the last failure was for lack of space
         self.stopping = False
-        self.next_seq = 1
+        # client id -> the seq of its session's newest delivery: seqs count per session, so
+        # that the deliveries a session completes in order are one range to delete.
+        self.last_seq: dict[str, int] = {}
         self.next_message_id = 1
         self.commits = 0
         self.failures = 0
@@ -229,11 +231,12 @@ class Journal:
         again from the state stored: at worst a duplicate, which QoS 1 allows)."""
         msg = delivery.message
         seq = delivery.seq
+        client_id = session.client_id
         if not seq:
-            seq = delivery.seq = self.next_seq
-            self.next_seq += 1
+            seq = delivery.seq = self.last_seq.get(client_id, 0) + 1
+            self.last_seq[client_id] = seq
             self._reference(msg)
-        self.current.deliveries[(session.client_id, seq)] = (session, delivery)
+        self.current.deliveries[(client_id, seq)] = (session, delivery)
         if delivery.qos == 2 or (delivery.qos and not delivery.written):
             self._touch()
         else:
@@ -260,6 +263,9 @@ class Journal:
                 delivery.seq = 0
                 delivery.written = False
                 self._release(delivery.message)
+        # Its rows are deleted before any of a new session with its client id (Batch order),
+        # whose seqs may start again from 1.
+        self.last_seq.pop(session.client_id, None)
         self.current.sessions[session] = None
         self._touch()
 
@@ -501,33 +507,51 @@ class Journal:
                 batch.subscriptions.append((
                     session.client_id, topic_filter, opts.qos, int(opts.no_local),
                     int(opts.retain_as_published), opts.retain_handling, opts.sub_id))
+        # Message and delivery rows are the per-message part: written inline (a function call
+        # per column costs as much as the row).
         rows = batch.messages
         written = pending.written
         deleted = []
+        inf = math.inf
+        packb = msgpack.packb
         for msg in pending.messages:
             if msg.store_refs > 0:
                 if not msg.store_written:  # rows never change: written once
                     msg.store_written = True
                     written.append(msg)
+                    props = msg.properties
+                    expires = msg.expires_at
                     rows.append((
-                        msg.store_id, msg.topic, msg.payload, msg.qos, int(msg.retain),
-                        pack_properties(msg.properties), wall(msg.expires_at), msg.sender))
+                        msg.store_id, msg.topic, msg.payload, msg.qos, 1 if msg.retain else 0,
+                        packb(props, use_bin_type=True) if props else None,
+                        None if not expires or expires == inf else expires + to_wall,
+                        msg.sender))
             elif msg.store_written:
                 msg.store_written = False
                 deleted.append(msg.store_id)
         if deleted:
             batch.messages_deleted = id_ranges(deleted)
+        delivery_rows = batch.deliveries
+        removed: dict[str, list[int]] = {}
         for (client_id, seq), (session, d) in pending.deliveries.items():
             if session.ended:
                 continue
             if d is None or d.seq != seq:
-                batch.deliveries_deleted.append((client_id, seq))
+                seqs = removed.get(client_id)
+                if seqs is None:
+                    removed[client_id] = [seq]
+                else:
+                    seqs.append(seq)
             else:
                 d.written = True
-                batch.deliveries.append((
-                    client_id, seq, d.message.store_id, d.qos, int(d.retain),
-                    msgpack.packb(list(d.sub_ids)) if d.sub_ids else None, d.packet_id,
-                    d.state, d.group))
+                sub_ids = d.sub_ids
+                delivery_rows.append((
+                    client_id, seq, d.message.store_id, d.qos, 1 if d.retain else 0,
+                    packb(list(sub_ids)) if sub_ids else None, d.packet_id, d.state, d.group))
+        for client_id, seqs in removed.items():
+            # No other delivery of the session has a seq inside a run of removed ones.
+            for first, last in id_ranges(seqs):
+                batch.deliveries_deleted.append((client_id, first, last))
         for session, packet_id in pending.qos2:
             if session.ended:
                 continue

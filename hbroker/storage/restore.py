@@ -98,7 +98,8 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
          group) in state.deliveries:
         session = sessions.get(client_id)
         msg = messages.get(msg_id)
-        journal.next_seq = max(journal.next_seq, seq + 1)
+        if seq > journal.last_seq.get(client_id, 0):
+            journal.last_seq[client_id] = seq
         if session is None or msg is None:
             continue
         d = Delivery(msg, qos, bool(retain), tuple(msgpack.unpackb(sub_ids)) if sub_ids else (),

@@ -119,10 +119,34 @@ def test_an_acknowledged_delivery_is_deleted_with_its_message_row_by_a_later_com
         batches = h.backend.batches
         assert sum(len(b.messages) for b in batches) == 1
         assert sum(len(b.deliveries) for b in batches) == 1
-        assert [r for b in batches for r in b.deliveries_deleted] == [("s", 1)]
+        assert [r for b in batches for r in b.deliveries_deleted] == [("s", 1, 1)]
         assert [r for b in batches for r in b.messages_deleted] == [(msg.store_id,) * 2]
         state = await h.backend.load()
         assert state.messages == [] and state.deliveries == []
+        await h.stop()
+
+    run(main())
+
+
+def test_deliveries_a_session_completes_in_order_are_deleted_as_one_range(
+        tmp_path: Path) -> None:
+    """Seqs count per session, so another session's deliveries in between do not split it."""
+    async def main() -> None:
+        h = await Harness(tmp_path / "db").start()
+        first = h.session("a", "t/#")
+        h.online(first)
+        h.session("b", "t/#")  # offline: keeps its copies
+        pub = Publisher(h.session("p", expiry=0))
+        for i in range(1, 11):
+            h.publish(pub, "t/x", b"%d" % i, packet_id=i)
+        await h.committed()
+        now = time.monotonic()
+        for packet_id in list(first.inflight):
+            first.on_puback(packet_id, now)
+        await h.committed()
+        assert [r for b in h.backend.batches for r in b.deliveries_deleted] == [("a", 1, 10)]
+        state = await h.backend.load()
+        assert [(row[0], row[1]) for row in state.deliveries] == [("b", i) for i in range(1, 11)]
         await h.stop()
 
     run(main())

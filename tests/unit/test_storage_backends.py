@@ -360,7 +360,7 @@ def test_parts_apply_in_batch_order_deletes_after_upserts(backend: Backend) -> N
         messages=[(1, "t", b"", 0, 0, None, None, None), (2, "t", b"", 0, 0, None, None,
                                                               None)],
         deliveries=[("k", 1, 1, 0, 0, None, 0, 0, None), ("k", 2, 2, 0, 0, None, 0, 0, None)],
-        deliveries_deleted=[("k", 1)],
+        deliveries_deleted=[("k", 1, 1)],
         messages_deleted=[(1, 1)],
         incoming_qos2=[("k", 1), ("k", 2)],
         incoming_qos2_deleted=[("k", 2)],
@@ -415,11 +415,31 @@ def test_upserts_replace_rows_with_the_same_key(backend: Backend) -> None:
     assert_state(run(scenario()), expected)
 
 
+def test_a_range_of_deliveries_is_deleted_for_that_session_only_both_ends_included(
+        backend: Backend) -> None:
+    def row(client_id: str, seq: int) -> tuple:
+        return (client_id, seq, 1, 1, 0, None, 0, 0, None)
+
+    sessions = [(c, 5, None, None, None, 0, None, 1) for c in ("k", "m")]
+    message = (1, "t", b"m", 1, 0, None, None, None)
+
+    async def scenario() -> StoredState:
+        async with opened(backend) as storage:
+            await storage.commit(Batch(
+                sessions=sessions, messages=[message],
+                deliveries=[row("k", i) for i in range(1, 6)] + [row("m", i) for i in (2, 3)]))
+            await storage.commit(Batch(deliveries_deleted=[("k", 2, 4), ("k", 9, 12)]))
+        return await reopened_load(backend)
+
+    state = run(scenario())
+    assert [(d[0], d[1]) for d in state.deliveries] == [("k", 1), ("k", 5), ("m", 2), ("m", 3)]
+
+
 def test_deleting_missing_rows_is_harmless(backend: Backend) -> None:
     missing = Batch(
         sessions_deleted=[("nobody",)],
         subscriptions_deleted=[("a", "no/such"), ("nobody", "#")],
-        deliveries_deleted=[("a", 4), ("nobody", 1)],
+        deliveries_deleted=[("a", 4, 4), ("nobody", 1, 1)],
         messages_deleted=[(8, 8), (BIG + 1, BIG + 3)],
         incoming_qos2_deleted=[("a", 10), ("nobody", 9)],
         retained_deleted=[("no/such",)],
