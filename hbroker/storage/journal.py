@@ -390,12 +390,16 @@ class Journal:
 
     def kick(self, force: bool = False) -> bool:
         """Start a commit of what is pending if something urgent is (or, with `force`, if
-        anything is), unless one is running or a retry is due. Returns whether it started."""
+        anything is), unless one is running or a retry is due. Returns whether it started.
+        While stopping, only `close` (with `force`) starts commits: otherwise the flush that
+        follows a failed commit would start it again at once, and again, until `close` gave
+        up waiting (a failed commit schedules no retry while stopping)."""
         if self.committing is not None or self._retry_handle is not None:
             return False
         pending = self.current
-        if not (pending.urgent or (force and self.has_changes())):
-            if pending.outputs:  # held behind the commit that just finished
+        if not (pending.urgent or (force and self.has_changes())) or (
+                self.stopping and not force):
+            if pending.outputs and not pending.urgent:  # held behind the commit just done
                 self._release_output(pending)
                 pending.outputs = []
             return False

@@ -8,6 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
 from hbroker_ext.codec import PUBACK, PUBREC
 from journal_harness import Harness, Publisher, payloads
 
@@ -124,6 +125,29 @@ def test_an_acknowledged_delivery_is_deleted_with_its_message_row_by_a_later_com
         state = await h.backend.load()
         assert state.messages == [] and state.deliveries == []
         await h.stop()
+
+    run(main())
+
+
+def test_closing_while_storage_fails_tries_once_more_and_gives_up(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A commit under way when the broker stops fails: `close` tries the pending changes once
+    more and gives up, without a flood of commits started by the flushes that follow."""
+    async def main() -> None:
+        h = await Harness(tmp_path / "db").start()
+        h.session("s", "t/#")
+        pub = Publisher(h.session("p", expiry=0))
+        h.backend.fail = StorageError("disk full", full=True)
+        gate = h.backend.gate = asyncio.Event()
+        h.publish(pub, "t/x", b"v", packet_id=1)
+        await h.until(lambda: h.journal.committing is not None, "the commit started")
+        closing = asyncio.ensure_future(h.journal.close(timeout=3.0))
+        await asyncio.sleep(0)
+        gate.set()
+        await closing
+        assert h.journal.failures == 2
+        assert pub.refused == [(1, True)]
+        assert "changes of the last moments could not be stored" in caplog.text
 
     run(main())
 
