@@ -512,31 +512,16 @@ class Journal:
                     session.client_id, topic_filter, opts.qos, int(opts.no_local),
                     int(opts.retain_as_published), opts.retain_handling, opts.sub_id))
         # Message and delivery rows are the per-message part: written inline (a function call
-        # per column costs as much as the row).
-        rows = batch.messages
-        written = pending.written
-        deleted = []
+        # per column costs as much as the row). A QoS 1 delivery sent at once (inflight when
+        # its row is first written) to the only session its message reaches carries the
+        # message in its own row: its next change is its deletion, so the common case of one
+        # persistent subscriber online costs one row per message. Any other delivery
+        # references a message row, written once with the first such delivery.
         inf = math.inf
         packb = msgpack.packb
-        for msg in pending.messages:
-            if msg.store_refs > 0:
-                if not msg.store_written:  # rows never change: written once
-                    msg.store_written = True
-                    written.append(msg)
-                    props = msg.properties
-                    expires = msg.expires_at
-                    rows.append((
-                        msg.store_id, msg.topic, msg.payload, msg.qos, 1 if msg.retain else 0,
-                        packb(props, use_bin_type=True) if props else None,
-                        None if not expires or expires == inf else expires + to_wall,
-                        msg.sender))
-            elif msg.store_written:
-                msg.store_written = False
-                deleted.append(msg.store_id)
-        if deleted:
-            batch.messages_deleted = id_ranges(deleted)
         delivery_rows = batch.deliveries
         removed: dict[str, list[int]] = {}
+        need_rows: list[Message] = []
         for (client_id, seq), (session, d) in pending.deliveries.items():
             if session.ended:
                 continue
@@ -546,12 +531,47 @@ class Journal:
                     removed[client_id] = [seq]
                 else:
                     seqs.append(seq)
-            else:
-                d.written = True
-                sub_ids = d.sub_ids
+                continue
+            d.written = True
+            sub_ids = d.sub_ids
+            msg = d.message
+            if msg.store_written or msg.store_refs > 1 or not d.packet_id or d.qos != 1:
+                if not msg.store_written:
+                    need_rows.append(msg)
                 delivery_rows.append((
-                    client_id, seq, d.message.store_id, d.qos, 1 if d.retain else 0,
-                    packb(list(sub_ids)) if sub_ids else None, d.packet_id, d.state, d.group))
+                    client_id, seq, msg.store_id, d.qos, 1 if d.retain else 0,
+                    packb(list(sub_ids)) if sub_ids else None, d.packet_id, d.state,
+                    d.group, None, None, None, None, None, None, None))
+            else:
+                props = msg.properties
+                expires = msg.expires_at
+                delivery_rows.append((
+                    client_id, seq, msg.store_id, d.qos, 1 if d.retain else 0,
+                    packb(list(sub_ids)) if sub_ids else None, d.packet_id, d.state,
+                    d.group, msg.topic, msg.payload, msg.qos, 1 if msg.retain else 0,
+                    packb(props, use_bin_type=True) if props else None,
+                    None if not expires or expires == inf else expires + to_wall,
+                    msg.sender))
+        rows = batch.messages
+        written = pending.written
+        for msg in need_rows:
+            if not msg.store_written:  # rows never change: written once
+                msg.store_written = True
+                written.append(msg)
+                props = msg.properties
+                expires = msg.expires_at
+                rows.append((
+                    msg.store_id, msg.topic, msg.payload, msg.qos, 1 if msg.retain else 0,
+                    packb(props, use_bin_type=True) if props else None,
+                    None if not expires or expires == inf else expires + to_wall,
+                    msg.sender))
+        deleted = []
+        for msg in pending.messages:
+            if not msg.store_refs and msg.store_written:
+                msg.store_written = False
+                deleted.append(msg.store_id)
+        if deleted:
+            batch.messages_deleted = id_ranges(deleted)
         for client_id, seqs in removed.items():
             # No other delivery of the session has a seq inside a run of removed ones.
             for first, last in id_ranges(seqs):

@@ -94,14 +94,23 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
         session.subscriptions[topic_filter] = opts
 
     deliveries = 0
-    for (client_id, seq, msg_id, qos, retain, sub_ids, packet_id, st,
-         group) in state.deliveries:
+    carried = 0  # messages stored in the row of their only delivery
+    for (client_id, seq, msg_id, qos, retain, sub_ids, packet_id, st, group, m_topic,
+         m_payload, m_qos, m_retain, m_props, m_expires_at, m_sender) in state.deliveries:
         session = sessions.get(client_id)
-        msg = messages.get(msg_id)
         if seq > journal.last_seq.get(client_id, 0):
             journal.last_seq[client_id] = seq
-        if session is None or msg is None:
+        journal.next_message_id = max(journal.next_message_id, msg_id + 1)
+        if session is None:
             continue
+        msg = messages.get(msg_id)
+        if msg is None:
+            if m_payload is None:
+                continue
+            msg = Message(m_topic, m_payload, m_qos, bool(m_retain), unpack_properties(m_props),
+                          0.0 if m_expires_at is None else mono(m_expires_at), m_sender)
+            msg.store_id = msg_id  # no row of its own: store_written stays false
+            carried += 1
         d = Delivery(msg, qos, bool(retain), tuple(msgpack.unpackb(sub_ids)) if sub_ids else (),
                      group)
         d.seq = seq
@@ -134,6 +143,6 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
             broker._publish_will(session, now)
     counts = {"sessions": len(state.sessions), "subscriptions": len(state.subscriptions),
               "retained": len(broker.retained), "deliveries": deliveries,
-              "messages": len(messages) - len(unreferenced),
+              "messages": len(messages) - len(unreferenced) + carried,
               "messages_deleted": len(unreferenced)}
     return counts

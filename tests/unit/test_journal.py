@@ -20,9 +20,11 @@ def run(coro: object) -> None:
 
 
 def the_batch_with(batches: list[Batch], message_id: int) -> Batch:
-    """The one batch that wrote the row of message `message_id`."""
-    found = [b for b in batches if any(row[0] == message_id for row in b.messages)]
-    assert len(found) == 1, f"message {message_id} written by {len(found)} batches"
+    """The one batch that stored message `message_id`: its own row, or carried by the row of
+    its only delivery."""
+    found = [b for b in batches if any(row[0] == message_id for row in b.messages)
+             or any(row[2] == message_id and row[10] is not None for row in b.deliveries)]
+    assert len(found) == 1, f"message {message_id} stored by {len(found)} batches"
     return found[0]
 
 
@@ -38,8 +40,10 @@ def test_a_publish_is_committed_with_its_deliveries_and_retained_update_before_i
         await h.committed()
         assert pub.acks() == [(PUBACK, 7, 0)]
         batch = the_batch_with(h.backend.batches, msg.store_id)
-        assert sorted((row[0], row[2]) for row in batch.deliveries) == [
-            ("s1", msg.store_id), ("s2", msg.store_id)]
+        # Two deliveries need it: a row of its own, which theirs reference.
+        assert [row[:3] for row in batch.messages] == [(msg.store_id, "t/r", b"v")]
+        assert sorted((row[0], row[2], row[10]) for row in batch.deliveries) == [
+            ("s1", msg.store_id, None), ("s2", msg.store_id, None)]
         assert [row[:2] for row in batch.retained] == [("t/r", b"v")]
         assert [d.message for d in s1.queue] == [msg] == [d.message for d in s2.queue]
         await h.stop()
@@ -103,10 +107,10 @@ def test_deliveries_to_subscribers_are_held_until_the_commit_of_the_publish(
     run(main())
 
 
-def test_an_acknowledged_delivery_is_deleted_with_its_message_row_by_a_later_commit(
+def test_a_message_with_one_delivery_is_one_row_deleted_after_the_puback(
         tmp_path: Path) -> None:
-    """Rows per message to one online persistent subscriber: the message and its delivery
-    written with the PUBLISH, both deleted after the PUBACK (a lazy change)."""
+    """Rows per message to one online persistent subscriber: its delivery, carrying the
+    message, written with the PUBLISH and deleted after the PUBACK (a lazy change)."""
     async def main() -> None:
         h = await Harness(tmp_path / "db").start()
         session = h.session("s", "t/#")
@@ -118,12 +122,34 @@ def test_an_acknowledged_delivery_is_deleted_with_its_message_row_by_a_later_com
         session.on_puback(packet_id, time.monotonic())
         await h.committed()
         batches = h.backend.batches
-        assert sum(len(b.messages) for b in batches) == 1
-        assert sum(len(b.deliveries) for b in batches) == 1
+        assert [r[2:] for b in batches for r in b.deliveries] == [
+            (msg.store_id, 1, 0, None, 1, 1, None, "t/x", b"v", 1, 0, None, None, "p")]
         assert [r for b in batches for r in b.deliveries_deleted] == [("s", 1, 1)]
-        assert [r for b in batches for r in b.messages_deleted] == [(msg.store_id,) * 2]
+        assert not any(b.messages or b.messages_deleted for b in batches)
         state = await h.backend.load()
         assert state.messages == [] and state.deliveries == []
+        await h.stop()
+
+    run(main())
+
+
+def test_a_queued_delivery_references_a_message_row_and_sending_it_rewrites_no_payload(
+        tmp_path: Path) -> None:
+    """A delivery that will change state (queued now, sent later) does not carry its message:
+    the message has a row, and the delivery's later rows are small."""
+    async def main() -> None:
+        h = await Harness(tmp_path / "db").start()
+        session = h.session("s", "t/#")
+        pub = Publisher(h.session("p", expiry=0))
+        msg = h.publish(pub, "t/x", b"queued", packet_id=1)
+        await h.committed()
+        h.online(session)
+        session.drain(time.monotonic())
+        await h.committed()
+        assert [row[:3] for b in h.backend.batches for row in b.messages] == [
+            (msg.store_id, "t/x", b"queued")]
+        assert [(row[6], row[10]) for b in h.backend.batches for row in b.deliveries] == [
+            (0, None), (*session.inflight, None)]
         await h.stop()
 
     run(main())
@@ -202,7 +228,7 @@ def test_a_publish_storage_refused_is_withdrawn_from_queues_and_retained_state(
         state = await h.backend.load()
         assert [row[:2] for row in state.retained] == [("t/r", b"before")]
         assert [row[2] for row in state.messages] == [b"before"]
-        assert [row[2] for row in state.deliveries] == [before.store_id]
+        assert [(row[2], row[10]) for row in state.deliveries] == [(before.store_id, None)]
         await h.stop()
 
     run(main())

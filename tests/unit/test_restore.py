@@ -44,8 +44,10 @@ def message(msg_id: int, topic: str, payload: bytes, qos: int = 1, retain: bool 
 
 
 def delivery(client_id: str, seq: int, msg_id: int, qos: int = 1, packet_id: int = 0,
-             state: int = 0) -> tuple:
-    return (client_id, seq, msg_id, qos, 0, None, packet_id, state, None)
+             state: int = 0, carries: tuple | None = None) -> tuple:
+    """A delivery row; `carries`: the message (a messages row) it carries, if any."""
+    return (client_id, seq, msg_id, qos, 0, None, packet_id, state, None,
+            *(carries[1:] if carries else (None,) * 7))
 
 
 def test_retained_messages_come_from_the_retained_table_not_from_queued_copies(
@@ -105,6 +107,30 @@ def test_queues_and_inflight_windows_come_back_in_order_with_their_packet_ids(
             (b"m3", 1), (b"m4", 0), (b"m5", 2)]
         assert session.queued_bytes == 6
         assert h.counts["deliveries"] == 5
+        await h.stop()
+
+    run(main())
+
+
+def test_a_delivery_carrying_its_message_comes_back_with_it(tmp_path: Path) -> None:
+    """The only delivery of a message carries it; where the message also has a row (a second
+    delivery came later), both deliveries share the row's message."""
+    async def main() -> None:
+        carried = message(5, "t/x", b"carried", qos=2, retain=True)
+        shared = message(6, "t/y", b"shared")
+        await store(tmp_path / "db", Batch(
+            sessions=[offline_session("a"), offline_session("b")],
+            messages=[shared],
+            deliveries=[delivery("a", 1, 5, 2, carries=carried),
+                        delivery("a", 2, 6, carries=shared), delivery("b", 1, 6)]))
+        h = await Harness(tmp_path / "db").start()
+        a, b = h.broker.sessions["a"], h.broker.sessions["b"]
+        first, second = a.queue
+        assert (first.message.topic, first.message.payload, first.message.qos,
+                first.message.retain, first.message.sender) == ("t/x", b"carried", 2, True, "p")
+        assert second.message is b.queue[0].message and second.message.store_refs == 2
+        assert (h.counts["messages"], h.counts["messages_deleted"]) == (2, 0)
+        assert h.journal.next_message_id == 7
         await h.stop()
 
     run(main())
