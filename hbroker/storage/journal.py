@@ -8,8 +8,9 @@ commits therefore costs nothing, and one commit covers everything of a loop iter
 
 What is stored is the broker's state, never its traffic: a restart rebuilds the state from
 the rows (`hbroker.storage.restore`) and routes nothing again. So every commit must leave rows
-that are a state the broker was in: a message row exists only for the deliveries that reference
-it, and the deliveries of a message are committed together with it.
+that are a state the broker was in: a message is stored only for the deliveries that need it
+(in a row of its own, or carried by the row of its only delivery, see `serialize`), and the
+deliveries of a message are committed together with it.
 
 In `sync` mode:
 - An incoming QoS 1/2 PUBLISH that must outlive a crash (retained, or routed to a session that
