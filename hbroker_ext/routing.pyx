@@ -98,8 +98,8 @@ cdef class Message:
     `properties` holds the 5.0 properties that travel with the message to subscribers (the
     topic alias, subscription identifiers and message expiry are per delivery, not here).
     `expires_at` is a monotonic deadline, or 0 when the message does not expire.
-    Durable storage (hbroker.storage.journal) keeps the row id, the number of stored
-    deliveries that need the row, and whether the row was written.
+    Durable storage (hbroker.storage.journal) keeps its id, the number of stored deliveries
+    that need it, and whether it has a row of its own (its only delivery may carry it).
     """
 
     cdef public str topic
