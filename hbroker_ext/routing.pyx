@@ -107,8 +107,8 @@ cdef class Message:
     `properties` holds the 5.0 properties that travel with the message to subscribers (the
     topic alias, subscription identifiers and message expiry are per delivery, not here).
     `expires_at` is a monotonic deadline, or 0 when the message does not expire.
-    Durable storage (hbroker.storage.journal) keeps the row id, the number of stored
-    deliveries (and deferred routings) that need the row, and whether the row was written.
+    Durable storage (hbroker.storage.journal) keeps its id, the number of stored deliveries
+    that need it, and whether it has a row of its own (its only delivery may carry it).
     """
 
     cdef public str topic
@@ -833,7 +833,7 @@ cdef class BrokerCore:
 
     def publish(self, Message msg, double now, skip=None):
         """Route one application message; returns the number of subscriptions it reached.
-        `skip`: client ids that have it already (routing again after a restart)."""
+        `skip`: client ids not to deliver to."""
         return _publish(self, msg, now, skip)
 
 
@@ -1216,7 +1216,11 @@ cdef _handle_publish(ConnectionCore conn, Publish p):
             session.await_pubrel(p.packet_id)
             if session.expiry_interval:
                 journal.qos2_changed(session, p.packet_id)
-        journal.defer(conn, msg, p.packet_id)
+        # Routed now, so that its deliveries, its retained update and its packet id go into
+        # the same commit; what routing wrote to subscribers is held behind that commit, and
+        # the PUBACK/PUBREC waits for it (Journal.defer).
+        previous = broker.retained.get(topic) if retain else None
+        journal.defer(conn, msg, p.packet_id, _publish(broker, msg, now, None), previous)
         return
     reached = _publish(broker, msg, now, None)
     if qos == 0:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Bumped whenever the schema changes; each backend migrates older schemas on open.
-SCHEMA_VERSION = 1
+# 2: a delivery may carry its message (the message_* columns of deliveries).
+SCHEMA_VERSION = 2
 
 # Row layouts (tuples, in this order). The backends create tables with these columns.
 #
@@ -29,15 +30,25 @@ SCHEMA_VERSION = 1
 #                  retain_handling, subscription_identifier)
 # retained:       (topic, payload, qos, properties, expires_at)
 # messages:       (id, topic, payload, qos, retain, properties, expires_at, sender)
-#   A message referenced by queued or inflight deliveries, or received and acknowledged but
-#   not yet routed. A row is written once and never changed; it is deleted with the last
-#   delivery that needs it. A message without deliveries is one whose routing did not happen
-#   before a crash: it is routed again at start.
+#   A message that queued or inflight deliveries reference (unless its only delivery carries
+#   it, see deliveries): written once, with the first delivery that references it, never
+#   changed, and deleted in the commit that deletes the last delivery that needs it. (A
+#   retained message lives in `retained` only.)
 # deliveries:     (client_id, seq, message_id, qos, retain, subscription_ids, packet_id,
-#                  state, share_group)
+#                  state, share_group, message_topic, message_payload, message_qos,
+#                  message_retain, message_properties, message_expires_at, message_sender)
 #   One message on its way to one session. packet_id 0: queued; otherwise inflight, with
 #   state 1 (PUBLISH sent, awaiting PUBACK/PUBREC) or 2 (PUBREL sent, awaiting PUBCOMP).
-#   seq orders a session's deliveries; subscription_ids is a packed list.
+#   A QoS 1 delivery that was inflight when its row was first written (sent at once: its next
+#   change is its deletion) to the only session its message reached *carries* the message:
+#   the message_* columns hold it as a `messages` row would (topic, payload, qos, retain,
+#   properties, expires_at, sender) and no message row is written, so one persistent
+#   subscriber online costs one row per message. Otherwise they are NULL and message_id is a
+#   `messages` row; when both exist (a second delivery came later), the `messages` row is it.
+#   seq orders a session's deliveries (it counts per session); subscription_ids is a packed
+#   list. At start these rows
+#   are the sessions' queues and inflight windows as they were: stored messages are never
+#   routed again.
 # incoming_qos2:  (client_id, packet_id): QoS 2 packet ids received and PUBRECed, awaiting
 #                  PUBREL [MQTT-4.3.3-9].
 
@@ -64,7 +75,9 @@ class Batch:
     subscriptions_deleted: list[tuple[str, str]] = field(default_factory=list)
     messages: list[tuple] = field(default_factory=list)
     deliveries: list[tuple] = field(default_factory=list)
-    deliveries_deleted: list[tuple[str, int]] = field(default_factory=list)
+    # (client id, first seq, last seq): that session's deliveries of the range, both ends
+    # included, are deleted.
+    deliveries_deleted: list[tuple[str, int, int]] = field(default_factory=list)
     # (first id, last id): every message id of the range, both ends included, is deleted.
     messages_deleted: list[tuple[int, int]] = field(default_factory=list)
     incoming_qos2: list[tuple[str, int]] = field(default_factory=list)

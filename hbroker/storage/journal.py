@@ -6,31 +6,40 @@ journal only remembers *which* objects changed; when it commits, it reads their 
 moment and turns it into one `Batch` of rows. A delivery created and acknowledged between two
 commits therefore costs nothing, and one commit covers everything of a loop iteration.
 
+What is stored is the broker's state, never its traffic: a restart rebuilds the state from
+the rows (`hbroker.storage.restore`) and routes nothing again. So every commit must leave rows
+that are a state the broker was in: a message is stored only for the deliveries that need it
+(in a row of its own, or carried by the row of its only delivery, see `serialize`), and the
+deliveries of a message are committed together with it.
+
 In `sync` mode:
 - An incoming QoS 1/2 PUBLISH that must outlive a crash (retained, or routed to a session that
-  outlives its connection) is *deferred*: its message row is written, and only when that
-  commit is done is the PUBACK/PUBREC sent and the message routed. A message acknowledged is
-  therefore on disk; after a crash a message row without deliveries (its routing was not
-  committed) is routed again at start.
+  outlives its connection) is routed at once and *deferred*: its deliveries to durable sessions
+  (with the message row they share), its retained update and its incoming QoS 2 packet id are
+  all changes of the commit being gathered, and only when that commit is done is the
+  PUBACK/PUBREC sent. A message acknowledged is therefore on disk with its routing.
 - Every byte the broker would write to a client while a commit is pending is held and written
-  when the commit it follows is done, so a client never sees a packet id, a PUBREL or a delivery
-  that a crash could take back (this is what keeps QoS 2 exactly once across a restart).
+  when the commit it follows is done, so a client never sees a delivery, a packet id or a
+  PUBREL that a crash could take back (this is what keeps QoS 2 exactly once across a restart).
 - When nothing is pending, writes go out at once: brokers without durable traffic pay nothing.
-- Changes whose loss in a crash costs at most a duplicate QoS 0/1 delivery are *lazy*: the late
-  rows of QoS 0/1 deliveries, and every deletion (an acknowledged delivery, a message no longer
-  needed). They neither hold output nor start a commit; they ride with the next commit that
-  something urgent starts, or with one `LAZY_DELAY` later. Under load that is one commit per
-  round trip instead of two. (A QoS 2 delivery's row is deleted in the same commit as its
-  message row, so a QoS 2 message is never found unrouted after a crash; the removal of an
-  incoming QoS 2 packet id is urgent, since the client may reuse the id after PUBCOMP.)
+- Changes whose loss in a crash costs at most a lost QoS 0 or a duplicate QoS 1 delivery are
+  *lazy*: the rows of QoS 0 deliveries, later states of QoS 1 deliveries (sent, with its packet
+  id), and every deletion (an acknowledged delivery, a message no longer needed). They neither
+  hold output nor start a commit; they ride with the next commit that something urgent starts,
+  or with one `LAZY_DELAY` later. Under load that is one commit per round trip: the new
+  messages with their deliveries, and the deletions of the ones just acknowledged. (The removal
+  of an incoming QoS 2 packet id is urgent, since the client may reuse the id after PUBCOMP.)
 
-In `periodic` mode nothing waits: the journal commits every `flush_interval_ms`.
+In `periodic` mode nothing waits: the journal commits every `flush_interval_ms`, and a crash
+loses what changed in the last interval.
 
 When the backend fails, the journal enters a *degraded* state: deferred PUBLISHes of the failed
 commit are refused (5.0: reason code 0x97 if storage is full, else 0x80; 3.1.1: the connection is
-closed, there is no way to say no), new PUBLISHes that need storage are refused the same way,
-held output is released (the broker stays responsive), and the failed changes are retried with
-backoff until the backend takes them. The cause is logged once per incident, and the recovery.
+closed, there is no way to say no) and withdrawn where nobody has seen them yet (`_withdraw`:
+their queued deliveries and their retained update), new PUBLISHes that need storage are refused
+before they are routed, held output is released (the broker stays responsive), and the failed
+changes are retried with backoff until the backend takes them. The cause is logged once per
+incident, and the recovery.
 """
 
 from __future__ import annotations
@@ -88,12 +97,29 @@ def id_ranges(ids: list[int]) -> list[tuple[int, int]]:
     return ranges
 
 
+class Deferred:
+    """A PUBLISH routed at once whose acknowledgement waits for the commit of its changes:
+    the reason code it will get, and what its retained update replaced (to put back if
+    storage refuses it)."""
+
+    __slots__ = ("conn", "msg", "packet_id", "code", "retained_before", "retained_after")
+
+    def __init__(self, conn: Connection, msg: Message, packet_id: int, code: int,
+                 retained_before: Message | None, retained_after: Message | None) -> None:
+        self.conn = conn
+        self.msg = msg
+        self.packet_id = packet_id
+        self.code = code
+        self.retained_before = retained_before
+        self.retained_after = retained_after
+
+
 class Pending:
     """The changes of one commit: which objects changed, the output held behind it and the
     PUBLISHes waiting for it."""
 
     __slots__ = ("sessions", "subscriptions", "deliveries", "messages", "retained", "qos2",
-                 "outputs", "deferred", "written", "young", "urgent")
+                 "outputs", "deferred", "written", "urgent")
 
     def __init__(self) -> None:
         self.sessions: dict[Session, None] = {}
@@ -104,18 +130,15 @@ class Pending:
         self.retained: dict[str, None] = {}
         self.qos2: dict[tuple[Session, int], None] = {}
         self.outputs: list[tuple[Connection, list[bytes]]] = []
-        # (connection, message, packet id) of PUBLISHes acknowledged after this commit
-        self.deferred: list[tuple[Connection, Message, int]] = []
+        # PUBLISHes routed while this commit gathered, acknowledged once it is done.
+        self.deferred: list[Deferred] = []
         self.written: list[Message] = []  # message rows this commit inserts
-        # QoS 0/1 deliveries made while this commit gathered, whose rows wait: (session,
-        # delivery, its seq then); see Journal.serialize.
-        self.young: list[tuple[Session, Delivery, int]] = []
         # Whether anything here must be committed before the output that follows it.
         self.urgent = False
 
     def has_changes(self) -> bool:
         return bool(self.sessions or self.subscriptions or self.deliveries or self.messages
-                    or self.retained or self.qos2 or self.deferred or self.young)
+                    or self.retained or self.qos2 or self.deferred)
 
     def absorb(self, later: Pending) -> None:
         """Add the changes of `later` (a failed commit's changes come first, newer ones after)."""
@@ -124,7 +147,6 @@ class Pending:
             for key, value in getattr(later, name).items():
                 mine.pop(key, None)
                 mine[key] = value
-        self.young.extend(later.young)
         self.outputs.extend(later.outputs)
         self.deferred.extend(later.deferred)
         self.urgent = self.urgent or later.urgent
@@ -142,25 +164,24 @@ class Journal:
         self.degraded = False
         self.full = False  # the last failure was for lack of space
         self.stopping = False
-        self.next_seq = 1
+        # client id -> the seq of its session's newest delivery: seqs count per session, so
+        # that the deliveries a session completes in order are one range to delete.
+        self.last_seq: dict[str, int] = {}
         self.next_message_id = 1
         self.commits = 0
-        self.serial = 0  # commits started: the one being gathered is serial + 1
         self.failures = 0
         self._retry_delay = RETRY_FIRST
         self._retry_handle: asyncio.TimerHandle | None = None
         self._lazy_handle: asyncio.TimerHandle | None = None
-        # Young deliveries by the commit they were made in: (serial, [(session, delivery,
-        # seq)]), oldest first.
-        self._aging: deque[tuple[int, list[tuple[Session, Delivery, int]]]] = deque()
+        self.rows = 0  # rows written or deleted by the commits done (for the shutdown log)
         self._periodic_handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
 
     # -- what the broker reports -----------------------------------------------------------
 
     def has_changes(self) -> bool:
-        """Whether a commit has anything to do (young deliveries age with commits)."""
-        return self.current.has_changes() or bool(self._aging)
+        """Whether a commit has anything to do."""
+        return self.current.has_changes()
 
     def _touch(self) -> None:
         """An urgent change: output written from now on waits for its commit, which starts at
@@ -202,31 +223,25 @@ class Journal:
     def delivery_changed(self, session: Session, delivery: Delivery) -> None:
         """A delivery of a durable session was queued, sent, or changed state.
 
-        The row of a QoS 0/1 message's delivery is written late, with the third commit after
-        the delivery was made, if it is still there: the PUBLISH goes out after the first,
-        the PUBACK usually arrives before the third, and then the delivery costs no row at
-        all. The message row, written at once, covers the gap: after a crash, a QoS 0/1
-        message is routed again to the sessions that have no delivery row for it (at worst a
-        duplicate, which QoS 1 allows). Deliveries of QoS 2 messages are written at once
-        (exactly once needs their packet ids)."""
-        current = self.current
+        A new QoS 1/2 delivery is urgent: its row (and its message's) is committed before
+        its PUBLISH goes out and before the PUBLISH that made it is acknowledged, so that a
+        restart finds every message the broker accepted in the sessions it reached, and in
+        no other. A QoS 2 delivery's later states are urgent too (exactly once needs its
+        packet id and whether PUBREL was sent). The rest is lazy: a QoS 0 delivery (lost in a
+        crash, as QoS 0 may be) and a QoS 1 delivery's later state (after a crash it is sent
+        again from the state stored: at worst a duplicate, which QoS 1 allows)."""
         msg = delivery.message
         seq = delivery.seq
+        client_id = session.client_id
         if not seq:
-            seq = delivery.seq = self.next_seq
-            self.next_seq += 1
+            seq = delivery.seq = self.last_seq.get(client_id, 0) + 1
+            self.last_seq[client_id] = seq
             self._reference(msg)
-        key = (session.client_id, seq)
-        if msg.qos < 2:
-            # Lazy: the message row, written with the PUBLISH, covers a crash.
-            if not delivery.written and key not in current.deliveries:
-                current.young.append((session, delivery, seq))
-            else:
-                current.deliveries[key] = (session, delivery)
-            self._touch_lazy()
-        else:
-            current.deliveries[key] = (session, delivery)
+        self.current.deliveries[(client_id, seq)] = (session, delivery)
+        if delivery.qos == 2 or (delivery.qos and not delivery.written):
             self._touch()
+        else:
+            self._touch_lazy()
 
     def delivery_removed(self, session: Session, delivery: Delivery) -> None:
         """A tracked delivery left its session (acknowledged, expired, dropped, moved)."""
@@ -249,6 +264,9 @@ class Journal:
                 delivery.seq = 0
                 delivery.written = False
                 self._release(delivery.message)
+        # Its rows are deleted before any of a new session with its client id (Batch order),
+        # whose seqs may start again from 1.
+        self.last_seq.pop(session.client_id, None)
         self.current.sessions[session] = None
         self._touch()
 
@@ -263,40 +281,76 @@ class Journal:
         msg.store_refs -= 1
         self.current.messages[msg] = None
 
+    def forget(self, msg: Message) -> None:
+        """A stored message no delivery references (found at start): its row is deleted
+        with the next commit."""
+        self.current.messages[msg] = None
+        self._touch_lazy()
+
     # -- deferred PUBLISH --------------------------------------------------------------------
 
-    def defer(self, conn: Connection, msg: Message, packet_id: int) -> None:
-        """Acknowledge and route `msg` once it is committed (sync mode)."""
-        self._reference(msg)
+    def defer(self, conn: Connection, msg: Message, packet_id: int, reached: int,
+              retained_before: Message | None) -> None:
+        """`msg` was just routed (sync mode): acknowledge it once the commit of what that
+        changed is done. `reached`: the subscriptions it reached (5.0: 0x10 No matching
+        subscribers when none); `retained_before`: the retained message of its topic before
+        it was routed, if it is retained."""
         conn.deferred += 1
-        self.current.deferred.append((conn, msg, packet_id))
+        code = 0 if reached or conn.protocol_version != 5 else \
+            ReasonCode.NO_MATCHING_SUBSCRIBERS
+        after = self.broker.retained.get(msg.topic) if msg.retain else None
+        self.current.deferred.append(
+            Deferred(conn, msg, packet_id, code, retained_before, after))
         self._touch()
 
-    def _route_committed(self, deferred: list[tuple[Connection, Message, int]]) -> None:
-        """The PUBLISHes of a commit just done: acknowledged (one write per connection, ahead
-        of anything held) and routed."""
-        now = time.monotonic()
-        publish = self.broker.publish
+    def _acknowledge(self, deferred: list[Deferred]) -> None:
+        """The PUBLISHes of a commit just done: acknowledged, one write per connection."""
         acks: dict[Connection, list[bytes]] = {}
-        for conn, msg, packet_id in deferred:
+        for d in deferred:
+            conn = d.conn
             conn.deferred -= 1
-            reached = publish(msg, now)
-            self._release(msg)
             if conn.closing:
                 continue
-            code = 0 if reached or conn.protocol_version != 5 else \
-                ReasonCode.NO_MATCHING_SUBSCRIBERS
             out = acks.get(conn)
             if out is None:
                 out = acks[conn] = []
-            out.append(encode_ack(PUBACK if msg.qos == 1 else PUBREC, packet_id, code,
+            out.append(encode_ack(PUBACK if d.msg.qos == 1 else PUBREC, d.packet_id, d.code,
                                   conn.protocol_version))
         for conn, out in acks.items():
             conn.write_output(out)
 
+    def _withdraw(self, deferred: list[Deferred]) -> None:
+        """Take back what the refused PUBLISHes changed that no client has seen: their
+        queued deliveries (in every session) and their retained updates (the newest first,
+        each only if nothing replaced it since). A delivery already sent stays: its PUBLISH
+        is in the output released now, and the session completes it with the client."""
+        refused = {id(d.msg) for d in deferred}
+        for session in self.broker.sessions.values():
+            queue = session.queue
+            if not queue or not any(id(q.message) in refused for q in queue):
+                continue
+            kept = deque()
+            for q in queue:
+                if id(q.message) in refused:
+                    session.queued_bytes -= len(q.message.payload)
+                    if q.seq:
+                        self.delivery_removed(session, q)
+                else:
+                    kept.append(q)
+            session.queue = kept
+        retained = self.broker.retained
+        for d in reversed(deferred):
+            msg = d.msg
+            if not msg.retain or retained.get(msg.topic) is not d.retained_after:
+                continue
+            if d.retained_before is None:
+                retained.pop(msg.topic)
+            else:
+                retained.set(msg.topic, d.retained_before)
+            self.retained_changed(msg.topic)
+
     def _refuse(self, conn: Connection, msg: Message, packet_id: int, full: bool) -> None:
         conn.deferred -= 1
-        self._release(msg)
         if msg.qos == 2 and conn.session is not None:
             if packet_id in conn.session.awaiting_pubrel:
                 conn.session.awaiting_pubrel.discard(packet_id)
@@ -337,18 +391,21 @@ class Journal:
 
     def kick(self, force: bool = False) -> bool:
         """Start a commit of what is pending if something urgent is (or, with `force`, if
-        anything is), unless one is running or a retry is due. Returns whether it started."""
+        anything is), unless one is running or a retry is due. Returns whether it started.
+        While stopping, only `close` (with `force`) starts commits: otherwise the flush that
+        follows a failed commit would start it again at once, and again, until `close` gave
+        up waiting (a failed commit schedules no retry while stopping)."""
         if self.committing is not None or self._retry_handle is not None:
             return False
         pending = self.current
-        if not (pending.urgent or (force and self.has_changes())):
-            if pending.outputs:  # held behind the commit that just finished
+        if not (pending.urgent or (force and self.has_changes())) or (
+                self.stopping and not force):
+            if pending.outputs and not pending.urgent:  # held behind the commit just done
                 self._release_output(pending)
                 pending.outputs = []
             return False
         self.current = Pending()
         self.committing = pending
-        self.serial += 1
         batch = self.serialize(pending)
         loop = self.broker.loop
         assert loop is not None
@@ -368,6 +425,7 @@ class Journal:
         else:
             self.committing = None
             self.commits += 1
+            self.rows += len(batch)
             self._committed(pending)
         finally:
             # Output written while routing is held behind the next commit, which starts now.
@@ -380,7 +438,7 @@ class Journal:
             log.warning("storage recovered", extra={"backend": self.backend.describe()})
         self._release_output(pending)
         if pending.deferred:
-            self._route_committed(pending.deferred)
+            self._acknowledge(pending.deferred)
 
     def _failed(self, pending: Pending, exc: StorageError) -> None:
         self.failures += 1
@@ -398,8 +456,10 @@ class Journal:
         self.current.outputs = []
         deferred, pending.deferred = pending.deferred, []
         pending.outputs = []
-        for conn, msg, packet_id in deferred:
-            self._refuse(conn, msg, packet_id, exc.full)
+        if deferred:
+            self._withdraw(deferred)
+        for d in deferred:
+            self._refuse(d.conn, d.msg, d.packet_id, exc.full)
         # The failed changes are tried again, before anything newer.
         pending.absorb(self.current)
         self.current = pending
@@ -452,45 +512,71 @@ class Journal:
                 batch.subscriptions.append((
                     session.client_id, topic_filter, opts.qos, int(opts.no_local),
                     int(opts.retain_as_published), opts.retain_handling, opts.sub_id))
-        rows = batch.messages
-        written = pending.written
-        deleted = []
-        for msg in pending.messages:
-            if msg.store_refs > 0:
-                if not msg.store_written:  # rows never change: written once
-                    msg.store_written = True
-                    written.append(msg)
-                    rows.append((
-                        msg.store_id, msg.topic, msg.payload, msg.qos, int(msg.retain),
-                        pack_properties(msg.properties), wall(msg.expires_at), msg.sender))
-            elif msg.store_written:
-                msg.store_written = False
-                deleted.append(msg.store_id)
-        if deleted:
-            batch.messages_deleted = id_ranges(deleted)
-        # Young deliveries still there in their third commit are written; the others wait.
-        serial = self.serial
-        aging = self._aging
-        if pending.young:
-            aging.append((serial, pending.young))
-            pending.young = []
-        while aging and serial - aging[0][0] >= 2:
-            for session, d, seq in aging.popleft()[1]:
-                if d.seq == seq and not d.written and not session.ended:
-                    pending.deliveries[(session.client_id, seq)] = (session, d)
-        if aging:
-            self._touch_lazy()
+        # Message and delivery rows are the per-message part: written inline (a function call
+        # per column costs as much as the row). A QoS 1 delivery sent at once (inflight when
+        # its row is first written) to the only session its message reaches carries the
+        # message in its own row: its next change is its deletion, so the common case of one
+        # persistent subscriber online costs one row per message. Any other delivery
+        # references a message row, written once with the first such delivery.
+        inf = math.inf
+        packb = msgpack.packb
+        delivery_rows = batch.deliveries
+        removed: dict[str, list[int]] = {}
+        need_rows: list[Message] = []
         for (client_id, seq), (session, d) in pending.deliveries.items():
             if session.ended:
                 continue
             if d is None or d.seq != seq:
-                batch.deliveries_deleted.append((client_id, seq))
+                seqs = removed.get(client_id)
+                if seqs is None:
+                    removed[client_id] = [seq]
+                else:
+                    seqs.append(seq)
+                continue
+            d.written = True
+            sub_ids = d.sub_ids
+            msg = d.message
+            if msg.store_written or msg.store_refs > 1 or not d.packet_id or d.qos != 1:
+                if not msg.store_written:
+                    need_rows.append(msg)
+                delivery_rows.append((
+                    client_id, seq, msg.store_id, d.qos, 1 if d.retain else 0,
+                    packb(list(sub_ids)) if sub_ids else None, d.packet_id, d.state,
+                    d.group, None, None, None, None, None, None, None))
             else:
-                d.written = True
-                batch.deliveries.append((
-                    client_id, seq, d.message.store_id, d.qos, int(d.retain),
-                    msgpack.packb(list(d.sub_ids)) if d.sub_ids else None, d.packet_id,
-                    d.state, d.group))
+                props = msg.properties
+                expires = msg.expires_at
+                delivery_rows.append((
+                    client_id, seq, msg.store_id, d.qos, 1 if d.retain else 0,
+                    packb(list(sub_ids)) if sub_ids else None, d.packet_id, d.state,
+                    d.group, msg.topic, msg.payload, msg.qos, 1 if msg.retain else 0,
+                    packb(props, use_bin_type=True) if props else None,
+                    None if not expires or expires == inf else expires + to_wall,
+                    msg.sender))
+        rows = batch.messages
+        written = pending.written
+        for msg in need_rows:
+            if not msg.store_written:  # rows never change: written once
+                msg.store_written = True
+                written.append(msg)
+                props = msg.properties
+                expires = msg.expires_at
+                rows.append((
+                    msg.store_id, msg.topic, msg.payload, msg.qos, 1 if msg.retain else 0,
+                    packb(props, use_bin_type=True) if props else None,
+                    None if not expires or expires == inf else expires + to_wall,
+                    msg.sender))
+        deleted = []
+        for msg in pending.messages:
+            if not msg.store_refs and msg.store_written:
+                msg.store_written = False
+                deleted.append(msg.store_id)
+        if deleted:
+            batch.messages_deleted = id_ranges(deleted)
+        for client_id, seqs in removed.items():
+            # No other delivery of the session has a seq inside a run of removed ones.
+            for first, last in id_ranges(seqs):
+                batch.deliveries_deleted.append((client_id, first, last))
         for session, packet_id in pending.qos2:
             if session.ended:
                 continue
@@ -532,3 +618,6 @@ class Journal:
                 log.error("storage: changes of the last moments could not be stored")
                 break
         await self.backend.close()
+        log.info("storage closed", extra={"backend": self.backend.describe(),
+                                          "commits": self.commits, "rows": self.rows,
+                                          "failed_commits": self.failures})

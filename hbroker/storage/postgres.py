@@ -88,6 +88,16 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (client_id, packet_id)
     );
     """,
+    """
+    ALTER TABLE deliveries
+        ADD COLUMN message_topic TEXT,
+        ADD COLUMN message_payload BYTEA,
+        ADD COLUMN message_qos SMALLINT,
+        ADD COLUMN message_retain SMALLINT,
+        ADD COLUMN message_properties BYTEA,
+        ADD COLUMN message_expires_at DOUBLE PRECISION,
+        ADD COLUMN message_sender TEXT;
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -101,7 +111,9 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     "messages": ("id", "topic", "payload", "qos", "retain", "properties", "expires_at",
                  "sender"),
     "deliveries": ("client_id", "seq", "message_id", "qos", "retain", "subscription_ids",
-                   "packet_id", "state", "share_group"),
+                   "packet_id", "state", "share_group", "message_topic", "message_payload",
+                   "message_qos", "message_retain", "message_properties",
+                   "message_expires_at", "message_sender"),
     "incoming_qos2": ("client_id", "packet_id"),
 }
 _KEYS: dict[str, tuple[str, ...]] = {
@@ -141,7 +153,8 @@ _APPLY: tuple[tuple[str, str], ...] = (
      "DELETE FROM subscriptions WHERE client_id = $1 AND topic_filter = $2"),
     ("messages", _upsert("messages")),
     ("deliveries", _upsert("deliveries")),
-    ("deliveries_deleted", "DELETE FROM deliveries WHERE client_id = $1 AND seq = $2"),
+    ("deliveries_deleted",
+     "DELETE FROM deliveries WHERE client_id = $1 AND seq BETWEEN $2 AND $3"),
     ("messages_deleted", "DELETE FROM messages WHERE id BETWEEN $1 AND $2"),
     ("incoming_qos2", _upsert("incoming_qos2")),
     ("incoming_qos2_deleted", "DELETE FROM incoming_qos2 WHERE client_id = $1 AND packet_id = $2"),
@@ -380,7 +393,9 @@ class PostgresStorage(Storage):
                     version = await conn.fetchval(
                         "SELECT value FROM hbroker_meta WHERE name = 'schema_version'")
                     retained = await conn.fetchval("SELECT count(*) FROM retained")
-                    messages = await conn.fetchval("SELECT count(*) FROM messages")
+                    messages = await conn.fetchval(
+                        "SELECT count(*) FROM (SELECT id FROM messages UNION "
+                        "SELECT message_id FROM deliveries WHERE message_payload IS NOT NULL) m")
                     rows = await conn.fetch(
                         "SELECT client_id, protocol_version, expiry_interval, expires_at, "
                         "will IS NOT NULL, "

@@ -1,11 +1,18 @@
 """Rebuilding the broker's state from stored rows at start.
 
+The rows are a state the broker was in (the journal commits a message together with its
+deliveries and retained update, `hbroker.storage.journal`), so a restart rebuilds that state
+and replays nothing: retained messages come from the retained table only, each session's
+inflight and queued messages from its own delivery rows in their order, incoming QoS 2 packet
+ids from theirs. No stored message is routed again: routing it would overwrite newer retained
+state, deliver it again to sessions that had acknowledged it, and deliver it to sessions that
+subscribed after it was published. A message row no delivery references is deleted.
+
 Wall-clock times in rows become the broker's monotonic deadlines, so expiry continues from the
 time left. A session whose client was connected when the broker stopped without a word (a
 crash) is disconnected from now on: its expiry and its will delay start now, and its will is
-published like any will of a connection that closed without DISCONNECT [MQTT-3.1.2-8].
-Messages that were acknowledged but whose routing was not committed (rows without deliveries)
-are routed now.
+published like any will of a connection that closed without DISCONNECT [MQTT-3.1.2-8] (a new
+message, published now to the subscriptions restored).
 """
 
 from __future__ import annotations
@@ -87,20 +94,28 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
         session.subscriptions[topic_filter] = opts
 
     deliveries = 0
-    holders: dict[int, set[str]] = {}  # message id -> sessions with a delivery row for it
-    for (client_id, seq, msg_id, qos, retain, sub_ids, packet_id, st,
-         group) in state.deliveries:
+    carried = 0  # messages stored in the row of their only delivery
+    for (client_id, seq, msg_id, qos, retain, sub_ids, packet_id, st, group, m_topic,
+         m_payload, m_qos, m_retain, m_props, m_expires_at, m_sender) in state.deliveries:
         session = sessions.get(client_id)
-        msg = messages.get(msg_id)
-        journal.next_seq = max(journal.next_seq, seq + 1)
-        if session is None or msg is None:
+        if seq > journal.last_seq.get(client_id, 0):
+            journal.last_seq[client_id] = seq
+        journal.next_message_id = max(journal.next_message_id, msg_id + 1)
+        if session is None:
             continue
+        msg = messages.get(msg_id)
+        if msg is None:
+            if m_payload is None:
+                continue
+            msg = Message(m_topic, m_payload, m_qos, bool(m_retain), unpack_properties(m_props),
+                          0.0 if m_expires_at is None else mono(m_expires_at), m_sender)
+            msg.store_id = msg_id  # no row of its own: store_written stays false
+            carried += 1
         d = Delivery(msg, qos, bool(retain), tuple(msgpack.unpackb(sub_ids)) if sub_ids else (),
                      group)
         d.seq = seq
         d.written = True
         msg.store_refs += 1
-        holders.setdefault(msg_id, set()).add(client_id)
         deliveries += 1
         if packet_id:
             d.packet_id = packet_id
@@ -115,17 +130,12 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
         if session is not None:
             session.await_pubrel(packet_id)
 
-    # Routed again: a message without deliveries (acknowledged, but its routing was not
-    # committed), and a QoS 0/1 message to the sessions without a delivery row for it (rows
-    # of QoS 0/1 deliveries are written one commit late, see Journal.delivery_changed).
-    unrouted = []
-    for msg_id, msg in messages.items():
-        have = holders.get(msg_id)
-        if have is None or msg.qos < 2:
-            unrouted.append(msg)
-            msg.store_refs += 1
-            broker.publish(msg, now, skip=have)
-            journal._release(msg)
+    # A message row no delivery references is deleted with the next commit. (The journal
+    # deletes a message row in the commit that deletes its last delivery, so these are rows
+    # of an older version of the broker, which routed such messages again at start.)
+    unreferenced = [msg for msg in messages.values() if not msg.store_refs]
+    for msg in unreferenced:
+        journal.forget(msg)
 
     # Wills of sessions whose client was connected at a crash, with no delay: due now.
     for session in list(broker._offline):
@@ -133,5 +143,6 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
             broker._publish_will(session, now)
     counts = {"sessions": len(state.sessions), "subscriptions": len(state.subscriptions),
               "retained": len(broker.retained), "deliveries": deliveries,
-              "routed_after_restart": len(unrouted)}
+              "messages": len(messages) - len(unreferenced) + carried,
+              "messages_deleted": len(unreferenced)}
     return counts

@@ -82,6 +82,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (client_id, packet_id)
     ) WITHOUT ROWID;
     """,
+    """
+    ALTER TABLE deliveries ADD COLUMN message_topic TEXT;
+    ALTER TABLE deliveries ADD COLUMN message_payload BLOB;
+    ALTER TABLE deliveries ADD COLUMN message_qos INTEGER;
+    ALTER TABLE deliveries ADD COLUMN message_retain INTEGER;
+    ALTER TABLE deliveries ADD COLUMN message_properties BLOB;
+    ALTER TABLE deliveries ADD COLUMN message_expires_at REAL;
+    ALTER TABLE deliveries ADD COLUMN message_sender TEXT;
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -96,8 +105,10 @@ _APPLY: tuple[tuple[str, str], ...] = (
     ("subscriptions_deleted",
      "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?"),
     ("messages", "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
-    ("deliveries", "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-    ("deliveries_deleted", "DELETE FROM deliveries WHERE client_id = ? AND seq = ?"),
+    ("deliveries", "INSERT OR REPLACE INTO deliveries VALUES "
+                   "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("deliveries_deleted",
+     "DELETE FROM deliveries WHERE client_id = ? AND seq BETWEEN ? AND ?"),
     ("messages_deleted", "DELETE FROM messages WHERE id BETWEEN ? AND ?"),
     ("incoming_qos2", "INSERT OR IGNORE INTO incoming_qos2 VALUES (?, ?)"),
     ("incoming_qos2_deleted", "DELETE FROM incoming_qos2 WHERE client_id = ? AND packet_id = ?"),
@@ -304,7 +315,10 @@ class SQLiteStorage(Storage):
             "location": self.describe(),
             "schema_version": db.execute("PRAGMA user_version").fetchone()[0],
             "retained": db.execute("SELECT count(*) FROM retained").fetchone()[0],
-            "messages": db.execute("SELECT count(*) FROM messages").fetchone()[0],
+            "messages": db.execute(
+                "SELECT count(*) FROM (SELECT id FROM messages UNION "
+                "SELECT message_id FROM deliveries WHERE message_payload IS NOT NULL)"
+            ).fetchone()[0],
             "sessions": sessions,
         }
 

@@ -322,6 +322,117 @@ def test_rows_of_acknowledged_messages_are_deleted_without_further_traffic(
     sub.disconnect()
 
 
+# -- restore rebuilds state, it does not replay traffic --------------------------------------
+
+STOPS = ("sigterm", "sigkill")
+
+
+def stop_and_restart(broker, how: str, committed: SessionClient) -> None:
+    """Stop the broker by SIGTERM (it commits what is pending) or kill -9 (no last commit),
+    and start it again. Before a kill -9, `committed` (a connected persistent session)
+    subscribes once more: the broker sends the SUBACK only after a commit that includes every
+    change made before it (sync mode), so the state under test is on disk, not in a commit
+    the kill could take back."""
+    if how == "sigterm":
+        committed.disconnect()
+        assert broker.stop() == 0, broker.log()
+    else:
+        committed.subscribe(f"{committed.client_id}/committed", 1)
+        broker.kill()
+        committed.drop()
+    broker.restart()
+
+
+@pytest.mark.parametrize("how", STOPS)
+def test_retained_message_after_restart_is_the_newest_even_when_a_queue_kept_an_older_one(
+        make_durable_broker, uid, how):
+    """Issue 15 item 4: a persistent subscriber's queue (one message long) keeps the retained
+    `old`, `new` is dropped for it; after the restart the retained message is still `new`
+    (the retained table is the truth, the queued copy is that session's state only)."""
+    b = make_durable_broker(limits={"max_queued_messages": 1})
+    sub = offline_subscriber(b, uid)
+    pub = PahoClient(b.host, b.port, f"{uid}-p")
+    pub.publish(f"{uid}/r", "old", qos=1, retain=True)  # waits for the PUBACK
+    pub.publish(f"{uid}/r", "new", qos=1, retain=True)
+    pub.disconnect()
+    watcher = SessionClient(b.host, b.port, f"{uid}-w")
+    watcher.connect(clean_start=True)
+
+    stop_and_restart(b, how, watcher)
+
+    reader = PahoClient(b.host, b.port, f"{uid}-r")
+    reader.subscribe(f"{uid}/#", 1)
+    msg = reader.expect()
+    assert (msg.topic, msg.payload, msg.retain) == (f"{uid}/r", b"new", True)
+    reader.expect_none()
+    # The persistent subscriber still has what its queue kept, once.
+    assert sub.connect(clean_start=False)
+    sub.wait_quiet()
+    assert sub.payloads() == [b"old"]
+    sub.disconnect()
+
+
+@pytest.mark.parametrize("how", STOPS)
+def test_message_a_session_acknowledged_is_not_delivered_to_it_again_after_restart(
+        make_durable_broker, uid, how):
+    """A connected persistent subscriber receives and acknowledges a QoS 1 message that an
+    offline one still has queued (so the stored message stays); after the restart the first
+    one does not get it again, the second one gets it once."""
+    b = make_durable_broker()
+    offline = offline_subscriber(b, uid)
+    online = SessionClient(b.host, b.port, f"{uid}-on")
+    online.connect(clean_start=True)
+    online.subscribe(f"{uid}/#", 1)
+    pub = SessionClient(b.host, b.port, f"{uid}-p", session_expiry=0)
+    pub.connect(clean_start=True)
+    pub.publish_many(f"{uid}/t", [b"once"], 1, window=1)
+    assert pub.wait_until(lambda: pub.acked == [b"once"])
+    assert online.wait_until(lambda: online.payloads() == [b"once"])  # and PUBACKed
+    pub.disconnect()
+
+    stop_and_restart(b, how, online)
+
+    assert online.connect(clean_start=False)
+    online.wait_quiet()
+    assert online.payloads() == [b"once"], "delivered again after the restart"
+    assert offline.connect(clean_start=False)
+    offline.wait_quiet()
+    assert offline.payloads() == [b"once"]
+    online.disconnect()
+    offline.disconnect()
+
+
+@pytest.mark.parametrize("how", STOPS)
+def test_session_that_subscribed_after_a_publish_does_not_get_it_after_restart(
+        make_durable_broker, uid, how):
+    """A message published before a persistent session subscribed is not delivered to it
+    by a restart (another session's queued copy of it is that session's state only)."""
+    b = make_durable_broker()
+    earlier = offline_subscriber(b, uid)
+    pub = SessionClient(b.host, b.port, f"{uid}-p", session_expiry=0)
+    pub.connect(clean_start=True)
+    pub.publish_many(f"{uid}/t", [b"before"], 1, window=1)
+    assert pub.wait_until(lambda: pub.acked == [b"before"])
+    pub.disconnect()
+    later = SessionClient(b.host, b.port, f"{uid}-later")
+    later.connect(clean_start=True)
+    later.subscribe(f"{uid}/#", 1)
+
+    stop_and_restart(b, how, later)
+
+    assert later.connect(clean_start=False)
+    pub = PahoClient(b.host, b.port, f"{uid}-p2")
+    pub.publish(f"{uid}/t", "after", qos=1)
+    assert later.wait_until(lambda: b"after" in later.payloads())
+    later.wait_quiet()
+    assert later.payloads() == [b"after"]
+    assert earlier.connect(clean_start=False)
+    earlier.wait_quiet()
+    assert earlier.payloads() == [b"before", b"after"]
+    later.disconnect()
+    earlier.disconnect()
+
+
 # -- storage failures -------------------------------------------------------------------------
 
 

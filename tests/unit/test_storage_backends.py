@@ -23,7 +23,9 @@ from pg_server import USER, PostgresServer, free_port
 
 from hbroker.storage.base import SCHEMA_VERSION, TABLES, Batch, Storage, StorageError, StoredState
 from hbroker.storage.journal import id_ranges
+from hbroker.storage.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from hbroker.storage.postgres import PostgresStorage, redact_dsn
+from hbroker.storage.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from hbroker.storage.sqlite import SQLiteStorage
 
 # -- backends ------------------------------------------------------------------------------------
@@ -48,6 +50,16 @@ class SQLiteBackend:
     def set_schema_version(self, version: int) -> None:
         db = sqlite3.connect(self.path)
         db.execute(f"PRAGMA user_version={version}")
+        db.close()
+
+    def make_version_1(self, statements: list[str]) -> None:
+        """A database as schema version 1 left it, with these INSERTs done (`:m` is the
+        blob b"m")."""
+        with sqlite3.connect(self.path) as db:
+            db.executescript(SQLITE_MIGRATIONS[0])
+            for statement in statements:
+                db.execute(statement.replace(":m", "X'6d'"))
+            db.execute("PRAGMA user_version=1")
         db.close()
 
 
@@ -80,6 +92,12 @@ class PostgresBackend:
 
     def set_schema_version(self, version: int) -> None:
         self.sql(f"UPDATE hbroker_meta SET value = {version} WHERE name = 'schema_version'")
+
+    def make_version_1(self, statements: list[str]) -> None:
+        self.sql(POSTGRES_MIGRATIONS[0] + "; CREATE TABLE hbroker_meta (name TEXT PRIMARY KEY, "
+                 "value BIGINT NOT NULL); INSERT INTO hbroker_meta VALUES ('schema_version', 1);"
+                 + "".join(f"{statement};".replace(":m", "'\\x6d'::bytea")
+                           for statement in statements))
 
     def drop(self) -> None:
         if self.server.running:
@@ -140,6 +158,7 @@ def assert_state(state: StoredState, expected: StoredState) -> None:
 # -- rows ----------------------------------------------------------------------------------------
 
 BIG = 2**40  # message ids and seqs beyond 32 bits
+NO_MESSAGE = (None,) * 7  # the message_* columns of a delivery whose message has a row
 
 # One batch with every row kind, given out of order, with bools and integral times as the
 # journal may pass them.
@@ -161,10 +180,13 @@ FULL = Batch(
         (7, "t/2", b"", 0, 0, None, None, None),
     ],
     deliveries=[
-        ("b", 2**33, 7, 1, False, b"\x91\x05", 0, 0, "g"),
-        ("b", 1, BIG, 2, True, None, 65535, 2, None),
-        ("a", 5, 7, 1, 0, None, 12, 1, None),
-        ("a", 3, BIG, 0, 0, None, 0, 0, None),
+        ("b", 2**33, 7, 1, False, b"\x91\x05", 0, 0, "g", *NO_MESSAGE),
+        ("b", 1, BIG, 2, True, None, 65535, 2, None, *NO_MESSAGE),
+        ("a", 5, 7, 1, 0, None, 12, 1, None, *NO_MESSAGE),
+        ("a", 3, BIG, 0, 0, None, 0, 0, None, *NO_MESSAGE),
+        # Its message's only delivery, which carries the message.
+        ("\u00e9", 4, 99, 1, True, None, 0, 0, None, "t/99", b"\x00only", 2, True, b"\x01",
+         1700000400, "\u00e9"),
     ],
     incoming_qos2=[("b", 65535), ("a", 9), ("b", 1)],
     retained=[
@@ -199,10 +221,12 @@ FULL_STATE = StoredState(
         (BIG, "t/1", b"\x00\xffpayload", 2, 1, b"\x01\x02", 1700000200.0, "a"),
     ],
     deliveries=[
-        ("a", 3, BIG, 0, 0, None, 0, 0, None),
-        ("a", 5, 7, 1, 0, None, 12, 1, None),
-        ("b", 1, BIG, 2, 1, None, 65535, 2, None),
-        ("b", 2**33, 7, 1, 0, b"\x91\x05", 0, 0, "g"),
+        ("a", 3, BIG, 0, 0, None, 0, 0, None, *NO_MESSAGE),
+        ("a", 5, 7, 1, 0, None, 12, 1, None, *NO_MESSAGE),
+        ("b", 1, BIG, 2, 1, None, 65535, 2, None, *NO_MESSAGE),
+        ("b", 2**33, 7, 1, 0, b"\x91\x05", 0, 0, "g", *NO_MESSAGE),
+        ("\u00e9", 4, 99, 1, 1, None, 0, 0, None, "t/99", b"\x00only", 2, 1, b"\x01",
+         1700000400.0, "\u00e9"),
     ],
     incoming_qos2=[("a", 9), ("b", 1), ("b", 65535)],
 )
@@ -220,7 +244,7 @@ def failing_batch(retained_topic: str, payload: bytes = b"v") -> Batch:
         sessions=[("f", 5, None, None, None, 0, None, 1)],
         subscriptions=[("f", "f/#", 1, 0, 0, 0, 0)],
         messages=[(99, "f", b"m", 1, 0, None, None, "f")],
-        deliveries=[("f", 1, 99, 1, 0, None, 0, 0, None)],
+        deliveries=[("f", 1, 99, 1, 0, None, 0, 0, None, *NO_MESSAGE)],
         incoming_qos2=[("f", 3)],
         retained_deleted=[("r",)],
         retained=[("ok", b"1", 0, None, None), (retained_topic, payload, 0, None, None)],
@@ -243,9 +267,9 @@ def test_open_migrates_an_empty_database_and_reopening_is_a_no_op(
 
     info, state = run(first())
     migrated = [r for r in caplog.records if r.getMessage() == "storage schema migrated"]
-    assert [r.version for r in migrated] == [1]  # type: ignore[attr-defined]
-    assert SCHEMA_VERSION == 1
-    assert info == {"backend": backend.name, "location": backend.location, "schema_version": 1,
+    assert [r.version for r in migrated] == [1, 2]  # type: ignore[attr-defined]
+    assert SCHEMA_VERSION == 2
+    assert info == {"backend": backend.name, "location": backend.location, "schema_version": 2,
                     "retained": 0, "messages": 0, "sessions": []}
     assert_state(state, StoredState())
     expected_tables = set(TABLES) | ({"hbroker_meta"} if backend.name == "postgres" else set())
@@ -259,7 +283,7 @@ def test_open_migrates_an_empty_database_and_reopening_is_a_no_op(
 
     info, state = run(second())
     assert [r for r in caplog.records if r.getMessage() == "storage schema migrated"] == []
-    assert info["schema_version"] == 1
+    assert info["schema_version"] == 2
     assert_state(state, SMALL_STATE)
     assert backend.tables() == expected_tables
 
@@ -269,8 +293,21 @@ def test_a_newer_schema_is_refused(backend: Backend) -> None:
     backend.set_schema_version(SCHEMA_VERSION + 1)
     with pytest.raises(StorageError) as info:
         run(reopened_load(backend))
-    assert "schema version 2 is newer than this hbroker (1)" in str(info.value)
+    assert "schema version 3 is newer than this hbroker (2)" in str(info.value)
     assert info.value.full is False
+
+
+def test_a_version_1_database_is_migrated_keeping_its_rows(backend: Backend) -> None:
+    """Version 2 adds the message a delivery may carry; the deliveries stored before have
+    none (their messages have rows)."""
+    backend.make_version_1([
+        "INSERT INTO sessions VALUES ('s', 5, 60, NULL, NULL, 0, NULL, 1)",
+        "INSERT INTO messages VALUES (7, 't', :m, 1, 0, NULL, NULL, 'p')",
+        "INSERT INTO deliveries VALUES ('s', 3, 7, 1, 0, NULL, 0, 0, NULL)"])
+    state = run(reopened_load(backend))
+    assert state.messages == [(7, "t", b"m", 1, 0, None, None, "p")]
+    assert state.deliveries == [("s", 3, 7, 1, 0, None, 0, 0, None, *NO_MESSAGE)]
+    assert state.sessions == [("s", 5, 60.0, None, None, 0.0, None, 1)]
 
 
 def test_a_batch_of_every_row_kind_reads_back_exactly(backend: Backend) -> None:
@@ -289,7 +326,7 @@ def test_many_rows_come_back_in_order(backend: Backend) -> None:
     batch = Batch(
         messages=[(i, f"t/{i}", bytes([i % 256]), 1, 0, None, None, "c")
                   for i in range(n, 0, -1)],
-        deliveries=[(f"c{i % 3}", i, i, 1, 0, None, i % 2, i % 2, None)
+        deliveries=[(f"c{i % 3}", i, i, 1, 0, None, i % 2, i % 2, None, *NO_MESSAGE)
                     for i in range(n, 0, -1)],
     )
 
@@ -302,9 +339,10 @@ def test_many_rows_come_back_in_order(backend: Backend) -> None:
     assert state.messages == [(i, f"t/{i}", bytes([i % 256]), 1, 0, None, None, "c")
                               for i in range(1, n + 1)]
     assert state.deliveries == sorted(
-        (f"c{i % 3}", i, i, 1, 0, None, i % 2, i % 2, None) for i in range(1, n + 1))
-    assert state.deliveries[:2] == [("c0", 3, 3, 1, 0, None, 1, 1, None),
-                                    ("c0", 6, 6, 1, 0, None, 0, 0, None)]
+        (f"c{i % 3}", i, i, 1, 0, None, i % 2, i % 2, None, *NO_MESSAGE)
+        for i in range(1, n + 1))
+    assert state.deliveries[:2] == [("c0", 3, 3, 1, 0, None, 1, 1, None, *NO_MESSAGE),
+                                    ("c0", 6, 6, 1, 0, None, 0, 0, None, *NO_MESSAGE)]
 
 
 def test_session_deletion_cascades_to_that_client_only(backend: Backend) -> None:
@@ -320,8 +358,9 @@ def test_session_deletion_cascades_to_that_client_only(backend: Backend) -> None
         subscriptions=[("b", "$share/g/t", 1, 0, 0, 0, 0), ("b", "x/+", 2, 1, 0, 2, 268435455)],
         retained=FULL_STATE.retained,
         messages=FULL_STATE.messages,  # messages go by messages_deleted only
-        deliveries=[("b", 1, BIG, 2, 1, None, 65535, 2, None),
-                    ("b", 2**33, 7, 1, 0, b"\x91\x05", 0, 0, "g")],
+        deliveries=[("b", 1, BIG, 2, 1, None, 65535, 2, None, *NO_MESSAGE),
+                    ("b", 2**33, 7, 1, 0, b"\x91\x05", 0, 0, "g", *NO_MESSAGE),
+                    FULL_STATE.deliveries[4]],
         incoming_qos2=[("b", 1), ("b", 65535)],
     ))
 
@@ -335,7 +374,7 @@ def test_a_session_ended_and_started_again_in_one_batch_keeps_only_the_new(
                 sessions_deleted=[("b",)],
                 sessions=[("b", 4, 100, None, None, 0, None, 1)],
                 subscriptions=[("b", "new", 0, 0, 0, 0, 0)],
-                deliveries=[("b", 1, 7, 0, 0, None, 0, 0, None)],
+                deliveries=[("b", 1, 7, 0, 0, None, 0, 0, None, *NO_MESSAGE)],
                 incoming_qos2=[("b", 2)],
             ))
         return await reopened_load(backend)
@@ -346,9 +385,10 @@ def test_a_session_ended_and_started_again_in_one_batch_keeps_only_the_new(
                               FULL_STATE.sessions[3]]
     assert state.subscriptions == [("a", "#", 1, 0, 1, 1, 5), ("a", "z", 0, 0, 1, 0, 0),
                                    ("b", "new", 0, 0, 0, 0, 0)]
-    assert state.deliveries == [("a", 3, BIG, 0, 0, None, 0, 0, None),
-                                ("a", 5, 7, 1, 0, None, 12, 1, None),
-                                ("b", 1, 7, 0, 0, None, 0, 0, None)]
+    assert state.deliveries == [("a", 3, BIG, 0, 0, None, 0, 0, None, *NO_MESSAGE),
+                                ("a", 5, 7, 1, 0, None, 12, 1, None, *NO_MESSAGE),
+                                ("b", 1, 7, 0, 0, None, 0, 0, None, *NO_MESSAGE),
+                                FULL_STATE.deliveries[4]]
     assert state.incoming_qos2 == [("a", 9), ("b", 2)]
 
 
@@ -359,8 +399,9 @@ def test_parts_apply_in_batch_order_deletes_after_upserts(backend: Backend) -> N
         subscriptions_deleted=[("k", "gone")],
         messages=[(1, "t", b"", 0, 0, None, None, None), (2, "t", b"", 0, 0, None, None,
                                                               None)],
-        deliveries=[("k", 1, 1, 0, 0, None, 0, 0, None), ("k", 2, 2, 0, 0, None, 0, 0, None)],
-        deliveries_deleted=[("k", 1)],
+        deliveries=[("k", 1, 1, 0, 0, None, 0, 0, None, *NO_MESSAGE),
+                    ("k", 2, 2, 0, 0, None, 0, 0, None, *NO_MESSAGE)],
+        deliveries_deleted=[("k", 1, 1)],
         messages_deleted=[(1, 1)],
         incoming_qos2=[("k", 1), ("k", 2)],
         incoming_qos2_deleted=[("k", 2)],
@@ -378,7 +419,7 @@ def test_parts_apply_in_batch_order_deletes_after_upserts(backend: Backend) -> N
         subscriptions=[("k", "kept", 1, 0, 0, 0, 0)],
         retained=[("kept", b"y", 0, None, None)],
         messages=[(2, "t", b"", 0, 0, None, None, None)],
-        deliveries=[("k", 2, 2, 0, 0, None, 0, 0, None)],
+        deliveries=[("k", 2, 2, 0, 0, None, 0, 0, None, *NO_MESSAGE)],
         incoming_qos2=[("k", 1)],
     ))
 
@@ -388,7 +429,7 @@ def test_upserts_replace_rows_with_the_same_key(backend: Backend) -> None:
         sessions=[("a", 4, None, 1700000999.5, b"w2", 30, 1700001029.5, 9)],
         subscriptions=[("a", "z", 2, 1, 0, 2, 77)],
         messages=[(7, "t/2b", b"new", 1, 1, b"\x03", 1700000400.0, "b")],
-        deliveries=[("a", 3, 7, 1, 1, b"\x91\x01", 4, 1, "grp")],
+        deliveries=[("a", 3, 7, 1, 1, b"\x91\x01", 4, 1, "grp", *NO_MESSAGE)],
         incoming_qos2=[("a", 9), ("a", 9)],  # already there: ignored
         retained=[("z/last", b"r2", 2, b"\x01", 1700000500.5)],
     )
@@ -409,17 +450,38 @@ def test_upserts_replace_rows_with_the_same_key(backend: Backend) -> None:
                   FULL_STATE.retained[2]],
         messages=[(7, "t/2b", b"new", 1, 1, b"\x03", 1700000400.0, "b"),
                   FULL_STATE.messages[1]],
-        deliveries=[("a", 3, 7, 1, 1, b"\x91\x01", 4, 1, "grp"), *FULL_STATE.deliveries[1:]],
+        deliveries=[("a", 3, 7, 1, 1, b"\x91\x01", 4, 1, "grp", *NO_MESSAGE),
+                    *FULL_STATE.deliveries[1:]],
         incoming_qos2=FULL_STATE.incoming_qos2,
     )
     assert_state(run(scenario()), expected)
+
+
+def test_a_range_of_deliveries_is_deleted_for_that_session_only_both_ends_included(
+        backend: Backend) -> None:
+    def row(client_id: str, seq: int) -> tuple:
+        return (client_id, seq, 1, 1, 0, None, 0, 0, None, *NO_MESSAGE)
+
+    sessions = [(c, 5, None, None, None, 0, None, 1) for c in ("k", "m")]
+    message = (1, "t", b"m", 1, 0, None, None, None)
+
+    async def scenario() -> StoredState:
+        async with opened(backend) as storage:
+            await storage.commit(Batch(
+                sessions=sessions, messages=[message],
+                deliveries=[row("k", i) for i in range(1, 6)] + [row("m", i) for i in (2, 3)]))
+            await storage.commit(Batch(deliveries_deleted=[("k", 2, 4), ("k", 9, 12)]))
+        return await reopened_load(backend)
+
+    state = run(scenario())
+    assert [(d[0], d[1]) for d in state.deliveries] == [("k", 1), ("k", 5), ("m", 2), ("m", 3)]
 
 
 def test_deleting_missing_rows_is_harmless(backend: Backend) -> None:
     missing = Batch(
         sessions_deleted=[("nobody",)],
         subscriptions_deleted=[("a", "no/such"), ("nobody", "#")],
-        deliveries_deleted=[("a", 4), ("nobody", 1)],
+        deliveries_deleted=[("a", 4, 4), ("nobody", 1, 1)],
         messages_deleted=[(8, 8), (BIG + 1, BIG + 3)],
         incoming_qos2_deleted=[("a", 10), ("nobody", 9)],
         retained_deleted=[("no/such",)],
@@ -448,9 +510,9 @@ def test_inspect_counts_per_session(backend: Backend) -> None:
     assert info == {
         "backend": backend.name,
         "location": backend.location,
-        "schema_version": 1,
+        "schema_version": 2,
         "retained": 3,
-        "messages": 2,
+        "messages": 3,
         "sessions": [
             {"client_id": "B", "protocol_version": 4, "expiry_interval": None,
              "expires_at": 1700000100.5, "will": False, "subscriptions": 0, "queued": 0,
@@ -462,7 +524,7 @@ def test_inspect_counts_per_session(backend: Backend) -> None:
              "expires_at": None, "will": True, "subscriptions": 2, "queued": 1,
              "inflight": 1, "incoming_qos2": 2},
             {"client_id": "\u00e9", "protocol_version": 5, "expiry_interval": 4294967294.0,
-             "expires_at": 1800000000.0, "will": False, "subscriptions": 0, "queued": 0,
+             "expires_at": 1800000000.0, "will": False, "subscriptions": 0, "queued": 1,
              "inflight": 0, "incoming_qos2": 0},
         ],
     }
@@ -580,11 +642,11 @@ def test_postgres_wrong_password_is_a_storage_error_without_it(pg: PostgresBacke
 
 def test_postgres_schema_lives_in_hbroker_meta(pg: PostgresBackend) -> None:
     run(reopened_load(pg))
-    assert pg.sql("SELECT name, value FROM hbroker_meta") == "schema_version|1\n"
+    assert pg.sql("SELECT name, value FROM hbroker_meta") == "schema_version|2\n"
     assert pg.sql("SELECT data_type FROM information_schema.columns WHERE table_name = "
                   "'deliveries' ORDER BY ordinal_position").split("\n")[:-1] == [
         "text", "bigint", "bigint", "smallint", "smallint", "bytea", "integer", "smallint",
-        "text"]
+        "text", "text", "bytea", "smallint", "smallint", "bytea", "double precision", "text"]
 
 
 def test_postgres_disk_full_is_reported_full_and_rolled_back(pg: PostgresBackend) -> None:
