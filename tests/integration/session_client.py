@@ -102,6 +102,9 @@ class SessionClient:
             if resend:
                 with self.send_lock:
                     sock.sendall(b"".join(resend))
+        # Blocking reads from here on, set before the reader starts: a test may close the
+        # socket right after connecting, and the reader must find a closed socket in recv.
+        sock.settimeout(None)
         self._reader = threading.Thread(target=self._read, args=(sock, framer, pending),
                                         daemon=True)
         self._reader.start()
@@ -123,7 +126,6 @@ class SessionClient:
             self.lock.notify_all()
 
     def _read(self, sock: socket.socket, framer: Framer, pending: list[Any]) -> None:
-        sock.settimeout(None)
         packets = pending
         while True:
             for packet in packets:
