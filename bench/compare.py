@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import readme  # noqa: E402  (bench/readme.py: the README block)
 from benchlib import (
     CLIENT_BOUND,
     BenchError,
@@ -1257,7 +1258,7 @@ def main() -> int:
             return 2
         print(render(report, md, png))
         if md.resolve() == RESULTS_MD:
-            return update_readme()
+            return readme.readme_after_run()
         return 0
 
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -1356,24 +1357,12 @@ def main() -> int:
     print(f"results: {report['output']}, {png}{f', {md_path}' if md_path else ''}; "
           f"took {wall:.0f} s ({wall / 60:.1f} min)", file=sys.stderr)
     if md_path is not None and Path(md_path).resolve() == RESULTS_MD and output == RESULTS_JSON:
-        status = update_readme() or status
+        status = readme.readme_after_run() or status
     bad = [r for r in runs if not r["ok"] and r["broker"] != "amqtt"]
     if bad:
         print(f"{len(bad)} run(s) failed (see the report)", file=sys.stderr)
         return 1
     return status
-
-
-def update_readme() -> int:
-    """Rewrites the Performance block of the top README from bench/results/ (readme.py)."""
-    import readme
-
-    try:
-        readme.update()
-    except BenchError as exc:
-        print(f"README not updated: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def dump(report: dict[str, Any]) -> str:

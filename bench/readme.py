@@ -335,6 +335,17 @@ def replace_block(text: str, body: str) -> str:
     return text[:start] + f"{BEGIN}\n{NOTE}\n\n{body.strip()}\n\n" + text[end:]
 
 
+def readme_after_run() -> int:
+    """After a script wrote the committed results: rewrite the README block from them; 1 (and
+    why, on stderr) when it cannot."""
+    try:
+        update()
+    except BenchError as exc:
+        print(f"README not updated: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def update(root: Path = ROOT, check: bool = False) -> bool:
     """Rewrites the block of root/README.md from root/bench/results; True if it changed.
     With `check`, writes nothing."""

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import readme  # noqa: E402  (bench/readme.py: the README block)
 import uvloop
 from benchlib import (
     CLIENT_BOUND,
@@ -811,7 +812,7 @@ def main() -> int:
             print(f"storage_qos1.py: {exc}", file=sys.stderr)
             return 2
         write_section(md, SECTION, markdown(report))
-        return update_readme() if Path(md).resolve() == RESULTS_MD else 0
+        return readme.readme_after_run() if Path(md).resolve() == RESULTS_MD else 0
 
     configs = [c for c in args.configs.split(",") if c]
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -914,20 +915,8 @@ def main() -> int:
     print(f"results: {report['output']}{f', {md_path}' if md_path else ''}; {wall:.0f} s",
           file=sys.stderr)
     if md_path is not None and Path(md_path).resolve() == RESULTS_MD and output == RESULTS_JSON:
-        status = update_readme() or status
+        status = readme.readme_after_run() or status
     return status
-
-
-def update_readme() -> int:
-    """Rewrites the Performance block of the top README from bench/results/ (readme.py)."""
-    import readme
-
-    try:
-        readme.update()
-    except BenchError as exc:
-        print(f"README not updated: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

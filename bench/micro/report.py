@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import readme  # noqa: E402  (bench/readme.py: the README block)
 from benchlib import (  # noqa: E402
     BenchError,
     check_outputs,
@@ -280,7 +281,7 @@ def main() -> int:
             print(f"report.py: {exc}", file=sys.stderr)
             return 2
         write_section(md, SECTION, markdown(report, args.render))
-        return update_readme() if Path(md).resolve() == RESULTS_MD else 0
+        return readme.readme_after_run() if Path(md).resolve() == RESULTS_MD else 0
 
     partial = args.quick or args.select is not None or args.allow_dirty
     quick_json = scratch_dir("hbroker-bench-micro-quick.json")
@@ -331,20 +332,8 @@ def main() -> int:
         print(section)
         print(f"wrote {output}", file=sys.stderr)
     if md_path is not None and Path(md_path).resolve() == RESULTS_MD and output == RESULTS_JSON:
-        status = update_readme() or status
+        status = readme.readme_after_run() or status
     return status
-
-
-def update_readme() -> int:
-    """Rewrites the Performance block of the top README from bench/results/ (readme.py)."""
-    import readme
-
-    try:
-        readme.update()
-    except BenchError as exc:
-        print(f"README not updated: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":
