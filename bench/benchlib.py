@@ -190,6 +190,16 @@ def is_committed_output(path: Path, root: Path | None = None) -> bool:
     return any(path == root / o or path.is_relative_to(root / o) for o in OUTPUTS)
 
 
+def check_render(source: Path, committed_json: Path, outputs: list[Path], flags: str) -> None:
+    """`--render SOURCE` into `outputs` (the markdown first): allowed where check_outputs
+    allows it, and into the committed RESULTS.md only from the committed results JSON."""
+    check_outputs(outputs, provenance())
+    md = outputs[0]
+    if is_committed_output(md) and source.resolve() != committed_json:
+        raise BenchError(f"{md} holds the figures of {committed_json.relative_to(ROOT)}"
+                         f"; render {source} elsewhere ({flags})")
+
+
 def check_outputs(paths: Iterable[Path | None], prov: Provenance, *, quick: bool = False,
                   root: Path | None = None) -> None:
     """Raise BenchError if a run (or a render) with this provenance may not write `paths`:

@@ -52,12 +52,12 @@ from benchlib import (
     Provenance,
     ServerProcess,
     check_outputs,
+    check_render,
     client_bound,
     cpu_seconds,
     free_port,
     hbroker_command,
     hbroker_env,
-    is_committed_output,
     median,
     provenance,
     provenance_banner,
@@ -1249,10 +1249,7 @@ def main() -> int:
         md = args.markdown or RESULTS_MD
         png = args.chart or RESULTS_PNG
         try:
-            check_outputs([md, png], provenance())
-            if is_committed_output(md) and args.render.resolve() != RESULTS_JSON:
-                raise BenchError(f"{md} holds the figures of {RESULTS_JSON.relative_to(ROOT)}"
-                                 f"; render {args.render} elsewhere (--markdown, --chart)")
+            check_render(args.render, RESULTS_JSON, [md, png], "--markdown, --chart")
         except BenchError as exc:
             print(f"compare.py: {exc}", file=sys.stderr)
             return 2

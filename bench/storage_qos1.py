@@ -59,12 +59,12 @@ from benchlib import (
     Provenance,
     ServerProcess,
     check_outputs,
+    check_render,
     client_bound,
     cpu_seconds,
     free_port,
     hbroker_command,
     hbroker_env,
-    is_committed_output,
     median,
     provenance,
     provenance_banner,
@@ -804,10 +804,7 @@ def main() -> int:
         report = json.loads(args.render.read_text())
         md = args.markdown or RESULTS_MD
         try:
-            check_outputs([md], provenance())
-            if is_committed_output(md) and args.render.resolve() != RESULTS_JSON:
-                raise BenchError(f"{md} holds the figures of {RESULTS_JSON.relative_to(ROOT)}"
-                                 f"; render {args.render} elsewhere (--markdown)")
+            check_render(args.render, RESULTS_JSON, [md], "--markdown")
         except BenchError as exc:
             print(f"storage_qos1.py: {exc}", file=sys.stderr)
             return 2

@@ -35,8 +35,8 @@ import readme  # noqa: E402  (bench/readme.py: the README block)
 from benchlib import (  # noqa: E402
     BenchError,
     check_outputs,
+    check_render,
     fmt_time,
-    is_committed_output,
     provenance,
     provenance_banner,
     report_provenance,
@@ -273,10 +273,7 @@ def main() -> int:
         report = json.loads(args.render.read_text())
         md = args.markdown or RESULTS_MD
         try:
-            check_outputs([md], provenance())
-            if is_committed_output(md) and args.render.resolve() != RESULTS_JSON:
-                raise BenchError(f"{md} holds the figures of {RESULTS_JSON.relative_to(ROOT)}"
-                                 f"; render {args.render} elsewhere (--markdown)")
+            check_render(args.render, RESULTS_JSON, [md], "--markdown")
         except BenchError as exc:
             print(f"report.py: {exc}", file=sys.stderr)
             return 2
