@@ -30,8 +30,8 @@ SHUTDOWN_GRACE = 3.0  # seconds given to transports to flush their DISCONNECTs
 # inflight windows, a storage commit's changes). With the default thresholds (700, 10, 10) the
 # collector ran often enough to be a measurable share of the per-message cost, most with
 # durable storage (measured when these thresholds were chosen). Young collections now run
-# every 50,000 allocations, and everything alive once the broker has started (configuration, restored state) is frozen out
-# of the collections.
+# every 50,000 allocations, and everything alive once the broker has started (configuration,
+# restored state) is frozen out of the collections.
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
