@@ -35,7 +35,7 @@ log = logging.getLogger("hbroker.storage")
 
 def restore(broker: Broker, state: StoredState) -> dict[str, int]:
     """Load `state` into an empty broker; returns counts for the start-up log."""
-    from hbroker.broker import SubscriptionOptions
+    from hbroker.subscription import SubscriptionOptions
 
     journal = broker.journal
     assert journal is not None
