@@ -13,36 +13,18 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hbroker_ext.codec import (
-    ASSIGNED_CLIENT_IDENTIFIER,
     AUTH,
-    AUTHENTICATION_DATA,
-    AUTHENTICATION_METHOD,
     CONNECT,
     DISCONNECT,
-    MAXIMUM_PACKET_SIZE,
-    MAXIMUM_QOS,
     PINGREQ,
     PUBACK,
     PUBCOMP,
     PUBREC,
     PUBREL,
-    REASON_STRING,
-    RECEIVE_MAXIMUM,
-    REQUEST_RESPONSE_INFORMATION,
-    RESPONSE_INFORMATION,
-    RETAIN_AVAILABLE,
-    SERVER_KEEP_ALIVE,
     SESSION_EXPIRY_INTERVAL,
-    SHARED_SUBSCRIPTION_AVAILABLE,
     SUBSCRIBE,
     SUBSCRIPTION_IDENTIFIER,
-    SUBSCRIPTION_IDENTIFIER_AVAILABLE,
-    TOPIC_ALIAS_MAXIMUM,
     UNSUBSCRIBE,
-    USER_PROPERTY,
-    WILDCARD_SUBSCRIPTION_AVAILABLE,
-    WILL_DELAY_INTERVAL,
-    Auth,
     Connack,
     Disconnect,
     Framer,
@@ -54,15 +36,16 @@ from hbroker_ext.codec import (
     encode_ack,
 )
 from hbroker_ext.routing import ACK_ACCEPTED, ACK_WRONG_TYPE, ConnectionCore
-from hbroker_ext.topics import parse_shared, valid_topic_filter, valid_topic_name
+from hbroker_ext.topics import parse_shared, valid_topic_filter
 
-from hbroker import hooks
+from hbroker import connect, hooks
 from hbroker.auth.backoff import peer_host
-from hbroker.broker import SubscriptionOptions
-from hbroker.hooks import AuthResult, ClientInfo
+from hbroker.connect import PROTOCOL_MAX_PACKET_SIZE, SESSION_EXPIRY_NEVER
+from hbroker.hooks import ClientInfo
 from hbroker.quotas import REFUSAL_LOG_INTERVAL
 from hbroker.reason_codes import ReasonCode, connack_code_for, reason_name
 from hbroker.session import NEVER, Message
+from hbroker.subscription import SubscriptionOptions
 
 if TYPE_CHECKING:
     from hbroker.broker import Broker
@@ -71,14 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hbroker.connection")
 
-PROTOCOL_MAX_PACKET_SIZE = 268435460
-SESSION_EXPIRY_NEVER = 0xFFFFFFFF
-# A client that does not ask for a Receive Maximum gets the protocol's default [MQTT-3.1.2-?].
-DEFAULT_RECEIVE_MAXIMUM = 65535
-# Refusals that count as a failed guess for the per-address backoff (hbroker.auth.backoff);
-# 0x88 Server unavailable (an unreachable auth webhook) is not the client's doing.
-AUTH_FAILURES = frozenset((ReasonCode.BAD_USER_NAME_OR_PASSWORD, ReasonCode.NOT_AUTHORIZED,
-                           ReasonCode.BAD_AUTHENTICATION_METHOD))
 # After a DISCONNECT or a refusing CONNACK, how long (seconds) the connection still reads and
 # discards what the client sends before the broker's sweep closes it (Connection._linger).
 LINGER_TIMEOUT = 1.5
@@ -89,8 +64,9 @@ class Connection(ConnectionCore, asyncio.Protocol):
     connected, closing, write_paused, last_received, out, topic aliases, max_packet_size_out,
     deferred, client_info, pending_connect) is typed in the compiled base,
     hbroker_ext.routing.ConnectionCore, with the transport, the framer, `data_received` (the
-    packets of a read: PUBLISH and PUBACK compiled, the others to the handlers below) and the
-    output (`write`, `flush`, `take_output`, `write_output`)."""
+    packets of a read: PUBLISH and PUBACK compiled, CONNECT and AUTH to hbroker.connect, the
+    others to the handlers below) and the output (`write`, `flush`, `take_output`,
+    `write_output`)."""
 
     __slots__ = (
         "listener", "peer", "username", "keepalive", "opened_at",
@@ -312,382 +288,6 @@ class Connection(ConnectionCore, asyncio.Protocol):
                 self._close(f"{reason_name(code)}: {error}", publish_will=True, linger=True)
             return
         self.protocol_error(code, str(error))
-
-    # -- CONNECT -----------------------------------------------------------------------
-
-    def refuse_connect(self, reason_code: int, why: str) -> None:
-        """CONNACK with the reason code, then a graceful close [MQTT-3.2.2-7]; a 3.1.1
-        refusal that no return code fits is closed without a CONNACK [MQTT-3.2.2-6]."""
-        code = connack_code_for(self.protocol_version, reason_code)
-        if code is None:
-            why += " (closed without CONNACK: no 3.1.1 return code says it)"
-        log.info("connection refused: %s", why, extra={
-            "client_id": self.client_id, "peer": self.peer, "protocol": self.protocol_version,
-            "username": self.username, "reason": reason_name(reason_code)})
-        if code is None:
-            self.abort(f"CONNECT refused: {why}")
-            return
-        self.send(Connack(False, code))
-        self._close(f"CONNECT refused: {why}", publish_will=True, linger=True)
-
-    def refuse_auth(self, reason_code: int, why: str) -> None:
-        """A CONNECT refused for its credentials: logged, audited (on_auth_failed) and, when
-        its address failed before, answered only after a delay that doubles with each failure
-        (a timer, not a sleep: the broker serves everyone else meanwhile)."""
-        broker = self.broker
-        info = self.client_info
-        if info is None:
-            info = self.client_info = ClientInfo(
-                self.client_id or "", self.username, self.peer, self.protocol_version,
-                self.listener.name, self.certificate_identity, self.listener.config)
-        for hook in broker.hooks.on_auth_failed:
-            hook(info, reason_code, why)
-        delay = 0.0
-        if reason_code in AUTH_FAILURES:
-            delay = broker.auth_backoff.failed(peer_host(self.peer), time.monotonic())
-        if delay <= 0 or self.transport is None or broker.loop is None:
-            self.refuse_connect(reason_code, why)
-            return
-        log.info("connection refused: %s (answered in %.2f s: earlier failures from this "
-                 "address)", why, delay, extra={
-                     "client_id": self.client_id, "peer": self.peer, "username": self.username,
-                     "protocol": self.protocol_version, "reason": reason_name(reason_code)})
-        self.closing = True  # nothing more is read or handled
-        self.close_reason = f"CONNECT refused: {why}"
-        self.transport.pause_reading()
-        self.framer.discard()  # nor kept: what the client sent after its CONNECT
-        broker.loop.call_later(delay, self._refuse_late, reason_code)
-
-    def _refuse_late(self, reason_code: int) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        code = connack_code_for(self.protocol_version, reason_code)
-        if code is None:  # [MQTT-3.2.2-6]
-            transport.close()
-            return
-        self.write_output([encode(Connack(False, code), self.protocol_version)])
-        self._linger()
-
-    def handle_connect(self, p: Any) -> None:
-        if self.connected or self.pending_connect is not None or self.client_info is not None:
-            # [MQTT-3.1.0-2] a second CONNECT is a protocol error (also while the first one
-            # is being authenticated).
-            self.protocol_error(ReasonCode.PROTOCOL_ERROR, "second CONNECT")
-            return
-        broker = self.broker
-        limits = broker.limits
-        sessions_cfg = broker.config.sessions
-        v5 = p.protocol_version == 5
-        self.protocol_version = p.protocol_version
-        self.framer.protocol_version = p.protocol_version
-        props = p.properties or {}
-        client_id = p.client_id
-        self.client_id = client_id or None
-        self.username = p.username
-
-        listener = self.listener
-        if p.protocol_version not in listener.protocol_versions:
-            # [MQTT-3.1.2-2] a protocol level the listener does not accept: 0x01 / 0x84.
-            self.refuse_connect(ReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
-                                f"protocol level {p.protocol_version} not accepted on "
-                                f"listener {listener.name}")
-            return
-        if listener.use_identity_as_username:
-            if self.certificate_identity is None:
-                self.refuse_auth(ReasonCode.NOT_AUTHORIZED,
-                                 "no client certificate identity to use as username")
-                return
-            self.username = self.certificate_identity
-        if self.username is None and not listener.allow_anonymous:
-            self.refuse_auth(ReasonCode.NOT_AUTHORIZED,
-                             f"anonymous clients not allowed on listener {listener.name}")
-            return
-
-        if len(client_id) > sessions_cfg.max_client_id_length:
-            self.refuse_connect(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
-            return
-        if not client_id:
-            if not v5 and not p.clean_start:
-                # [MQTT-3.1.3-8] a zero-length client id needs clean session 1 in 3.1.1.
-                self.refuse_connect(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
-                                    "zero-length client id with clean session 0")
-                return
-            if not sessions_cfg.allow_zero_length_client_id:
-                self.refuse_connect(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
-                                    "zero-length client id not allowed")
-                return
-        will = p.will
-        if will is not None:
-            if will.qos > limits.max_qos:
-                self.refuse_connect(ReasonCode.QOS_NOT_SUPPORTED, "will QoS above maximum")
-                return
-            if will.retain and not limits.retain_available:
-                self.refuse_connect(ReasonCode.RETAIN_NOT_SUPPORTED, "will retain not available")
-                return
-            if not valid_topic_name(will.topic):
-                self.refuse_connect(ReasonCode.TOPIC_NAME_INVALID, "invalid will topic")
-                return
-            if not broker.topic_limits.allows(will.topic):
-                self.refuse_connect(ReasonCode.TOPIC_NAME_INVALID,
-                                    "will topic over max_topic_levels or max_topic_length")
-                return
-
-        method = props.get(AUTHENTICATION_METHOD)
-        client_info = ClientInfo(client_id, self.username, self.peer, p.protocol_version,
-                                 listener.name, self.certificate_identity, listener.config)
-        self.client_info = client_info
-        if method is not None:
-            hook = broker.hooks.auth_method_hooks.get(method)
-            if hook is None:
-                self.refuse_connect(ReasonCode.BAD_AUTHENTICATION_METHOD,
-                                    f"unknown authentication method {method!r}")
-                return
-            self.auth_method = method
-            result = hook.enhanced_auth(client_info, method, props.get(AUTHENTICATION_DATA), None)
-            self.auth_state = result.state
-            if result.reason_code == ReasonCode.CONTINUE_AUTHENTICATION:
-                self.pending_connect = p
-                auth_props: dict[int, Any] = {AUTHENTICATION_METHOD: method}
-                if result.data is not None:
-                    auth_props[AUTHENTICATION_DATA] = result.data
-                self.send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, auth_props))
-                self.framer.resume()  # the client's AUTH (or DISCONNECT) comes next
-                return
-            if result.reason_code != ReasonCode.SUCCESS:
-                self.refuse_auth(result.reason_code, f"{method} authentication failed")
-                return
-            # Authenticated by the method: the authenticate hooks are not asked.
-            self.accept_authenticated(p, result)
-            return
-        self.authenticate(p, 0)
-
-    def authenticate(self, p: Any, start: int, accepted: bool = False) -> None:
-        """Ask the authenticate hooks from `start` on: each accepts (0), refuses (a reason
-        code) or has no say (None). The client is admitted when none refused and one accepted
-        (`accepted`: one before `start` did), or when its listener admits clients no source
-        vouches for (`allow_anonymous`) or its certificate names it
-        (`use_identity_as_username`). A hook that answers with an awaitable (a password hash
-        in a thread, a webhook) is waited for without blocking the loop: reading stops until
-        it answers, then the rest follow."""
-        checks = self.broker.hooks.authenticate
-        info = self.client_info
-        for i in range(start, len(checks)):
-            code = checks[i](info, p.password)
-            if code is None:
-                continue
-            if not isinstance(code, int):
-                future = asyncio.ensure_future(code)
-                try:
-                    # What the client sent after its CONNECT stays held (Framer) until this
-                    # hook answers: within the limit before the CONNACK.
-                    self.framer.check_held()
-                except MQTTError as error:
-                    future.cancel()
-                    self.codec_error(error)
-                    return
-                if self.transport is not None:
-                    self.transport.pause_reading()
-                future.add_done_callback(
-                    lambda f, i=i, a=accepted: self._authenticated(  # type: ignore[misc]
-                        p, i, f, a))
-                return
-            if code:
-                self.refuse_auth(code, "authentication failed")
-                return
-            accepted = True
-        listener = self.listener
-        if not (accepted or listener.allow_anonymous or listener.use_identity_as_username):
-            # Nothing vouched for the username (and password) the client gave: no source
-            # applies to this listener, or none accepts such a CONNECT (e.g. a SCRAM-only
-            # listener and a CONNECT without Authentication Method). Mosquitto 2 likewise.
-            self.refuse_auth(ReasonCode.NOT_AUTHORIZED,
-                             f"no authentication source accepted the client on listener "
-                             f"{listener.name}")
-            return
-        self._admit(p)
-
-    def _authenticated(self, p: Any, index: int, future: asyncio.Future,
-                       accepted: bool) -> None:
-        if self.closing:
-            return  # the client left while it was being authenticated
-        try:
-            code = future.result()
-        except Exception:
-            log.exception("authentication hook failed", extra={
-                "client_id": self.client_id, "peer": self.peer})
-            code = ReasonCode.UNSPECIFIED_ERROR
-        if code:
-            self.refuse_auth(code, "authentication failed")
-            return
-        if self.transport is not None:
-            self.transport.resume_reading()
-        self.authenticate(p, index + 1, accepted or code == 0)
-        if not self.closing and not self.framer.held:
-            # Accepted: the packets the client sent ahead of the CONNACK, held meanwhile,
-            # are handled now, in order [MQTT-3.1.4-5].
-            self.data_received(b"")
-
-    def _admit(self, p: Any, auth_data: bytes | None = None) -> None:
-        """The CONNECT passed authentication: accept it (accept_connect) and let the framer
-        read on at the normal packet size limit; what the client sent after the CONNECT is
-        handled next (by the packet loop, or `_authenticated` after a hook that waited)."""
-        self.accept_connect(p, auth_data)
-        if self.connected:
-            self.framer.accept(self.broker.limits.max_packet_size)
-
-    def accept_authenticated(self, p: Any, result: AuthResult) -> None:
-        """Enhanced authentication succeeded: the method's identity becomes the username,
-        and its last data (e.g. SCRAM's server-final-message) goes in the CONNACK."""
-        if result.username is not None:
-            self.username = result.username
-        self._admit(p, result.data)
-
-    def accept_connect(self, p: Any, auth_data: bytes | None = None) -> None:
-        broker = self.broker
-        limits = broker.limits
-        sessions_cfg = broker.config.sessions
-        v5 = p.protocol_version == 5
-        props = p.properties or {}
-        now = time.monotonic()
-        connack_props: dict[int, Any] = {}
-
-        client_id = p.client_id
-        if not client_id:
-            client_id = broker.assign_client_id()
-            if v5:
-                connack_props[ASSIGNED_CLIENT_IDENTIFIER] = client_id  # [MQTT-3.2.2-16]
-        self.client_id = client_id
-        listener = self.listener
-        info = ClientInfo(client_id, self.username, self.peer, p.protocol_version,
-                          listener.name, self.certificate_identity, listener.config)
-        if p.will is not None and broker.hooks.check_acl and not broker.hooks.allowed(
-                info, p.will.topic, hooks.PUBLISH):
-            # The will is published on the client's behalf: it needs the client's right to
-            # publish there (as in Mosquitto, the CONNECT is refused: 0x87 / 0x05).
-            self.refuse_connect(ReasonCode.NOT_AUTHORIZED, "will topic not authorised")
-            return
-
-        keepalive = p.keepalive
-        max_keepalive = limits.max_keepalive
-        if v5 and (keepalive > max_keepalive or (keepalive == 0 and max_keepalive < 65535)):
-            keepalive = max_keepalive
-            connack_props[SERVER_KEEP_ALIVE] = keepalive  # [MQTT-3.2.2-21]
-        self.keepalive = keepalive
-
-        if v5:
-            requested = props.get(SESSION_EXPIRY_INTERVAL, 0)
-            self.session_expiry_requested = requested
-            granted = min(requested, sessions_cfg.max_session_expiry_interval)
-            if granted != requested:
-                connack_props[SESSION_EXPIRY_INTERVAL] = granted
-            expiry: float = NEVER if granted == SESSION_EXPIRY_NEVER else granted
-            send_window = props.get(RECEIVE_MAXIMUM, DEFAULT_RECEIVE_MAXIMUM)
-            self.max_packet_size_out = props.get(MAXIMUM_PACKET_SIZE, PROTOCOL_MAX_PACKET_SIZE)
-            alias_max = props.get(TOPIC_ALIAS_MAXIMUM, 0)
-            if alias_max:
-                self.topic_alias_maximum_out = alias_max
-                self.topic_aliases_out = {}
-        else:
-            if p.clean_start:
-                expiry = 0
-            else:
-                expiration = sessions_cfg.persistent_client_expiration
-                expiry = expiration if expiration else NEVER
-            send_window = limits.max_inflight
-
-        if v5:
-            if limits.max_inflight != DEFAULT_RECEIVE_MAXIMUM:
-                connack_props[RECEIVE_MAXIMUM] = limits.max_inflight
-            if limits.max_qos < 2:
-                connack_props[MAXIMUM_QOS] = limits.max_qos
-            if not limits.retain_available:
-                connack_props[RETAIN_AVAILABLE] = 0
-            if limits.max_packet_size < PROTOCOL_MAX_PACKET_SIZE:
-                connack_props[MAXIMUM_PACKET_SIZE] = limits.max_packet_size
-            if limits.topic_alias_maximum:
-                connack_props[TOPIC_ALIAS_MAXIMUM] = limits.topic_alias_maximum
-            if not limits.wildcard_subscription_available:
-                connack_props[WILDCARD_SUBSCRIPTION_AVAILABLE] = 0
-            if not limits.subscription_identifier_available:
-                connack_props[SUBSCRIPTION_IDENTIFIER_AVAILABLE] = 0
-            if not limits.shared_subscription_available:
-                connack_props[SHARED_SUBSCRIPTION_AVAILABLE] = 0
-            if props.get(REQUEST_RESPONSE_INFORMATION):
-                connack_props[RESPONSE_INFORMATION] = f"responses/{client_id}"
-            if self.auth_method is not None:
-                connack_props[AUTHENTICATION_METHOD] = self.auth_method
-                if auth_data is not None:
-                    connack_props[AUTHENTICATION_DATA] = auth_data
-            if not self._connack_fits(connack_props):
-                return
-
-        previous = broker.sessions.get(client_id)
-        broker.remember_identity(info, previous is not None and bool(previous.subscriptions))
-        session, present = broker.open_session(self, client_id, p.clean_start,
-                                               p.protocol_version, now)
-        self.session = session
-        self.connected = True
-        session.expiry_interval = expiry
-        session.send_window = send_window
-        session.publish_quota = broker.new_publish_quota(p.protocol_version, now)
-        if p.will is not None:
-            will = p.will
-            will_props = dict(will.properties) if will.properties else None
-            delay = 0
-            if will_props:
-                delay = will_props.pop(WILL_DELAY_INTERVAL, 0)
-            session.will = Message(will.topic, will.payload, will.qos, will.retain,
-                                   will_props or None, 0, client_id)
-            session.will_delay = delay
-        else:
-            session.will = None
-        if broker.journal is not None:
-            broker.journal.session_changed(session)
-
-        # [MQTT-3.2.2-2] session present is 0 with clean start. MQTT 3.1 has no such flag:
-        # the byte is reserved there (0), though the session is resumed all the same.
-        self.send(Connack(present and p.protocol_version >= 4, 0, connack_props or None))
-        if present:
-            session.resend_inflight(now)
-            session.drain(now)
-        self.client_info = info
-        for hook in broker.hooks.on_connected:
-            hook(info)
-        log.info("client connected", extra={
-            "client_id": client_id, "peer": self.peer, "protocol": p.protocol_version,
-            "clean_start": p.clean_start, "keepalive": keepalive,
-            "session_present": present, "username": self.username,
-            "listener": listener.name})
-
-    def _connack_fits(self, connack_props: dict[int, Any]) -> bool:
-        """Keep the CONNACK within the client's Maximum Packet Size [MQTT-3.1.2-24]: leave
-        out what the server may leave out (a Reason String or User Property [MQTT-3.2.2-19,
-        MQTT-3.2.2-20]; Response Information, which it MAY return [3.1.2.11.6]). If the rest is
-        still too large (the limits the client must know, an assigned client id), the CONNECT
-        is refused with a bare CONNACK 0x83 (implementation specific error: "valid but not
-        accepted by this Server"), or closed without one below its 5 bytes; returns False."""
-        limit = self.max_packet_size_out
-        if limit >= PROTOCOL_MAX_PACKET_SIZE:
-            return True
-        size = len(encode(Connack(False, 0, connack_props or None), 5))
-        for optional in (REASON_STRING, USER_PROPERTY, RESPONSE_INFORMATION):
-            if size <= limit:
-                return True
-            if optional in connack_props:
-                del connack_props[optional]
-                size = len(encode(Connack(False, 0, connack_props or None), 5))
-        if size <= limit:
-            return True
-        why = (f"its CONNACK ({size} bytes) would exceed the client's Maximum Packet Size "
-               f"({limit} bytes)")
-        if len(encode(Connack(False, ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR), 5)) > limit:
-            log.info("connection refused: %s (closed without CONNACK: none fits)", why, extra={
-                "client_id": self.client_id, "peer": self.peer, "protocol": 5})
-            self.abort(f"CONNECT refused: {why}")
-        else:
-            self.refuse_connect(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, why)
-        return False
 
     # -- PUBLISH and its acknowledgements ----------------------------------------------
 
@@ -932,56 +532,12 @@ class Connection(ConnectionCore, asyncio.Protocol):
         publish_will = p.reason_code == ReasonCode.DISCONNECT_WITH_WILL_MESSAGE
         self._close(f"client disconnected ({reason_name(p.reason_code)})", publish_will)
 
-    def handle_auth(self, p: Any) -> None:
-        props = p.properties or {}
-        method = props.get(AUTHENTICATION_METHOD)
-        if self.auth_method is None or method != self.auth_method:
-            if self.auth_method is None and method is not None:
-                self.protocol_error(ReasonCode.BAD_AUTHENTICATION_METHOD,
-                                    f"unknown authentication method {method!r}")
-            else:
-                self.protocol_error(ReasonCode.PROTOCOL_ERROR, "AUTH without a matching method")
-            return
-        hook = self.broker.hooks.auth_method_hooks.get(method)
-        if hook is None:  # the method was switched off by a reload
-            self.protocol_error(ReasonCode.BAD_AUTHENTICATION_METHOD,
-                                f"authentication method {method!r} no longer offered")
-            return
-        assert self.client_info is not None
-        result = hook.enhanced_auth(self.client_info, method, props.get(AUTHENTICATION_DATA),
-                                    self.auth_state)
-        self.auth_state = result.state
-        if result.reason_code == ReasonCode.CONTINUE_AUTHENTICATION:
-            out: dict[int, Any] = {AUTHENTICATION_METHOD: method}
-            if result.data is not None:
-                out[AUTHENTICATION_DATA] = result.data
-            self.send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, out))
-            self.framer.resume()  # before the CONNACK: the next AUTH may be read
-            return
-        if result.reason_code != ReasonCode.SUCCESS:
-            if self.connected:
-                for hook_failed in self.broker.hooks.on_auth_failed:
-                    hook_failed(self.client_info, result.reason_code,
-                                f"{method} re-authentication failed")
-                self.protocol_error(result.reason_code, "re-authentication failed")
-            else:
-                self.refuse_auth(result.reason_code, f"{method} authentication failed")
-            return
-        if self.pending_connect is not None:
-            pending, self.pending_connect = self.pending_connect, None
-            self.accept_authenticated(pending, result)
-        else:
-            done: dict[int, Any] = {AUTHENTICATION_METHOD: method}
-            if result.data is not None:
-                done[AUTHENTICATION_DATA] = result.data
-            self.send(Auth(ReasonCode.SUCCESS, done))
-
 
 # Incoming packet type -> handler. PUBLISH and PUBACK are handled by the compiled packet loop
 # (hbroker_ext.routing, handle_packets). Packets only a server sends (CONNACK, SUBACK,
 # UNSUBACK, PINGRESP) are absent: receiving one is a protocol error.
 _HANDLERS = {
-    CONNECT: Connection.handle_connect,
+    CONNECT: connect.handle_connect,
     PUBREC: Connection.handle_pubrec,
     PUBREL: Connection.handle_pubrel,
     PUBCOMP: Connection.handle_pubcomp,
@@ -989,5 +545,5 @@ _HANDLERS = {
     UNSUBSCRIBE: Connection.handle_unsubscribe,
     PINGREQ: Connection.handle_pingreq,
     DISCONNECT: Connection.handle_disconnect,
-    AUTH: Connection.handle_auth,
+    AUTH: connect.handle_auth,
 }
