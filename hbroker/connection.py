@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hbroker_ext.codec import (
     AUTH,
@@ -49,14 +49,29 @@ from hbroker.subscription import SubscriptionOptions
 
 if TYPE_CHECKING:
     from hbroker.broker import Broker
+    from hbroker.config import ListenerConfig
     from hbroker.session import Session
-    from hbroker.transports import Listener
 
 log = logging.getLogger("hbroker.connection")
 
 # After a DISCONNECT or a refusing CONNACK, how long (seconds) the connection still reads and
 # discards what the client sends before the broker's sweep closes it (Connection._linger).
 LINGER_TIMEOUT = 1.5
+
+
+class ListenerSettings(Protocol):
+    """What a connection asks of the listener it came through (hbroker.transports.Listener
+    provides it; the listeners sit above the connection and are not imported here)."""
+
+    name: str
+    config: ListenerConfig
+    protocol_versions: frozenset[int]
+    allow_anonymous: bool
+    use_identity_as_username: bool
+
+    def peer_name(self, transport: asyncio.BaseTransport) -> str: ...
+    def admit(self, conn: Connection) -> bool: ...
+    def certificate_identity(self, transport: asyncio.BaseTransport) -> str | None: ...
 
 
 class Connection(ConnectionCore, asyncio.Protocol):
@@ -74,9 +89,9 @@ class Connection(ConnectionCore, asyncio.Protocol):
         "certificate_identity",
     )
 
-    def __init__(self, broker: Broker, listener: Listener) -> None:
+    def __init__(self, broker: Broker, listener: ListenerSettings) -> None:
         self.broker = broker
-        self.listener = listener  # its settings: hbroker.transports.Listener
+        self.listener = listener  # its settings: an hbroker.transports.Listener
         self.certificate_identity: str | None = None
         self.transport: asyncio.Transport | None = None
         self.peer = "?"

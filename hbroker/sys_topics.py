@@ -1,21 +1,46 @@
 """`$SYS/broker/...` topics, with Mosquitto's names, published as retained messages.
 
 Values are published at start and then every `sys.interval` seconds, each only when it changed.
+The publisher is an extension of the broker that owns it: it reads the broker through
+`SysSource`, declared here, and does not import hbroker.broker.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sized
+from typing import TYPE_CHECKING, Any, Protocol
 
 import hbroker
+from hbroker.session import Message
 
 if TYPE_CHECKING:
-    from hbroker.broker import Broker
+    from hbroker.config import Config
+    from hbroker.stats import Stats
+
+
+class SysSource(Protocol):
+    """What the publisher reads of the broker it reports on, and how it publishes
+    (hbroker.broker.Broker provides it)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def stats(self) -> Stats: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def sessions(self) -> Sized: ...
+    @property
+    def subscriptions(self) -> Sized: ...
+    @property
+    def retained(self) -> Sized: ...
+
+    def publish(self, msg: Message, now: float) -> Any: ...
 
 
 class SysPublisher:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: SysSource) -> None:
         self.broker = broker
         self.last: dict[str, str] = {}
         self.next_due = 0.0
@@ -62,7 +87,5 @@ class SysPublisher:
             self.publish_periodic(now)
 
     def _publish(self, topic: str, value: str, now: float) -> None:
-        from hbroker.session import Message
-
         self.last[topic] = value
         self.broker.publish(Message(topic, value.encode(), 0, True, None, 0, None), now)
