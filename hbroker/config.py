@@ -438,10 +438,6 @@ SECTION_DOCS = {
     "audit": "The audit log (see docs/security.md).",
 }
 
-# Choices this version knows but does not provide: (section, key) -> why.
-_UNAVAILABLE: dict[tuple[str, str], str] = {}
-
-
 @dataclass(frozen=True, slots=True)
 class Config:
     listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
@@ -573,10 +569,7 @@ def _check_value(where: str, path: str, f: dataclasses.Field, value: Any) -> Any
     choices = meta.get("choices")
     if choices and value not in choices:
         expected = " or ".join(f"'{c}'" for c in choices)
-        section, _, key = path.partition(".")
-        note = _UNAVAILABLE.get((section.split("[")[0], key))
-        raise ConfigError(f"{where}: {path}: expected {expected}"
-                          f"{f' ({note})' if note else ''}, {got}")
+        raise ConfigError(f"{where}: {path}: expected {expected}, {got}")
     return value
 
 
