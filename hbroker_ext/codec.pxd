@@ -51,3 +51,8 @@ cpdef bytes encode_ack(int packet_type, int packet_id, int reason_code, int prot
 cpdef bytes encode_publish(str topic, object payload, int qos, bint retain, bint dup,
                            int packet_id, object properties, int protocol_version)
 cpdef bytes set_packet_id(bytes encoded, int packet_id, bint dup)
+
+# The variable byte integer (MQTT 5.0 section 1.5.5) of every encoder, HARCP's included
+# (hbroker_ext/harcp.pyx): its size, and the one writer (returns the bytes written).
+cdef int varint_size(Py_ssize_t n) noexcept nogil
+cdef Py_ssize_t write_varint(unsigned char* w, Py_ssize_t n) noexcept nogil

@@ -10,6 +10,7 @@ from cpython.bytearray cimport (
     PyByteArray_AS_STRING,
     PyByteArray_FromStringAndSize,
     PyByteArray_GET_SIZE,
+    PyByteArray_Resize,
 )
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Copy
@@ -816,8 +817,6 @@ cdef Subscribe _decode_subscribe(Reader* r, int version):
     props = None
     if version == 5:
         props = _properties(r, C_SUBSCRIBE)
-        if props is not None and SUBSCRIPTION_IDENTIFIER in props:
-            props[SUBSCRIPTION_IDENTIFIER] = props[SUBSCRIPTION_IDENTIFIER]
     while r.pos < r.end:
         topic_filter = _str(r, "topic filter")
         opts = _u8(r, "subscription options")
@@ -827,7 +826,9 @@ cdef Subscribe _decode_subscribe(Reader* r, int version):
             if (opts >> 4) & 0x03 == 3:
                 _fail(RC_PROTOCOL, "retain handling 3")
         elif opts & 0xFC:
-            _fail(RC_MALFORMED, "reserved bits in requested QoS")  # [MQTT-3-8.3-4]
+            # 3.1.1 [MQTT-3-8.3-4], so spelt by the 3.1.1 specification (5.0's MQTT-3.8.3-4
+            # is another statement: No Local on a shared subscription).
+            _fail(RC_MALFORMED, "reserved bits in requested QoS")
         if opts & 0x03 == 3:
             # 5.0 (3.8.3.1): "It is a Protocol Error if the Maximum QoS field has the value 3";
             # 3.1.1: malformed [MQTT-3-8.3-4].
@@ -1148,26 +1149,40 @@ cdef int _connect_level(const unsigned char* body):
 
 # == encoding ==============================================================================
 
-cdef inline int _varint_size(Py_ssize_t n):
+cdef int varint_size(Py_ssize_t n) noexcept nogil:
+    """The size of `n` as a variable byte integer (MQTT 5.0 section 1.5.5): 1 to 4 bytes for
+    what the protocol allows (n < 268,435,456)."""
     if n < 128:
         return 1
     if n < 16384:
         return 2
     if n < 2097152:
         return 3
-    return 4
-
-
-cdef inline void _put_varint(bytearray out, Py_ssize_t n):
-    cdef int b
-    while True:
-        b = n & 0x7F
+    cdef int size = 4
+    n >>= 28
+    while n:  # beyond the protocol's 4 bytes: what write_varint writes all the same
+        size += 1
         n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return
+    return size
+
+
+cdef Py_ssize_t write_varint(unsigned char* w, Py_ssize_t n) noexcept nogil:
+    """Write `n` at `w` as a variable byte integer, 7 bits a byte, least significant first,
+    the high bit set on every byte but the last; returns the bytes written (varint_size).
+    The one writer of every encoder: this module's and HARCP's (hbroker_ext/harcp.pyx)."""
+    cdef Py_ssize_t i = 0
+    while n >= 128:
+        w[i] = <unsigned char>((n & 0x7F) | 0x80)
+        n >>= 7
+        i += 1
+    w[i] = <unsigned char>n
+    return i + 1
+
+
+cdef inline void _put_varint(bytearray out, Py_ssize_t n) except *:
+    cdef Py_ssize_t size = PyByteArray_GET_SIZE(out)
+    PyByteArray_Resize(out, size + varint_size(n))
+    write_varint(<unsigned char*>PyByteArray_AS_STRING(out) + size, n)
 
 
 cdef inline void _put_u16(bytearray out, int n):
@@ -1205,35 +1220,34 @@ cdef bytes _encode_properties(props):
     if not props:
         return _NO_PROPERTIES  # most packets: a zero length and nothing else
     body = bytearray()
-    if props:
-        for pid, value in props.items():
-            if pid < 0 or pid >= 64 or _PROP_TYPE[pid] == 0:
-                raise ValueError(f"unknown property identifier {pid}")
-            ptype = _PROP_TYPE[pid]
-            if ptype == T_PAIR:
-                for key, val in value:
-                    body.append(pid)
-                    _put_str(body, key)
-                    _put_str(body, val)
-                continue
-            if ptype == T_VARINT and isinstance(value, (list, tuple)):
-                for v in value:
-                    body.append(pid)
-                    _put_varint(body, v)
-                continue
-            body.append(pid)
-            if ptype == T_BYTE:
-                body.append(value)
-            elif ptype == T_U16:
-                _put_u16(body, value)
-            elif ptype == T_U32:
-                _put_u32(body, value)
-            elif ptype == T_VARINT:
-                _put_varint(body, value)
-            elif ptype == T_STR:
-                _put_str(body, value)
-            else:
-                _put_bin(body, value)
+    for pid, value in props.items():
+        if pid < 0 or pid >= 64 or _PROP_TYPE[pid] == 0:
+            raise ValueError(f"unknown property identifier {pid}")
+        ptype = _PROP_TYPE[pid]
+        if ptype == T_PAIR:
+            for key, val in value:
+                body.append(pid)
+                _put_str(body, key)
+                _put_str(body, val)
+            continue
+        if ptype == T_VARINT and isinstance(value, (list, tuple)):
+            for v in value:
+                body.append(pid)
+                _put_varint(body, v)
+            continue
+        body.append(pid)
+        if ptype == T_BYTE:
+            body.append(value)
+        elif ptype == T_U16:
+            _put_u16(body, value)
+        elif ptype == T_U32:
+            _put_u32(body, value)
+        elif ptype == T_VARINT:
+            _put_varint(body, value)
+        elif ptype == T_STR:
+            _put_str(body, value)
+        else:
+            _put_bin(body, value)
     out = bytearray()
     _put_varint(out, len(body))
     out += body
@@ -1383,7 +1397,6 @@ cpdef bytes encode_publish(str topic, object payload, int qos, bint retain, bint
     """A PUBLISH in one allocation: the hot-path encoder."""
     cdef bytes tb = topic.encode("utf-8")
     cdef bytes pb = _encode_properties(properties) if protocol_version == 5 else b""
-    cdef const unsigned char[:] pl
     cdef Py_ssize_t tlen = len(tb)
     cdef Py_ssize_t plen
     cdef Py_ssize_t rl
@@ -1395,20 +1408,11 @@ cpdef bytes encode_publish(str topic, object payload, int qos, bint retain, bint
         payload = bytes(payload)
     plen = len(<bytes>payload)
     rl = 2 + tlen + (2 if qos else 0) + len(pb) + plen
-    total = 1 + _varint_size(rl) + rl
+    total = 1 + varint_size(rl) + rl
     out = PyBytes_FromStringAndSize(NULL, total)
     w = PyBytes_AS_STRING(out)
     w[0] = <char>(0x30 | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0))
-    n = 1
-    while True:
-        if rl >= 128:
-            w[n] = <char>((rl & 0x7F) | 0x80)
-            rl >>= 7
-            n += 1
-        else:
-            w[n] = <char>rl
-            n += 1
-            break
+    n = 1 + write_varint(<unsigned char*>w + 1, rl)
     w[n] = <char>(tlen >> 8)
     w[n + 1] = <char>(tlen & 0xFF)
     n += 2

@@ -12,6 +12,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+from hbroker_ext.codec cimport varint_size, write_varint
+
 # -- layout (§1) --------------------------------------------------------------------------
 VERSION = 1
 HEADER_SIZE = 39
@@ -115,16 +117,6 @@ cdef class Frame:
                 f"payload={len(self.payload)} bytes)")
 
 
-cdef inline int _varint_size(Py_ssize_t n):
-    if n < 128:
-        return 1
-    if n < 16384:
-        return 2
-    if n < 2097152:
-        return 3
-    return 4
-
-
 def encode(int type, int flags, operation_id, uint64_t timestamp, uint32_t sequence,
            key_id, payload, int version=1):
     """The bytes a signer signs: the 39-byte header, the payload length as a minimal variable
@@ -146,7 +138,7 @@ def encode(int type, int flags, operation_id, uint64_t timestamp, uint32_t seque
         raise ValueError("version, type and flags are single bytes")
     if n > MAX_PAYLOAD_LENGTH:
         raise ValueError(f"payload of {n} bytes exceeds {MAX_PAYLOAD_LENGTH}")
-    out = PyBytes_FromStringAndSize(NULL, C_HEADER_SIZE + _varint_size(n) + n)
+    out = PyBytes_FromStringAndSize(NULL, C_HEADER_SIZE + varint_size(n) + n)
     cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
     p[0] = <uint8_t>version
     p[1] = <uint8_t>type
@@ -157,16 +149,7 @@ def encode(int type, int flags, operation_id, uint64_t timestamp, uint32_t seque
     for i in range(4):
         p[27 + i] = <uint8_t>(sequence >> (24 - 8 * i))
     memcpy(p + 31, &kid[0], 8)
-    pos = C_HEADER_SIZE
-    while True:
-        if n >= 128:
-            p[pos] = <uint8_t>((n & 0x7F) | 0x80)
-            n >>= 7
-            pos += 1
-        else:
-            p[pos] = <uint8_t>n
-            pos += 1
-            break
+    pos = C_HEADER_SIZE + write_varint(p + C_HEADER_SIZE, n)
     if body.shape[0]:
         memcpy(p + pos, &body[0], body.shape[0])
     return out
