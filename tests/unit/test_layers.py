@@ -17,20 +17,21 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hbroker.__main__", "hbroker.cli", "hbroker.control"),
     # Wiring: configuration, listeners, broker, storage and hooks put together.
     ("hbroker.server",),
-    # Listeners: the transports a connection comes through.
-    ("hbroker.transports",),
-    # One client: its connection (CONNECT/CONNACK and AUTH included), or the in-process client.
-    ("hbroker.connection", "hbroker.connect", "hbroker.inprocess"),
+    # Listeners: the transports a connection comes through, and the in-process client (a
+    # connection without a socket).
+    ("hbroker.transports", "hbroker.inprocess"),
+    # One client's connection: the MQTT state machine, CONNECT/CONNACK and AUTH.
+    ("hbroker.connection", "hbroker.connect"),
     # Routing decisions: sessions, subscriptions, retained messages, wills, expiry.
     ("hbroker.broker",),
     # $SYS topics: an extension of the broker, which reads it through a Protocol.
     ("hbroker.sys_topics",),
-    # Session state, flow, subscriptions, quotas, storage.
+    # Session state and flow, subscriptions, quotas, storage, and the hooks and auth checks
+    # they call.
     ("hbroker.session", "hbroker.subscription", "hbroker.acknowledgement", "hbroker.quotas",
-     "hbroker.stats", "hbroker.storage"),
-    # What every layer may use: configuration, hooks and auth, reason codes, logging.
-    ("hbroker.auth", "hbroker.hooks", "hbroker.config", "hbroker.reason_codes", "hbroker.log",
-     "hbroker"),
+     "hbroker.stats", "hbroker.storage", "hbroker.hooks", "hbroker.auth"),
+    # What every layer may use: configuration, reason codes, logging.
+    ("hbroker.config", "hbroker.reason_codes", "hbroker.log", "hbroker"),
 )
 
 # Modules that still import a higher layer on this branch because another change owns them.
