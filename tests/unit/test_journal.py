@@ -172,7 +172,7 @@ def test_closing_while_storage_fails_tries_once_more_and_gives_up(
         gate.set()
         await closing
         assert h.journal.failures == 2
-        assert pub.refused == [(1, True)]
+        assert pub.refused == [(1, 0x97)]
         assert "changes of the last moments could not be stored" in caplog.text
 
     run(main())
@@ -217,7 +217,7 @@ def test_a_publish_storage_refused_is_withdrawn_from_queues_and_retained_state(
         h.publish(pub, "t/r", b"refused", retain=True, packet_id=2)
         h.publish(pub, "t/r", b"", retain=True, packet_id=3)  # clears it: refused too
         await h.until(lambda: h.journal.degraded, "the commit failed")
-        assert pub.refused == [(2, True), (3, True)]
+        assert pub.refused == [(2, 0x97), (3, 0x97)]
         assert pub.acks() == [(PUBACK, 1, 0)]
         assert [d.message for d in session.queue] == [before]
         assert session.queued_bytes == len(b"before")
@@ -247,7 +247,7 @@ def test_a_publish_storage_refused_stays_with_a_subscriber_it_was_sent_to(
         h.backend.fail = StorageError("connection lost")
         h.publish(pub, "t/x", b"sent", packet_id=1)
         await h.until(lambda: h.journal.degraded, "the commit failed")
-        assert pub.refused == [(1, False)]
+        assert pub.refused == [(1, 0x80)]
         assert payloads(transport.data) == [b"sent"]
         assert [d.message.payload for d in session.inflight.values()] == [b"sent"]
         h.backend.fail = None
