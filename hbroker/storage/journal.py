@@ -524,7 +524,11 @@ class Journal:
     # -- rows --------------------------------------------------------------------------------
 
     def serialize(self, pending: Pending) -> Batch:
-        """The rows for what `pending` says changed, read from the objects as they are now."""
+        """The rows for what `pending` says changed, read from the objects as they are now.
+
+        Each row is a tuple of the columns of its table in the order `hbroker.storage.schema`
+        declares them (named at each tuple below); `tests/unit/test_storage_schema.py` checks
+        them against the declaration."""
         batch = Batch()
         to_wall = time.time() - time.monotonic()
 
@@ -536,7 +540,7 @@ class Journal:
                 batch.sessions_deleted.append((session.client_id,))
                 continue
             will = session.will
-            batch.sessions.append((
+            batch.sessions.append((  # schema.SESSIONS
                 session.client_id, session.protocol_version,
                 None if session.expiry_interval == math.inf else session.expiry_interval,
                 None if session.connection is not None else wall(session.expires_at),
@@ -551,7 +555,7 @@ class Journal:
             if opts is None:
                 batch.subscriptions_deleted.append((session.client_id, topic_filter))
             else:
-                batch.subscriptions.append((
+                batch.subscriptions.append((  # schema.SUBSCRIPTIONS
                     session.client_id, topic_filter, opts.qos, int(opts.no_local),
                     int(opts.retain_as_published), opts.retain_handling, opts.sub_id))
         # Message and delivery rows are the per-message part: written inline (a function call
@@ -581,14 +585,14 @@ class Journal:
             if msg.store_written or msg.store_refs > 1 or not d.packet_id or d.qos != 1:
                 if not msg.store_written:
                     need_rows.append(msg)
-                delivery_rows.append((
+                delivery_rows.append((  # schema.DELIVERIES
                     client_id, seq, msg.store_id, d.qos, 1 if d.retain else 0,
                     packb(list(sub_ids)) if sub_ids else None, d.packet_id, d.state,
                     d.group, None, None, None, None, None, None, None))
             else:
                 props = msg.properties
                 expires = msg.expires_at
-                delivery_rows.append((
+                delivery_rows.append((  # schema.DELIVERIES
                     client_id, seq, msg.store_id, d.qos, 1 if d.retain else 0,
                     packb(list(sub_ids)) if sub_ids else None, d.packet_id, d.state,
                     d.group, msg.topic, msg.payload, msg.qos, 1 if msg.retain else 0,
@@ -603,7 +607,7 @@ class Journal:
                 written.append(msg)
                 props = msg.properties
                 expires = msg.expires_at
-                rows.append((
+                rows.append((  # schema.MESSAGES
                     msg.store_id, msg.topic, msg.payload, msg.qos, 1 if msg.retain else 0,
                     packb(props, use_bin_type=True) if props else None,
                     None if not expires or expires == inf else expires + to_wall,
@@ -623,7 +627,7 @@ class Journal:
             if session.ended:
                 continue
             if packet_id in session.awaiting_pubrel:
-                batch.incoming_qos2.append((session.client_id, packet_id))
+                batch.incoming_qos2.append((session.client_id, packet_id))  # INCOMING_QOS2
             else:
                 batch.incoming_qos2_deleted.append((session.client_id, packet_id))
         retained = self.broker.retained
@@ -632,7 +636,7 @@ class Journal:
             if msg is None:
                 batch.retained_deleted.append((topic,))
             else:
-                batch.retained.append((topic, msg.payload, msg.qos,
+                batch.retained.append((topic, msg.payload, msg.qos,  # schema.RETAINED
                                        pack_properties(msg.properties), wall(msg.expires_at)))
         return batch
 

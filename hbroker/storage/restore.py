@@ -56,7 +56,8 @@ class Target(Protocol):
 
 
 def restore(broker: Target, state: StoredState) -> dict[str, int]:
-    """Load `state` into an empty broker; returns counts for the start-up log."""
+    """Load `state` into an empty broker; returns counts for the start-up log. Rows are
+    unpacked in the column order of `hbroker.storage.schema`."""
     journal = broker.journal
     assert journal is not None
     now = time.monotonic()
