@@ -179,6 +179,7 @@ class Harness:
         self.sync = sync
         self.backend = RecordingBackend(path)
         self.counts: dict[str, int] = {}
+        self.last_ack: HeldAck | None = None  # of the last `publish`
 
     @property
     def journal(self) -> Journal:
@@ -259,6 +260,7 @@ class Harness:
         reached = broker.publish(msg, time.monotonic())
         self.journal.defer(ack, msg, previous)
         ack.routed(reached)
+        self.last_ack = ack
         return msg
 
     # -- waiting --------------------------------------------------------------------------

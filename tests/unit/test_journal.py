@@ -70,6 +70,34 @@ def test_a_qos2_publish_commits_its_packet_id_with_its_deliveries_before_its_pub
     run(main())
 
 
+def test_the_journal_is_one_holder_of_the_acknowledgement_among_others(
+        tmp_path: Path) -> None:
+    """A hook holding the PUBACK too: the commit alone does not send it, the hook's release
+    alone does not either; it goes out when both are done."""
+    async def main() -> None:
+        for hook_first in (False, True):
+            h = await Harness(tmp_path / f"db{hook_first}").start()
+            h.session("s", "t/#")
+            pub = Publisher(h.session("p", expiry=0))
+            gate = h.backend.gate = asyncio.Event()
+            h.publish(pub, "t/x", b"v", packet_id=4)
+            ack = h.last_ack
+            assert ack is not None
+            ack.hold()  # the hook's hold
+            if hook_first:
+                ack.release()
+                assert pub.acks() == []
+            gate.set()
+            await h.committed()
+            if not hook_first:
+                assert pub.acks() == []
+                ack.release()
+            assert pub.acks() == [(PUBACK, 4, 0)] and pub.deferred == 0
+            await h.stop()
+
+    run(main())
+
+
 def test_a_publish_that_reaches_only_retained_state_writes_no_message_row(
         tmp_path: Path) -> None:
     """The retained table holds a retained message; a message row is only for deliveries."""
