@@ -130,8 +130,6 @@ class Acknowledgement(Protocol):
     is one of its holders; when the commit is done it lets go (`release`), when the commit
     failed it refuses it (`refuse`, which also frees a QoS 2 packet id)."""
 
-    msg: Message
-
     def hold(self) -> None: ...
 
     def release(self) -> None: ...
