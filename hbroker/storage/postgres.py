@@ -27,7 +27,14 @@ from urllib.parse import parse_qsl, unquote, unquote_plus
 import asyncpg
 
 from hbroker.storage.base import SCHEMA_VERSION, Batch, Storage, StorageError, StoredState
-from hbroker.storage.schema import SCHEMA, PostgresDialect
+from hbroker.storage.schema import (
+    INSPECT_MESSAGES,
+    INSPECT_RETAINED,
+    INSPECT_SESSIONS,
+    SCHEMA,
+    PostgresDialect,
+    inspected_session,
+)
 
 log = logging.getLogger("hbroker.storage")
 
@@ -271,30 +278,15 @@ class PostgresStorage(Storage):
                 async with _transaction(conn, isolation="repeatable_read", readonly=True):
                     version = await conn.fetchval(
                         "SELECT value FROM hbroker_meta WHERE name = 'schema_version'")
-                    retained = await conn.fetchval("SELECT count(*) FROM retained")
-                    messages = await conn.fetchval(
-                        "SELECT count(*) FROM (SELECT id FROM messages UNION "
-                        "SELECT message_id FROM deliveries WHERE message_payload IS NOT NULL) m")
-                    rows = await conn.fetch(
-                        "SELECT client_id, protocol_version, expiry_interval, expires_at, "
-                        "will IS NOT NULL, "
-                        "(SELECT count(*) FROM subscriptions s WHERE s.client_id = x.client_id), "
-                        "(SELECT count(*) FROM deliveries d WHERE d.client_id = x.client_id "
-                        " AND d.packet_id = 0), "
-                        "(SELECT count(*) FROM deliveries d WHERE d.client_id = x.client_id "
-                        " AND d.packet_id != 0), "
-                        "(SELECT count(*) FROM incoming_qos2 q "
-                        " WHERE q.client_id = x.client_id) "
-                        "FROM sessions x ORDER BY client_id")
+                    retained = await conn.fetchval(INSPECT_RETAINED)
+                    messages = await conn.fetchval(INSPECT_MESSAGES)
+                    rows = await conn.fetch(INSPECT_SESSIONS)
             except BaseException as exc:
                 self._after_failure(conn, exc)
                 if isinstance(exc, _ERRORS):
                     raise self._error("cannot read", exc) from None
                 raise
-        sessions = [dict(zip(
-            ("client_id", "protocol_version", "expiry_interval", "expires_at", "will",
-             "subscriptions", "queued", "inflight", "incoming_qos2"), tuple(row), strict=True))
-            for row in rows]
+        sessions = [inspected_session(tuple(row)) for row in rows]
         return {
             "backend": self.name,
             "location": self.describe(),

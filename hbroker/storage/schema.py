@@ -155,6 +155,31 @@ PLAN: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# What `hbroker storage inspect` reads (the same SQL on both backends): per session, in client id
+# order, these fields; the number of stored messages (rows of their own or carried by their
+# only delivery); the number of retained messages.
+INSPECT_FIELDS = ("client_id", "protocol_version", "expiry_interval", "expires_at", "will",
+                  "subscriptions", "queued", "inflight", "incoming_qos2")
+INSPECT_SESSIONS = (
+    "SELECT client_id, protocol_version, expiry_interval, expires_at, will IS NOT NULL, "
+    "(SELECT count(*) FROM subscriptions s WHERE s.client_id = x.client_id), "
+    "(SELECT count(*) FROM deliveries d WHERE d.client_id = x.client_id AND d.packet_id = 0), "
+    "(SELECT count(*) FROM deliveries d WHERE d.client_id = x.client_id AND d.packet_id != 0), "
+    "(SELECT count(*) FROM incoming_qos2 q WHERE q.client_id = x.client_id) "
+    "FROM sessions x ORDER BY client_id")
+INSPECT_MESSAGES = (
+    "SELECT count(*) FROM (SELECT id FROM messages UNION "
+    "SELECT message_id FROM deliveries WHERE message_payload IS NOT NULL) m")
+INSPECT_RETAINED = "SELECT count(*) FROM retained"
+
+
+def inspected_session(row: tuple) -> dict:
+    """One row of INSPECT_SESSIONS as `Storage.inspect` reports it."""
+    session = dict(zip(INSPECT_FIELDS, row, strict=True))
+    session["will"] = bool(session["will"])
+    return session
+
+
 class Dialect:
     """How one backend spells SQL: its types, its parameters, its upsert."""
 

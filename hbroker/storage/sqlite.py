@@ -22,7 +22,14 @@ from typing import Any
 from hbroker_ext.sqlite_writer import Writer, WriterError
 
 from hbroker.storage.base import SCHEMA_VERSION, Batch, Storage, StorageError, StoredState
-from hbroker.storage.schema import SCHEMA, SQLiteDialect
+from hbroker.storage.schema import (
+    INSPECT_MESSAGES,
+    INSPECT_RETAINED,
+    INSPECT_SESSIONS,
+    SCHEMA,
+    SQLiteDialect,
+    inspected_session,
+)
 
 SQLITE = SQLiteDialect()
 
@@ -206,30 +213,13 @@ class SQLiteStorage(Storage):
     def _inspect(self) -> dict[str, Any]:
         db = self._db
         assert db is not None
-        sessions = []
-        for row in db.execute(
-                "SELECT client_id, protocol_version, expiry_interval, expires_at, will, "
-                "(SELECT count(*) FROM subscriptions s WHERE s.client_id = x.client_id), "
-                "(SELECT count(*) FROM deliveries d WHERE d.client_id = x.client_id "
-                " AND d.packet_id = 0), "
-                "(SELECT count(*) FROM deliveries d WHERE d.client_id = x.client_id "
-                " AND d.packet_id != 0), "
-                "(SELECT count(*) FROM incoming_qos2 q WHERE q.client_id = x.client_id) "
-                "FROM sessions x ORDER BY client_id"):
-            sessions.append(dict(zip(
-                ("client_id", "protocol_version", "expiry_interval", "expires_at", "will",
-                 "subscriptions", "queued", "inflight", "incoming_qos2"), row, strict=True)))
-            sessions[-1]["will"] = row[4] is not None
         return {
             "backend": self.name,
             "location": self.describe(),
             "schema_version": db.execute("PRAGMA user_version").fetchone()[0],
-            "retained": db.execute("SELECT count(*) FROM retained").fetchone()[0],
-            "messages": db.execute(
-                "SELECT count(*) FROM (SELECT id FROM messages UNION "
-                "SELECT message_id FROM deliveries WHERE message_payload IS NOT NULL)"
-            ).fetchone()[0],
-            "sessions": sessions,
+            "retained": db.execute(INSPECT_RETAINED).fetchone()[0],
+            "messages": db.execute(INSPECT_MESSAGES).fetchone()[0],
+            "sessions": [inspected_session(row) for row in db.execute(INSPECT_SESSIONS)],
         }
 
     async def close(self) -> None:
