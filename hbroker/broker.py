@@ -277,6 +277,26 @@ class Broker(BrokerCore):
         self.stats.wills_published += 1
         self.publish(will, now)
 
+    def restore_session(self, session: Session) -> None:
+        """A session read from storage at start (`hbroker.storage.restore`): known by its
+        client id, disconnected, with its deadlines (session expiry, a delayed will) watched
+        by the sweep."""
+        self.sessions[session.client_id] = session
+        if session.expires_at != NEVER or session.will is not None:
+            self._offline.add(session)
+
+    def restore_subscription(self, session: Session, topic_filter: str,
+                             opts: SubscriptionOptions) -> None:
+        """A subscription of a restored session, read from storage: in the tree and the
+        session, recorded nowhere (its row is where it came from)."""
+        self.subscriptions.subscribe(topic_filter, session.client_id, opts)
+        session.subscriptions[topic_filter] = opts
+
+    def publish_will(self, session: Session, now: float) -> None:
+        """Publish the session's will now (and take it off the session), as when its will
+        delay elapses: for a restored session whose client was connected at a crash."""
+        self._publish_will(session, now)
+
     # -- publish ---------------------------------------------------------------------
 
     # publish(msg, now, skip=None) -> int: compiled, BrokerCore.publish.

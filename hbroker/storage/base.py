@@ -14,45 +14,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-# Bumped whenever the schema changes; each backend migrates older schemas on open.
-# 2: a delivery may carry its message (the message_* columns of deliveries).
-SCHEMA_VERSION = 2
+from hbroker.storage.schema import SCHEMA_VERSION, TABLES
 
-# Row layouts (tuples, in this order). The backends create tables with these columns.
-#
-# sessions:       (client_id, protocol_version, expiry_interval, expires_at, will,
-#                  will_delay, will_due, next_packet_id)
-#   expiry_interval: seconds, None = never expires.
-#   expires_at: when a disconnected session ends; None while its client is connected (after a
-#               crash the session counts as disconnected from the restart) or if it never ends.
-#   will: a packed message (see `pack_message`) or None; will_due: when a delayed will is due.
-# subscriptions:  (client_id, topic_filter, qos, no_local, retain_as_published,
-#                  retain_handling, subscription_identifier)
-# retained:       (topic, payload, qos, properties, expires_at)
-# messages:       (id, topic, payload, qos, retain, properties, expires_at, sender)
-#   A message that queued or inflight deliveries reference (unless its only delivery carries
-#   it, see deliveries): written once, with the first delivery that references it, never
-#   changed, and deleted in the commit that deletes the last delivery that needs it. (A
-#   retained message lives in `retained` only.)
-# deliveries:     (client_id, seq, message_id, qos, retain, subscription_ids, packet_id,
-#                  state, share_group, message_topic, message_payload, message_qos,
-#                  message_retain, message_properties, message_expires_at, message_sender)
-#   One message on its way to one session. packet_id 0: queued; otherwise inflight, with
-#   state 1 (PUBLISH sent, awaiting PUBACK/PUBREC) or 2 (PUBREL sent, awaiting PUBCOMP).
-#   A QoS 1 delivery that was inflight when its row was first written (sent at once: its next
-#   change is its deletion) to the only session its message reached *carries* the message:
-#   the message_* columns hold it as a `messages` row would (topic, payload, qos, retain,
-#   properties, expires_at, sender) and no message row is written, so one persistent
-#   subscriber online costs one row per message. Otherwise they are NULL and message_id is a
-#   `messages` row; when both exist (a second delivery came later), the `messages` row is it.
-#   seq orders a session's deliveries (it counts per session); subscription_ids is a packed
-#   list. At start these rows
-#   are the sessions' queues and inflight windows as they were: stored messages are never
-#   routed again.
-# incoming_qos2:  (client_id, packet_id): QoS 2 packet ids received and PUBRECed, awaiting
-#                  PUBREL [MQTT-4.3.3-9].
+__all__ = ["SCHEMA_VERSION", "TABLES", "Batch", "Storage", "StorageError", "StoredState"]
 
-TABLES = ("sessions", "subscriptions", "retained", "messages", "deliveries", "incoming_qos2")
+# Row layouts: each row is a tuple of the columns of its table, in the order
+# `hbroker.storage.schema` declares them (SESSIONS, SUBSCRIPTIONS, RETAINED, MESSAGES,
+# DELIVERIES, INCOMING_QOS2), which also says what each column holds. The backends create the
+# tables and their statements from the same declaration.
 
 
 class StorageError(Exception):
@@ -66,24 +35,25 @@ class StorageError(Exception):
 
 @dataclass(slots=True)
 class Batch:
-    """One atomic commit. A backend applies the parts in this order: sessions ended (with
-    everything of theirs), then upserts and deletes table by table as listed."""
+    """One atomic commit. A backend applies the parts in the order of `schema.PLAN`: sessions
+    ended (with everything of theirs), then upserts and deletes table by table as listed.
+    Upserted rows are whole rows of their table; deletions name keys."""
 
-    sessions_deleted: list[tuple[str]] = field(default_factory=list)
-    sessions: list[tuple] = field(default_factory=list)
-    subscriptions: list[tuple] = field(default_factory=list)
+    sessions_deleted: list[tuple[str]] = field(default_factory=list)  # (client id,)
+    sessions: list[tuple] = field(default_factory=list)  # SESSIONS rows
+    subscriptions: list[tuple] = field(default_factory=list)  # SUBSCRIPTIONS rows
     subscriptions_deleted: list[tuple[str, str]] = field(default_factory=list)
-    messages: list[tuple] = field(default_factory=list)
-    deliveries: list[tuple] = field(default_factory=list)
+    messages: list[tuple] = field(default_factory=list)  # MESSAGES rows
+    deliveries: list[tuple] = field(default_factory=list)  # DELIVERIES rows
     # (client id, first seq, last seq): that session's deliveries of the range, both ends
     # included, are deleted.
     deliveries_deleted: list[tuple[str, int, int]] = field(default_factory=list)
     # (first id, last id): every message id of the range, both ends included, is deleted.
     messages_deleted: list[tuple[int, int]] = field(default_factory=list)
-    incoming_qos2: list[tuple[str, int]] = field(default_factory=list)
+    incoming_qos2: list[tuple[str, int]] = field(default_factory=list)  # INCOMING_QOS2 rows
     incoming_qos2_deleted: list[tuple[str, int]] = field(default_factory=list)
-    retained: list[tuple] = field(default_factory=list)
-    retained_deleted: list[tuple[str]] = field(default_factory=list)
+    retained: list[tuple] = field(default_factory=list)  # RETAINED rows
+    retained_deleted: list[tuple[str]] = field(default_factory=list)  # (topic,)
 
     def __len__(self) -> int:
         return sum(len(getattr(self, name)) for name in self.__slots__)  # type: ignore[attr-defined]
@@ -91,13 +61,14 @@ class Batch:
 
 @dataclass(slots=True)
 class StoredState:
-    """Everything a backend holds, as rows (see the layouts above), read at start."""
+    """Everything a backend holds, as rows of the tables of the same names
+    (`hbroker.storage.schema`), ordered by key, read at start."""
 
     sessions: list[tuple] = field(default_factory=list)
     subscriptions: list[tuple] = field(default_factory=list)
     retained: list[tuple] = field(default_factory=list)
     messages: list[tuple] = field(default_factory=list)
-    deliveries: list[tuple] = field(default_factory=list)  # ordered by (client_id, seq)
+    deliveries: list[tuple] = field(default_factory=list)  # by (client_id, seq): in order
     incoming_qos2: list[tuple] = field(default_factory=list)
 
 

@@ -16,8 +16,10 @@ In `sync` mode:
 - An incoming QoS 1/2 PUBLISH that must outlive a crash (retained, or routed to a session that
   outlives its connection) is routed at once and *deferred*: its deliveries to durable sessions
   (with the message row they share), its retained update and its incoming QoS 2 packet id are
-  all changes of the commit being gathered, and only when that commit is done is the
-  PUBACK/PUBREC sent. A message acknowledged is therefore on disk with its routing.
+  all changes of the commit being gathered, and the journal holds its PUBACK/PUBREC (a
+  `HeldAck`, `hbroker.acknowledgement`) until that commit is done. A message acknowledged is
+  therefore on disk with its routing. The journal records and serialises; it writes no
+  acknowledgement itself.
 - Every byte the broker would write to a client while a commit is pending is held and written
   when the commit it follows is done, so a client never sees a delivery, a packet id or a
   PUBREL that a crash could take back (this is what keeps QoS 2 exactly once across a restart).
@@ -34,10 +36,12 @@ In `periodic` mode nothing waits: the journal commits every `flush_interval_ms`,
 loses what changed in the last interval.
 
 When the backend fails, the journal enters a *degraded* state: deferred PUBLISHes of the failed
-commit are refused (5.0: reason code 0x97 if storage is full, else 0x80; 3.1.1: the connection is
-closed, there is no way to say no) and withdrawn where nobody has seen them yet (`_withdraw`:
-their queued deliveries and their retained update), new PUBLISHes that need storage are refused
-before they are routed, held output is released (the broker stays responsive), and the failed
+commit are refused through their held acknowledgement (0x97 if storage is full, else 0x80;
+`HeldAck.refuse` tells a 5.0 client and closes a 3.1.1 connection, there is no way to say no) and
+withdrawn where nobody has seen them yet (`_withdraw`: their queued deliveries and their retained
+update), new PUBLISHes that need storage are refused before they are routed (by the inbound
+handler, which reads `degraded` and `full`), held output is released (the broker stays
+responsive), and the failed
 changes are retried with backoff until the backend takes them. The cause is logged once per
 incident, and the recovery.
 """
@@ -49,17 +53,17 @@ import logging
 import math
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
-from hbroker_ext.codec import PUBACK, PUBREC, USER_PROPERTY, encode_ack
+from hbroker_ext.codec import USER_PROPERTY
 
 from hbroker.reason_codes import ReasonCode
 from hbroker.storage.base import Batch, Storage, StorageError
 
 if TYPE_CHECKING:
-    from hbroker.broker import Broker
-    from hbroker.connection import Connection
+    from hbroker_ext.topics import RetainedTree
+
     from hbroker.session import Delivery, Message, Session
 
 log = logging.getLogger("hbroker.storage")
@@ -97,19 +101,53 @@ def id_ranges(ids: list[int]) -> list[tuple[int, int]]:
     return ranges
 
 
+class State(Protocol):
+    """What the journal reads of the broker: the state it stores (the sessions by client id,
+    the retained messages), the event loop its timers and commits run on, and the broker's
+    output coalescing, which a commit follows (`schedule_flush` at the end of the loop
+    iteration, `flush` once a commit is done, to write what was held behind it)."""
+
+    sessions: dict[str, Session]
+    retained: RetainedTree
+    loop: asyncio.AbstractEventLoop | None
+    flush_scheduled: bool
+
+    def schedule_flush(self) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class Output(Protocol):
+    """A connection, as far as the output held behind a commit goes."""
+
+    def take_output(self) -> list[bytes]: ...
+
+    def write_output(self, out: list[bytes]) -> None: ...
+
+
+class Acknowledgement(Protocol):
+    """The held PUBACK/PUBREC of a PUBLISH (`hbroker.acknowledgement.HeldAck`): the journal
+    is one of its holders; when the commit is done it lets go (`release`), when the commit
+    failed it refuses it (`refuse`, which also frees a QoS 2 packet id)."""
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def refuse(self, reason_code: int) -> None: ...
+
+
 class Deferred:
     """A PUBLISH routed at once whose acknowledgement waits for the commit of its changes:
-    the reason code it will get, and what its retained update replaced (to put back if
-    storage refuses it)."""
+    the acknowledgement the journal holds, and what its retained update replaced (to put back
+    if storage refuses it)."""
 
-    __slots__ = ("conn", "msg", "packet_id", "code", "retained_before", "retained_after")
+    __slots__ = ("ack", "msg", "retained_before", "retained_after")
 
-    def __init__(self, conn: Connection, msg: Message, packet_id: int, code: int,
-                 retained_before: Message | None, retained_after: Message | None) -> None:
-        self.conn = conn
+    def __init__(self, ack: Acknowledgement, msg: Message, retained_before: Message | None,
+                 retained_after: Message | None) -> None:
+        self.ack = ack
         self.msg = msg
-        self.packet_id = packet_id
-        self.code = code
         self.retained_before = retained_before
         self.retained_after = retained_after
 
@@ -129,7 +167,7 @@ class Pending:
         self.messages: dict[Message, None] = {}
         self.retained: dict[str, None] = {}
         self.qos2: dict[tuple[Session, int], None] = {}
-        self.outputs: list[tuple[Connection, list[bytes]]] = []
+        self.outputs: list[tuple[Output, list[bytes]]] = []
         # PUBLISHes routed while this commit gathered, acknowledged once it is done.
         self.deferred: list[Deferred] = []
         self.written: list[Message] = []  # message rows this commit inserts
@@ -153,7 +191,7 @@ class Pending:
 
 
 class Journal:
-    def __init__(self, broker: Broker, backend: Storage, *, sync: bool,
+    def __init__(self, broker: State, backend: Storage, *, sync: bool,
                  flush_interval: float) -> None:
         self.broker = broker
         self.backend = backend
@@ -281,6 +319,31 @@ class Journal:
         msg.store_refs -= 1
         self.current.messages[msg] = None
 
+    # -- rows read back at start (hbroker.storage.restore) ------------------------------------
+
+    def restored_message(self, msg: Message, message_id: int, has_row: bool) -> None:
+        """`msg` is the stored message `message_id`: a `messages` row, or (not `has_row`)
+        carried by the row of its only delivery. New messages get ids after it."""
+        msg.store_id = message_id
+        msg.store_written = has_row
+        if message_id >= self.next_message_id:
+            self.next_message_id = message_id + 1
+
+    def note_delivery_row(self, client_id: str, seq: int, message_id: int) -> None:
+        """A delivery row read at start (of a session restored or not): the seqs of that
+        client id's new deliveries follow it, and new message ids follow its message's."""
+        if seq > self.last_seq.get(client_id, 0):
+            self.last_seq[client_id] = seq
+        if message_id >= self.next_message_id:
+            self.next_message_id = message_id + 1
+
+    def restored_delivery(self, delivery: Delivery, seq: int) -> None:
+        """`delivery` is the stored delivery row `seq` of its session: tracked as written,
+        holding its message."""
+        delivery.seq = seq
+        delivery.written = True
+        delivery.message.store_refs += 1
+
     def forget(self, msg: Message) -> None:
         """A stored message no delivery references (found at start): its row is deleted
         with the next commit."""
@@ -289,35 +352,20 @@ class Journal:
 
     # -- deferred PUBLISH --------------------------------------------------------------------
 
-    def defer(self, conn: Connection, msg: Message, packet_id: int, reached: int,
-              retained_before: Message | None) -> None:
-        """`msg` was just routed (sync mode): acknowledge it once the commit of what that
-        changed is done. `reached`: the subscriptions it reached (5.0: 0x10 No matching
-        subscribers when none); `retained_before`: the retained message of its topic before
-        it was routed, if it is retained."""
-        conn.deferred += 1
-        code = 0 if reached or conn.protocol_version != 5 else \
-            ReasonCode.NO_MATCHING_SUBSCRIBERS
-        after = self.broker.retained.get(msg.topic) if msg.retain else None
-        self.current.deferred.append(
-            Deferred(conn, msg, packet_id, code, retained_before, after))
-        self._touch()
+    def defer(self, ack: Acknowledgement, msg: Message, retained_before: Message | None,
+              *legacy: Any) -> None:
+        """`msg` was just routed (sync mode): its acknowledgement `ack` waits for the commit
+        of what that changed (the journal holds it until then). `retained_before`: the
+        retained message of its topic before it was routed, if it is retained."""
+        if legacy:  # TEMPORARY (hbroker/storage/_compat_defer.py): remove with that file
+            from hbroker.storage._compat_defer import LegacyAck
 
-    def _acknowledge(self, deferred: list[Deferred]) -> None:
-        """The PUBLISHes of a commit just done: acknowledged, one write per connection."""
-        acks: dict[Connection, list[bytes]] = {}
-        for d in deferred:
-            conn = d.conn
-            conn.deferred -= 1
-            if conn.closing:
-                continue
-            out = acks.get(conn)
-            if out is None:
-                out = acks[conn] = []
-            out.append(encode_ack(PUBACK if d.msg.qos == 1 else PUBREC, d.packet_id, d.code,
-                                  conn.protocol_version))
-        for conn, out in acks.items():
-            conn.write_output(out)
+            packet_id, reached, retained_before = retained_before, *legacy
+            ack = LegacyAck(ack, msg, packet_id, reached)  # type: ignore[arg-type]
+        ack.hold()
+        after = self.broker.retained.get(msg.topic) if msg.retain else None
+        self.current.deferred.append(Deferred(ack, msg, retained_before, after))
+        self._touch()
 
     def _withdraw(self, deferred: list[Deferred]) -> None:
         """Take back what the refused PUBLISHes changed that no client has seen: their
@@ -349,15 +397,6 @@ class Journal:
                 retained.set(msg.topic, d.retained_before)
             self.retained_changed(msg.topic)
 
-    def _refuse(self, conn: Connection, msg: Message, packet_id: int, full: bool) -> None:
-        conn.deferred -= 1
-        if msg.qos == 2 and conn.session is not None:
-            if packet_id in conn.session.awaiting_pubrel:
-                conn.session.awaiting_pubrel.discard(packet_id)
-            if conn.session.expiry_interval:
-                self.qos2_changed(conn.session, packet_id)
-        conn.refuse_unstored(msg, packet_id, full)
-
     # -- output held behind a commit ---------------------------------------------------------
 
     def holds_output(self) -> bool:
@@ -368,7 +407,7 @@ class Journal:
         return (committing is not None and committing.urgent) or self.current.urgent \
             or bool(self.current.outputs)
 
-    def hold(self, conn: Connection) -> None:
+    def hold(self, conn: Output) -> None:
         out = conn.take_output()
         if out:
             self.current.outputs.append((conn, out))
@@ -437,8 +476,8 @@ class Journal:
             self._retry_delay = RETRY_FIRST
             log.warning("storage recovered", extra={"backend": self.backend.describe()})
         self._release_output(pending)
-        if pending.deferred:
-            self._acknowledge(pending.deferred)
+        for d in pending.deferred:  # in PUBLISH order
+            d.ack.release()
 
     def _failed(self, pending: Pending, exc: StorageError) -> None:
         self.failures += 1
@@ -458,8 +497,9 @@ class Journal:
         pending.outputs = []
         if deferred:
             self._withdraw(deferred)
+        code = ReasonCode.QUOTA_EXCEEDED if exc.full else ReasonCode.UNSPECIFIED_ERROR
         for d in deferred:
-            self._refuse(d.conn, d.msg, d.packet_id, exc.full)
+            d.ack.refuse(code)
         # The failed changes are tried again, before anything newer.
         pending.absorb(self.current)
         self.current = pending
@@ -482,7 +522,11 @@ class Journal:
     # -- rows --------------------------------------------------------------------------------
 
     def serialize(self, pending: Pending) -> Batch:
-        """The rows for what `pending` says changed, read from the objects as they are now."""
+        """The rows for what `pending` says changed, read from the objects as they are now.
+
+        Each row is a tuple of the columns of its table in the order `hbroker.storage.schema`
+        declares them (named at each tuple below); `tests/unit/test_storage_schema.py` checks
+        them against the declaration."""
         batch = Batch()
         to_wall = time.time() - time.monotonic()
 
@@ -494,7 +538,7 @@ class Journal:
                 batch.sessions_deleted.append((session.client_id,))
                 continue
             will = session.will
-            batch.sessions.append((
+            batch.sessions.append((  # schema.SESSIONS
                 session.client_id, session.protocol_version,
                 None if session.expiry_interval == math.inf else session.expiry_interval,
                 None if session.connection is not None else wall(session.expires_at),
@@ -509,7 +553,7 @@ class Journal:
             if opts is None:
                 batch.subscriptions_deleted.append((session.client_id, topic_filter))
             else:
-                batch.subscriptions.append((
+                batch.subscriptions.append((  # schema.SUBSCRIPTIONS
                     session.client_id, topic_filter, opts.qos, int(opts.no_local),
                     int(opts.retain_as_published), opts.retain_handling, opts.sub_id))
         # Message and delivery rows are the per-message part: written inline (a function call
@@ -539,14 +583,14 @@ class Journal:
             if msg.store_written or msg.store_refs > 1 or not d.packet_id or d.qos != 1:
                 if not msg.store_written:
                     need_rows.append(msg)
-                delivery_rows.append((
+                delivery_rows.append((  # schema.DELIVERIES
                     client_id, seq, msg.store_id, d.qos, 1 if d.retain else 0,
                     packb(list(sub_ids)) if sub_ids else None, d.packet_id, d.state,
                     d.group, None, None, None, None, None, None, None))
             else:
                 props = msg.properties
                 expires = msg.expires_at
-                delivery_rows.append((
+                delivery_rows.append((  # schema.DELIVERIES
                     client_id, seq, msg.store_id, d.qos, 1 if d.retain else 0,
                     packb(list(sub_ids)) if sub_ids else None, d.packet_id, d.state,
                     d.group, msg.topic, msg.payload, msg.qos, 1 if msg.retain else 0,
@@ -561,7 +605,7 @@ class Journal:
                 written.append(msg)
                 props = msg.properties
                 expires = msg.expires_at
-                rows.append((
+                rows.append((  # schema.MESSAGES
                     msg.store_id, msg.topic, msg.payload, msg.qos, 1 if msg.retain else 0,
                     packb(props, use_bin_type=True) if props else None,
                     None if not expires or expires == inf else expires + to_wall,
@@ -581,7 +625,7 @@ class Journal:
             if session.ended:
                 continue
             if packet_id in session.awaiting_pubrel:
-                batch.incoming_qos2.append((session.client_id, packet_id))
+                batch.incoming_qos2.append((session.client_id, packet_id))  # INCOMING_QOS2
             else:
                 batch.incoming_qos2_deleted.append((session.client_id, packet_id))
         retained = self.broker.retained
@@ -590,7 +634,7 @@ class Journal:
             if msg is None:
                 batch.retained_deleted.append((topic,))
             else:
-                batch.retained.append((topic, msg.payload, msg.qos,
+                batch.retained.append((topic, msg.payload, msg.qos,  # schema.RETAINED
                                        pack_properties(msg.properties), wall(msg.expires_at)))
         return batch
 

@@ -1,8 +1,9 @@
 """PostgreSQL backend: broker state on a PostgreSQL server, through asyncpg.
 
-The same tables as the SQLite backend (`sqlite.py`), with PostgreSQL types: BYTEA for packed
-blobs, DOUBLE PRECISION for times, BIGINT for message ids and delivery sequence numbers, SMALLINT
-for flags (stored as 0/1 so that rows read back equal the SQLite backend's). The schema version
+The tables of `hbroker.storage.schema`, as the SQLite backend has them, with PostgreSQL types
+(`schema.POSTGRES`: BYTEA for packed blobs, DOUBLE PRECISION for times, BIGINT for message ids
+and delivery sequence numbers, SMALLINT for flags, stored as 0/1 so that rows read back equal
+the SQLite backend's); the SQL follows from the schema (`PostgresDialect`). The schema version
 lives in `hbroker_meta` and older schemas are migrated on open, in one transaction, under an
 advisory lock so that two brokers opening the same database do not both migrate it.
 
@@ -26,141 +27,25 @@ from urllib.parse import parse_qsl, unquote, unquote_plus
 import asyncpg
 
 from hbroker.storage.base import SCHEMA_VERSION, Batch, Storage, StorageError, StoredState
+from hbroker.storage.schema import (
+    INSPECT_MESSAGES,
+    INSPECT_RETAINED,
+    INSPECT_SESSIONS,
+    SCHEMA,
+    PostgresDialect,
+    inspected_session,
+)
 
 log = logging.getLogger("hbroker.storage")
 
-# Schema migrations: MIGRATIONS[n] takes a database at version n to version n + 1. Key columns
-# use the "C" collation, so that rows come back in the (byte) order SQLite returns them in.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE sessions (
-        client_id TEXT COLLATE "C" PRIMARY KEY,
-        protocol_version SMALLINT NOT NULL,
-        expiry_interval DOUBLE PRECISION,
-        expires_at DOUBLE PRECISION,
-        will BYTEA,
-        will_delay DOUBLE PRECISION NOT NULL,
-        will_due DOUBLE PRECISION,
-        next_packet_id INTEGER NOT NULL
-    );
-    CREATE TABLE subscriptions (
-        client_id TEXT COLLATE "C" NOT NULL,
-        topic_filter TEXT COLLATE "C" NOT NULL,
-        qos SMALLINT NOT NULL,
-        no_local SMALLINT NOT NULL,
-        retain_as_published SMALLINT NOT NULL,
-        retain_handling SMALLINT NOT NULL,
-        subscription_identifier INTEGER NOT NULL,
-        PRIMARY KEY (client_id, topic_filter)
-    );
-    CREATE TABLE retained (
-        topic TEXT COLLATE "C" PRIMARY KEY,
-        payload BYTEA NOT NULL,
-        qos SMALLINT NOT NULL,
-        properties BYTEA,
-        expires_at DOUBLE PRECISION
-    );
-    CREATE TABLE messages (
-        id BIGINT PRIMARY KEY,
-        topic TEXT NOT NULL,
-        payload BYTEA NOT NULL,
-        qos SMALLINT NOT NULL,
-        retain SMALLINT NOT NULL,
-        properties BYTEA,
-        expires_at DOUBLE PRECISION,
-        sender TEXT
-    );
-    CREATE TABLE deliveries (
-        client_id TEXT COLLATE "C" NOT NULL,
-        seq BIGINT NOT NULL,
-        message_id BIGINT NOT NULL,
-        qos SMALLINT NOT NULL,
-        retain SMALLINT NOT NULL,
-        subscription_ids BYTEA,
-        packet_id INTEGER NOT NULL,
-        state SMALLINT NOT NULL,
-        share_group TEXT,
-        PRIMARY KEY (client_id, seq)
-    );
-    CREATE TABLE incoming_qos2 (
-        client_id TEXT COLLATE "C" NOT NULL,
-        packet_id INTEGER NOT NULL,
-        PRIMARY KEY (client_id, packet_id)
-    );
-    """,
-    """
-    ALTER TABLE deliveries
-        ADD COLUMN message_topic TEXT,
-        ADD COLUMN message_payload BYTEA,
-        ADD COLUMN message_qos SMALLINT,
-        ADD COLUMN message_retain SMALLINT,
-        ADD COLUMN message_properties BYTEA,
-        ADD COLUMN message_expires_at DOUBLE PRECISION,
-        ADD COLUMN message_sender TEXT;
-    """,
-]
+POSTGRES = PostgresDialect()
+
+# Schema migrations: MIGRATIONS[n] takes a database at version n to version n + 1.
+MIGRATIONS: list[str] = POSTGRES.migrations()
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
-# Columns of each table, in the row layout order of `base.py`, and their keys.
-_COLUMNS: dict[str, tuple[str, ...]] = {
-    "sessions": ("client_id", "protocol_version", "expiry_interval", "expires_at", "will",
-                 "will_delay", "will_due", "next_packet_id"),
-    "subscriptions": ("client_id", "topic_filter", "qos", "no_local", "retain_as_published",
-                      "retain_handling", "subscription_identifier"),
-    "retained": ("topic", "payload", "qos", "properties", "expires_at"),
-    "messages": ("id", "topic", "payload", "qos", "retain", "properties", "expires_at",
-                 "sender"),
-    "deliveries": ("client_id", "seq", "message_id", "qos", "retain", "subscription_ids",
-                   "packet_id", "state", "share_group", "message_topic", "message_payload",
-                   "message_qos", "message_retain", "message_properties",
-                   "message_expires_at", "message_sender"),
-    "incoming_qos2": ("client_id", "packet_id"),
-}
-_KEYS: dict[str, tuple[str, ...]] = {
-    "sessions": ("client_id",),
-    "subscriptions": ("client_id", "topic_filter"),
-    "retained": ("topic",),
-    "messages": ("id",),
-    "deliveries": ("client_id", "seq"),
-    "incoming_qos2": ("client_id", "packet_id"),
-}
-
-
-def _upsert(table: str) -> str:
-    """INSERT of a whole row that replaces the row with the same key (INSERT OR REPLACE)."""
-    columns, keys = _COLUMNS[table], _KEYS[table]
-    values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in keys)
-    action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
-            f"ON CONFLICT ({', '.join(keys)}) {action}")
-
-
-def _select(table: str) -> str:
-    """All rows of `table`, in layout order, ordered by key as SQLite returns them."""
-    return f"SELECT {', '.join(_COLUMNS[table])} FROM {table} ORDER BY {', '.join(_KEYS[table])}"
-
-
-# The statements of a batch, in the order Batch documents (the same as SQLite's _APPLY).
-_APPLY: tuple[tuple[str, str], ...] = (
-    ("sessions_deleted", "DELETE FROM subscriptions WHERE client_id = $1"),
-    ("sessions_deleted", "DELETE FROM deliveries WHERE client_id = $1"),
-    ("sessions_deleted", "DELETE FROM incoming_qos2 WHERE client_id = $1"),
-    ("sessions_deleted", "DELETE FROM sessions WHERE client_id = $1"),
-    ("sessions", _upsert("sessions")),
-    ("subscriptions", _upsert("subscriptions")),
-    ("subscriptions_deleted",
-     "DELETE FROM subscriptions WHERE client_id = $1 AND topic_filter = $2"),
-    ("messages", _upsert("messages")),
-    ("deliveries", _upsert("deliveries")),
-    ("deliveries_deleted",
-     "DELETE FROM deliveries WHERE client_id = $1 AND seq BETWEEN $2 AND $3"),
-    ("messages_deleted", "DELETE FROM messages WHERE id BETWEEN $1 AND $2"),
-    ("incoming_qos2", _upsert("incoming_qos2")),
-    ("incoming_qos2_deleted", "DELETE FROM incoming_qos2 WHERE client_id = $1 AND packet_id = $2"),
-    ("retained", _upsert("retained")),
-    ("retained_deleted", "DELETE FROM retained WHERE topic = $1"),
-)
+# The statements of a batch, in the order Batch documents (the same as SQLite's).
+_APPLY: tuple[tuple[str, str], ...] = POSTGRES.statements()
 
 _META = "CREATE TABLE IF NOT EXISTS hbroker_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)"
 _MIGRATION_LOCK = 0x6862726F6B6572  # pg_advisory_xact_lock key: "hbroker"
@@ -359,8 +244,9 @@ class PostgresStorage(Storage):
             conn = await self._connection()
             try:
                 async with _transaction(conn, isolation="repeatable_read", readonly=True):
-                    tables = {table: [tuple(row) for row in await conn.fetch(_select(table))]
-                              for table in _COLUMNS}
+                    tables = {table.name: [tuple(row) for row in
+                                           await conn.fetch(POSTGRES.select(table))]
+                              for table in SCHEMA}
             except BaseException as exc:
                 self._after_failure(conn, exc)
                 if isinstance(exc, _ERRORS):
@@ -392,30 +278,15 @@ class PostgresStorage(Storage):
                 async with _transaction(conn, isolation="repeatable_read", readonly=True):
                     version = await conn.fetchval(
                         "SELECT value FROM hbroker_meta WHERE name = 'schema_version'")
-                    retained = await conn.fetchval("SELECT count(*) FROM retained")
-                    messages = await conn.fetchval(
-                        "SELECT count(*) FROM (SELECT id FROM messages UNION "
-                        "SELECT message_id FROM deliveries WHERE message_payload IS NOT NULL) m")
-                    rows = await conn.fetch(
-                        "SELECT client_id, protocol_version, expiry_interval, expires_at, "
-                        "will IS NOT NULL, "
-                        "(SELECT count(*) FROM subscriptions s WHERE s.client_id = x.client_id), "
-                        "(SELECT count(*) FROM deliveries d WHERE d.client_id = x.client_id "
-                        " AND d.packet_id = 0), "
-                        "(SELECT count(*) FROM deliveries d WHERE d.client_id = x.client_id "
-                        " AND d.packet_id != 0), "
-                        "(SELECT count(*) FROM incoming_qos2 q "
-                        " WHERE q.client_id = x.client_id) "
-                        "FROM sessions x ORDER BY client_id")
+                    retained = await conn.fetchval(INSPECT_RETAINED)
+                    messages = await conn.fetchval(INSPECT_MESSAGES)
+                    rows = await conn.fetch(INSPECT_SESSIONS)
             except BaseException as exc:
                 self._after_failure(conn, exc)
                 if isinstance(exc, _ERRORS):
                     raise self._error("cannot read", exc) from None
                 raise
-        sessions = [dict(zip(
-            ("client_id", "protocol_version", "expiry_interval", "expires_at", "will",
-             "subscriptions", "queued", "inflight", "incoming_qos2"), tuple(row), strict=True))
-            for row in rows]
+        sessions = [inspected_session(tuple(row)) for row in rows]
         return {
             "backend": self.name,
             "location": self.describe(),

@@ -19,24 +19,45 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import msgpack
 
 from hbroker.session import NEVER, Delivery, Message
 from hbroker.storage.base import StoredState
 from hbroker.storage.journal import unpack_properties
+from hbroker.subscription import SubscriptionOptions
 
 if TYPE_CHECKING:
-    from hbroker.broker import Broker
+    from hbroker_ext.topics import RetainedTree
+
+    from hbroker.session import Session
+    from hbroker.storage.journal import Journal
 
 log = logging.getLogger("hbroker.storage")
 
 
-def restore(broker: Broker, state: StoredState) -> dict[str, int]:
-    """Load `state` into an empty broker; returns counts for the start-up log."""
-    from hbroker.subscription import SubscriptionOptions
+class Target(Protocol):
+    """What restoring fills: the broker's sessions (made by the broker, and handed back to it
+    with their subscriptions) and retained messages, and its journal (which tracks the rows)."""
 
+    journal: Journal | None
+    sessions: dict[str, Session]
+    retained: RetainedTree
+
+    def new_session(self, client_id: str, protocol_version: int) -> Session: ...
+
+    def restore_session(self, session: Session) -> None: ...
+
+    def restore_subscription(self, session: Session, topic_filter: str,
+                             opts: SubscriptionOptions) -> None: ...
+
+    def publish_will(self, session: Session, now: float) -> None: ...
+
+
+def restore(broker: Target, state: StoredState) -> dict[str, int]:
+    """Load `state` into an empty broker; returns counts for the start-up log. Rows are
+    unpacked in the column order of `hbroker.storage.schema`."""
     journal = broker.journal
     assert journal is not None
     now = time.monotonic()
@@ -58,12 +79,11 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
          sender) in state.messages:
         msg = Message(topic, payload, qos, bool(retain), unpack_properties(props),
                       0.0 if expires_at is None else mono(expires_at), sender)
-        msg.store_id = msg_id
-        msg.store_written = True
+        journal.restored_message(msg, msg_id, True)
         messages[msg_id] = msg
-        journal.next_message_id = max(journal.next_message_id, msg_id + 1)
 
-    sessions = broker.sessions
+    sessions: dict[str, Session] = {}
+    due: list[Session] = []  # sessions whose will is due at once
     for (client_id, version, expiry_interval, expires_at, will_row, will_delay, will_due,
          next_packet_id) in state.sessions:
         session = broker.new_session(client_id, version)
@@ -82,25 +102,23 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
             else:
                 session.will_due = now + min(will_delay, session.expiry_interval)
         sessions[client_id] = session
-        if session.expires_at != NEVER or session.will is not None:
-            broker._offline.add(session)
+        broker.restore_session(session)
+        if session.will is not None and session.will_due <= now:
+            due.append(session)
 
     for (client_id, topic_filter, qos, no_local, rap, rh, sub_id) in state.subscriptions:
         session = sessions.get(client_id)
         if session is None:
             continue
-        opts = SubscriptionOptions(qos, bool(no_local), bool(rap), rh, sub_id)
-        broker.subscriptions.subscribe(topic_filter, client_id, opts)
-        session.subscriptions[topic_filter] = opts
+        broker.restore_subscription(
+            session, topic_filter, SubscriptionOptions(qos, bool(no_local), bool(rap), rh, sub_id))
 
     deliveries = 0
     carried = 0  # messages stored in the row of their only delivery
     for (client_id, seq, msg_id, qos, retain, sub_ids, packet_id, st, group, m_topic,
          m_payload, m_qos, m_retain, m_props, m_expires_at, m_sender) in state.deliveries:
         session = sessions.get(client_id)
-        if seq > journal.last_seq.get(client_id, 0):
-            journal.last_seq[client_id] = seq
-        journal.next_message_id = max(journal.next_message_id, msg_id + 1)
+        journal.note_delivery_row(client_id, seq, msg_id)
         if session is None:
             continue
         msg = messages.get(msg_id)
@@ -109,13 +127,11 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
                 continue
             msg = Message(m_topic, m_payload, m_qos, bool(m_retain), unpack_properties(m_props),
                           0.0 if m_expires_at is None else mono(m_expires_at), m_sender)
-            msg.store_id = msg_id  # no row of its own: store_written stays false
+            journal.restored_message(msg, msg_id, False)  # no row of its own
             carried += 1
         d = Delivery(msg, qos, bool(retain), tuple(msgpack.unpackb(sub_ids)) if sub_ids else (),
                      group)
-        d.seq = seq
-        d.written = True
-        msg.store_refs += 1
+        journal.restored_delivery(d, seq)
         deliveries += 1
         if packet_id:
             d.packet_id = packet_id
@@ -128,7 +144,10 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
     for client_id, packet_id in state.incoming_qos2:
         session = sessions.get(client_id)
         if session is not None:
-            session.await_pubrel(packet_id)
+            # TEMPORARY fallback until Session.restore_qos2 exists (it records nothing, as
+            # await_pubrel does): then `session.restore_qos2(packet_id)` only.
+            restore_qos2 = getattr(session, "restore_qos2", None) or session.await_pubrel
+            restore_qos2(packet_id)
 
     # A message row no delivery references is deleted with the next commit. (The journal
     # deletes a message row in the commit that deletes its last delivery, so these are rows
@@ -138,9 +157,8 @@ def restore(broker: Broker, state: StoredState) -> dict[str, int]:
         journal.forget(msg)
 
     # Wills of sessions whose client was connected at a crash, with no delay: due now.
-    for session in list(broker._offline):
-        if session.will is not None and session.will_due <= now:
-            broker._publish_will(session, now)
+    for session in due:
+        broker.publish_will(session, now)
     counts = {"sessions": len(state.sessions), "subscriptions": len(state.subscriptions),
               "retained": len(broker.retained), "deliveries": deliveries,
               "messages": len(messages) - len(unreferenced) + carried,

@@ -4,7 +4,8 @@ Commits go through `hbroker_ext.sqlite_writer`: the event loop turns a batch int
 and a thread of the writer's own runs the transaction without the GIL, so the broker keeps
 routing while SQLite writes. Opening (schema migrations), loading and `inspect` are rare and
 use Python's `sqlite3` module on a second thread. A batch is one transaction; batches are
-applied in the order they were committed.
+applied in the order they were committed. The tables and the SQL follow from
+`hbroker.storage.schema` (`SQLiteDialect`).
 """
 
 from __future__ import annotations
@@ -21,100 +22,25 @@ from typing import Any
 from hbroker_ext.sqlite_writer import Writer, WriterError
 
 from hbroker.storage.base import SCHEMA_VERSION, Batch, Storage, StorageError, StoredState
+from hbroker.storage.schema import (
+    INSPECT_MESSAGES,
+    INSPECT_RETAINED,
+    INSPECT_SESSIONS,
+    SCHEMA,
+    SQLiteDialect,
+    inspected_session,
+)
+
+SQLITE = SQLiteDialect()
 
 log = logging.getLogger("hbroker.storage")
 
 # Schema migrations: MIGRATIONS[n] takes a database at version n to version n + 1.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE sessions (
-        client_id TEXT PRIMARY KEY,
-        protocol_version INTEGER NOT NULL,
-        expiry_interval REAL,
-        expires_at REAL,
-        will BLOB,
-        will_delay REAL NOT NULL,
-        will_due REAL,
-        next_packet_id INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE subscriptions (
-        client_id TEXT NOT NULL,
-        topic_filter TEXT NOT NULL,
-        qos INTEGER NOT NULL,
-        no_local INTEGER NOT NULL,
-        retain_as_published INTEGER NOT NULL,
-        retain_handling INTEGER NOT NULL,
-        subscription_identifier INTEGER NOT NULL,
-        PRIMARY KEY (client_id, topic_filter)
-    ) WITHOUT ROWID;
-    CREATE TABLE retained (
-        topic TEXT PRIMARY KEY,
-        payload BLOB NOT NULL,
-        qos INTEGER NOT NULL,
-        properties BLOB,
-        expires_at REAL
-    ) WITHOUT ROWID;
-    CREATE TABLE messages (
-        id INTEGER PRIMARY KEY,
-        topic TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        qos INTEGER NOT NULL,
-        retain INTEGER NOT NULL,
-        properties BLOB,
-        expires_at REAL,
-        sender TEXT
-    );
-    CREATE TABLE deliveries (
-        client_id TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        message_id INTEGER NOT NULL,
-        qos INTEGER NOT NULL,
-        retain INTEGER NOT NULL,
-        subscription_ids BLOB,
-        packet_id INTEGER NOT NULL,
-        state INTEGER NOT NULL,
-        share_group TEXT,
-        PRIMARY KEY (client_id, seq)
-    ) WITHOUT ROWID;
-    CREATE TABLE incoming_qos2 (
-        client_id TEXT NOT NULL,
-        packet_id INTEGER NOT NULL,
-        PRIMARY KEY (client_id, packet_id)
-    ) WITHOUT ROWID;
-    """,
-    """
-    ALTER TABLE deliveries ADD COLUMN message_topic TEXT;
-    ALTER TABLE deliveries ADD COLUMN message_payload BLOB;
-    ALTER TABLE deliveries ADD COLUMN message_qos INTEGER;
-    ALTER TABLE deliveries ADD COLUMN message_retain INTEGER;
-    ALTER TABLE deliveries ADD COLUMN message_properties BLOB;
-    ALTER TABLE deliveries ADD COLUMN message_expires_at REAL;
-    ALTER TABLE deliveries ADD COLUMN message_sender TEXT;
-    """,
-]
+MIGRATIONS: list[str] = SQLITE.migrations()
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # The statements of a batch, in the order Batch documents.
-_APPLY: tuple[tuple[str, str], ...] = (
-    ("sessions_deleted", "DELETE FROM subscriptions WHERE client_id = ?"),
-    ("sessions_deleted", "DELETE FROM deliveries WHERE client_id = ?"),
-    ("sessions_deleted", "DELETE FROM incoming_qos2 WHERE client_id = ?"),
-    ("sessions_deleted", "DELETE FROM sessions WHERE client_id = ?"),
-    ("sessions", "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
-    ("subscriptions", "INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?, ?, ?, ?)"),
-    ("subscriptions_deleted",
-     "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?"),
-    ("messages", "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
-    ("deliveries", "INSERT OR REPLACE INTO deliveries VALUES "
-                   "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-    ("deliveries_deleted",
-     "DELETE FROM deliveries WHERE client_id = ? AND seq BETWEEN ? AND ?"),
-    ("messages_deleted", "DELETE FROM messages WHERE id BETWEEN ? AND ?"),
-    ("incoming_qos2", "INSERT OR IGNORE INTO incoming_qos2 VALUES (?, ?)"),
-    ("incoming_qos2_deleted", "DELETE FROM incoming_qos2 WHERE client_id = ? AND packet_id = ?"),
-    ("retained", "INSERT OR REPLACE INTO retained VALUES (?, ?, ?, ?, ?)"),
-    ("retained_deleted", "DELETE FROM retained WHERE topic = ?"),
-)
+_APPLY: tuple[tuple[str, str], ...] = SQLITE.statements()
 
 _PAGE_SIZE = 4096
 
@@ -235,17 +161,8 @@ class SQLiteStorage(Storage):
     def _load(self) -> StoredState:
         db = self._db
         assert db is not None
-        return StoredState(
-            sessions=db.execute("SELECT * FROM sessions ORDER BY client_id").fetchall(),
-            subscriptions=db.execute(
-                "SELECT * FROM subscriptions ORDER BY client_id, topic_filter").fetchall(),
-            retained=db.execute("SELECT * FROM retained ORDER BY topic").fetchall(),
-            messages=db.execute("SELECT * FROM messages ORDER BY id").fetchall(),
-            deliveries=db.execute(
-                "SELECT * FROM deliveries ORDER BY client_id, seq").fetchall(),
-            incoming_qos2=db.execute(
-                "SELECT * FROM incoming_qos2 ORDER BY client_id, packet_id").fetchall(),
-        )
+        return StoredState(**{table.name: db.execute(SQLITE.select(table)).fetchall()
+                              for table in SCHEMA})
 
     async def commit(self, batch: Batch) -> None:
         async with self._lock:  # calls complete in the order they were made
@@ -296,30 +213,13 @@ class SQLiteStorage(Storage):
     def _inspect(self) -> dict[str, Any]:
         db = self._db
         assert db is not None
-        sessions = []
-        for row in db.execute(
-                "SELECT client_id, protocol_version, expiry_interval, expires_at, will, "
-                "(SELECT count(*) FROM subscriptions s WHERE s.client_id = x.client_id), "
-                "(SELECT count(*) FROM deliveries d WHERE d.client_id = x.client_id "
-                " AND d.packet_id = 0), "
-                "(SELECT count(*) FROM deliveries d WHERE d.client_id = x.client_id "
-                " AND d.packet_id != 0), "
-                "(SELECT count(*) FROM incoming_qos2 q WHERE q.client_id = x.client_id) "
-                "FROM sessions x ORDER BY client_id"):
-            sessions.append(dict(zip(
-                ("client_id", "protocol_version", "expiry_interval", "expires_at", "will",
-                 "subscriptions", "queued", "inflight", "incoming_qos2"), row, strict=True)))
-            sessions[-1]["will"] = row[4] is not None
         return {
             "backend": self.name,
             "location": self.describe(),
             "schema_version": db.execute("PRAGMA user_version").fetchone()[0],
-            "retained": db.execute("SELECT count(*) FROM retained").fetchone()[0],
-            "messages": db.execute(
-                "SELECT count(*) FROM (SELECT id FROM messages UNION "
-                "SELECT message_id FROM deliveries WHERE message_payload IS NOT NULL)"
-            ).fetchone()[0],
-            "sessions": sessions,
+            "retained": db.execute(INSPECT_RETAINED).fetchone()[0],
+            "messages": db.execute(INSPECT_MESSAGES).fetchone()[0],
+            "sessions": [inspected_session(row) for row in db.execute(INSPECT_SESSIONS)],
         }
 
     async def close(self) -> None:

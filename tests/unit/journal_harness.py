@@ -1,20 +1,22 @@
 """A broker with a storage journal over a real SQLite file, driven without sockets.
 
 Sessions are made as the connection code makes them; a PUBLISH that needs storage is handled
-as `hbroker_ext/routing.pyx` `_handle_publish` handles it in sync mode (route, then
-`Journal.defer`); subscribers that are online have a real `ConnectionCore` writing into a
-recording transport. The backend records every batch it committed and can be made to fail or
-to wait, so tests see what each commit held and what clients saw before and after it.
+as the inbound PUBLISH handler handles it in sync mode (a held acknowledgement, route, then
+`Journal.defer`, then `HeldAck.routed`); subscribers that are online have a real
+`ConnectionCore` writing into a recording transport. The backend records every batch it
+committed and can be made to fail or to wait, so tests see what each commit held and what
+clients saw before and after it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
-from hbroker_ext.codec import Framer
+from hbroker_ext.codec import PUBACK, PUBREC, Framer, encode_ack
 from hbroker_ext.routing import ConnectionCore
 
 from hbroker.broker import Broker, SubscriptionOptions
@@ -67,26 +69,89 @@ def packets(data: bytes) -> list[Any]:
 
 
 class Publisher:
-    """What the journal uses of the connection a PUBLISH came in on."""
+    """What a held acknowledgement uses of the connection a PUBLISH came in on."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self.client_id = session.client_id
         self.protocol_version = 5
         self.deferred = 0
+        self.held_acks: deque[HeldAck] | None = None
         self.closing = False
         self.written = b""
-        self.refused: list[tuple[int, bool]] = []  # (packet id, storage full)
+        self.refused: list[tuple[int, int]] = []  # (packet id, reason code)
 
     def write_output(self, out: list[bytes]) -> None:
         self.written += b"".join(out)
 
-    def refuse_unstored(self, msg: Message, packet_id: int, full: bool) -> None:
-        self.refused.append((packet_id, full))
-
     def acks(self) -> list[tuple[int, int, int]]:
         """(packet type, packet id, reason code) of what it was sent."""
         return [(p.packet_type, p.packet_id, p.reason_code) for p in packets(self.written)]
+
+
+class HeldAck:
+    """A stand-in for `hbroker.acknowledgement.HeldAck` as the contract between the inbound
+    handler, hooks and the journal has it: the handler holds it until `routed`, each holder
+    (the journal) lets go with `release`; the PUBACK/PUBREC goes out when none is left and
+    every earlier one of the connection is done, in PUBLISH order. `refuse` records the code
+    (instead of telling the client) and frees a QoS 2 packet id."""
+
+    __slots__ = ("conn", "msg", "packet_id", "code", "holders", "done")
+
+    def __init__(self, conn: Publisher, msg: Message, packet_id: int) -> None:
+        self.conn = conn
+        self.msg = msg
+        self.packet_id = packet_id
+        self.code = 0
+        self.holders = 1  # the handler's, until routed()
+        self.done = False
+        conn.deferred += 1
+        if conn.held_acks is None:
+            conn.held_acks = deque()
+        conn.held_acks.append(self)
+
+    def hold(self) -> None:
+        self.holders += 1
+
+    def routed(self, reached: int) -> None:
+        if not reached and self.conn.protocol_version == 5:
+            self.code = 0x10  # No matching subscribers
+        self.release()
+
+    def release(self) -> None:
+        self.holders -= 1
+        if self.holders == 0:
+            self.done = True
+            self._write_done()
+
+    def refuse(self, reason_code: int) -> None:
+        conn, session = self.conn, self.conn.session
+        conn.refused.append((self.packet_id, reason_code))
+        if self.msg.qos == 2:
+            release = getattr(session, "release_qos2", None)
+            if release is not None:
+                release(self.packet_id)
+            elif self.packet_id in session.awaiting_pubrel:  # until Session.release_qos2
+                session.awaiting_pubrel.discard(self.packet_id)
+                if session.expiry_interval and session.journal is not None:
+                    session.journal.qos2_changed(session, self.packet_id)
+        assert conn.held_acks is not None
+        conn.held_acks.remove(self)
+        conn.deferred -= 1
+        self._write_done()
+
+    def _write_done(self) -> None:
+        conn = self.conn
+        held = conn.held_acks
+        assert held is not None
+        out = []
+        while held and held[0].done:
+            ack = held.popleft()
+            conn.deferred -= 1
+            out.append(encode_ack(PUBACK if ack.msg.qos == 1 else PUBREC, ack.packet_id,
+                                  ack.code, conn.protocol_version))
+        if out and not conn.closing:
+            conn.write_output(out)
 
 
 class Transport:
@@ -114,6 +179,7 @@ class Harness:
         self.sync = sync
         self.backend = RecordingBackend(path)
         self.counts: dict[str, int] = {}
+        self.last_ack: HeldAck | None = None  # of the last `publish`
 
     @property
     def journal(self) -> Journal:
@@ -176,18 +242,25 @@ class Harness:
 
     def publish(self, publisher: Publisher, topic: str, payload: bytes, qos: int = 1,
                 retain: bool = False, packet_id: int = 1) -> Message:
-        """A QoS 1/2 PUBLISH that needs storage, as `_handle_publish` handles it in sync
-        mode: routed now, acknowledged after the commit."""
+        """A QoS 1/2 PUBLISH that needs storage, as the inbound handler handles it in sync
+        mode: its acknowledgement held, routed now, acknowledged after the commit."""
         broker = self.broker
         session = publisher.session
         msg = Message(topic, payload, qos, retain, None, 0.0, publisher.client_id)
+        ack = HeldAck(publisher, msg, packet_id)
         if qos == 2:
-            session.await_pubrel(packet_id)
-            if session.expiry_interval:
-                self.journal.qos2_changed(session, packet_id)
+            receive = getattr(session, "receive_qos2", None)
+            if receive is not None:
+                receive(packet_id)
+            else:  # until Session.receive_qos2
+                session.await_pubrel(packet_id)
+                if session.expiry_interval:
+                    self.journal.qos2_changed(session, packet_id)
         previous = broker.retained.get(topic) if retain else None
         reached = broker.publish(msg, time.monotonic())
-        self.journal.defer(publisher, msg, packet_id, reached, previous)
+        self.journal.defer(ack, msg, previous)
+        ack.routed(reached)
+        self.last_ack = ack
         return msg
 
     # -- waiting --------------------------------------------------------------------------

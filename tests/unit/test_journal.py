@@ -70,6 +70,34 @@ def test_a_qos2_publish_commits_its_packet_id_with_its_deliveries_before_its_pub
     run(main())
 
 
+def test_the_journal_is_one_holder_of_the_acknowledgement_among_others(
+        tmp_path: Path) -> None:
+    """A hook holding the PUBACK too: the commit alone does not send it, the hook's release
+    alone does not either; it goes out when both are done."""
+    async def main() -> None:
+        for hook_first in (False, True):
+            h = await Harness(tmp_path / f"db{hook_first}").start()
+            h.session("s", "t/#")
+            pub = Publisher(h.session("p", expiry=0))
+            gate = h.backend.gate = asyncio.Event()
+            h.publish(pub, "t/x", b"v", packet_id=4)
+            ack = h.last_ack
+            assert ack is not None
+            ack.hold()  # the hook's hold
+            if hook_first:
+                ack.release()
+                assert pub.acks() == []
+            gate.set()
+            await h.committed()
+            if not hook_first:
+                assert pub.acks() == []
+                ack.release()
+            assert pub.acks() == [(PUBACK, 4, 0)] and pub.deferred == 0
+            await h.stop()
+
+    run(main())
+
+
 def test_a_publish_that_reaches_only_retained_state_writes_no_message_row(
         tmp_path: Path) -> None:
     """The retained table holds a retained message; a message row is only for deliveries."""
@@ -172,7 +200,7 @@ def test_closing_while_storage_fails_tries_once_more_and_gives_up(
         gate.set()
         await closing
         assert h.journal.failures == 2
-        assert pub.refused == [(1, True)]
+        assert pub.refused == [(1, 0x97)]
         assert "changes of the last moments could not be stored" in caplog.text
 
     run(main())
@@ -217,7 +245,7 @@ def test_a_publish_storage_refused_is_withdrawn_from_queues_and_retained_state(
         h.publish(pub, "t/r", b"refused", retain=True, packet_id=2)
         h.publish(pub, "t/r", b"", retain=True, packet_id=3)  # clears it: refused too
         await h.until(lambda: h.journal.degraded, "the commit failed")
-        assert pub.refused == [(2, True), (3, True)]
+        assert pub.refused == [(2, 0x97), (3, 0x97)]
         assert pub.acks() == [(PUBACK, 1, 0)]
         assert [d.message for d in session.queue] == [before]
         assert session.queued_bytes == len(b"before")
@@ -247,7 +275,7 @@ def test_a_publish_storage_refused_stays_with_a_subscriber_it_was_sent_to(
         h.backend.fail = StorageError("connection lost")
         h.publish(pub, "t/x", b"sent", packet_id=1)
         await h.until(lambda: h.journal.degraded, "the commit failed")
-        assert pub.refused == [(1, False)]
+        assert pub.refused == [(1, 0x80)]
         assert payloads(transport.data) == [b"sent"]
         assert [d.message.payload for d in session.inflight.values()] == [b"sent"]
         h.backend.fail = None
