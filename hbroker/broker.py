@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from hbroker_ext.routing import PublishQuota
 
     from hbroker.connection import Connection
+    from hbroker.inprocess import InProcessClient
     from hbroker.storage.journal import Journal
 
 log = logging.getLogger("hbroker.broker")
@@ -194,6 +195,15 @@ class Broker(BrokerCore):
                 hook(client_id, msg, reason)
             except Exception:
                 log.exception("on_message_dropped hook failed")
+
+    def client(self, client_id: str, username: str | None = None,
+               password: bytes | None = None, **options: Any) -> InProcessClient:
+        """A client of this broker inside its process, for extensions (a bridge, a rule,
+        the control plane): `await client.connect()`, then publish and subscribe as any
+        client, with the same ACL and quota checks (hbroker.inprocess)."""
+        from hbroker.inprocess import InProcessClient
+
+        return InProcessClient(self, client_id, username, password, **options)
 
     def _hook_client(self, session: Session) -> ClientInfo:
         conn = session.connection
