@@ -249,3 +249,35 @@ class Hooks:
     def allowed(self, client: ClientInfo, topic: str, action: str) -> bool:
         """Every ACL hook must allow; none configured allows all."""
         return all(check(client, topic, action) for check in self.check_acl)
+
+
+def load_hook(spec: str) -> Hook:
+    """The hook `spec` names: `module:Name` (an importable module) or `path/to/file.py:Name`;
+    `Name` is a Hook subclass (made with no arguments) or a Hook instance. Raises ValueError
+    with what is wrong."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise ValueError(f"hook {spec!r}: expected module:Name or path/to/file.py:Name")
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            module_spec = importlib.util.spec_from_file_location(
+                f"hbroker_hook_{path.stem}", path)
+            if module_spec is None or module_spec.loader is None or not path.is_file():
+                raise ValueError(f"hook {spec!r}: no such file {where}")
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ImportError as exc:
+        raise ValueError(f"hook {spec!r}: cannot import {where}: {exc}") from exc
+    found = getattr(module, name, None)
+    if isinstance(found, type) and issubclass(found, Hook):
+        return found()
+    if isinstance(found, Hook):
+        return found
+    raise ValueError(f"hook {spec!r}: {name} is not a Hook subclass or instance in {where}")
