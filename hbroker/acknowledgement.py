@@ -133,7 +133,8 @@ class HeldAck:
 
     __slots__ = ("conn", "msg", "packet_id", "code", "holders", "state", "session", "deciding")
 
-    def __init__(self, conn: Any, msg: Message, packet_id: int) -> None:
+    def __init__(self, conn: Any, msg: Message, packet_id: int, deciding: bool = False
+                 ) -> None:
         self.conn = conn
         self.msg = msg
         self.packet_id = packet_id
@@ -141,11 +142,14 @@ class HeldAck:
         self.holders = 1
         self.state = _HELD
         self.session = conn.session
-        # True while Broker.message_published asks the hooks: a refusal then is answered by
-        # the handler, as an ACL refusal is (`refuse` only records its code).
-        self.deciding = False
-        _queue(conn).append(self)
-        conn.deferred += 1
+        # True while Broker.message_published asks the hooks: the acknowledgement takes its
+        # place on the connection only when a hook holds it (most do not: nothing to undo),
+        # and a refusal then is answered by the handler, as an ACL refusal is (`refuse` only
+        # records its code).
+        self.deciding = deciding
+        if not deciding:
+            _queue(conn).append(self)
+            conn.deferred += 1
 
     def __repr__(self) -> str:
         state = ("held", "ready", "refused", "done")[self.state]
@@ -158,8 +162,13 @@ class HeldAck:
         return self.state != _HELD
 
     def hold(self) -> None:
-        """One more holder (a hook, the journal): the acknowledgement waits for its release."""
+        """One more holder (a hook, the journal): the acknowledgement waits for its release.
+        A hook holds it while on_message_published is called (later, only a holder may add
+        another hold)."""
         if self.state == _HELD:
+            if self.deciding and self.holders == 1:
+                _queue(self.conn).append(self)
+                self.conn.deferred += 1
             self.holders += 1
 
     def routed(self, reached: int) -> None:
@@ -204,11 +213,14 @@ class HeldAck:
         self._settle()
 
     def discard(self) -> None:
-        """Take back an acknowledgement no holder took (Broker.message_published): it leaves
-        no trace on the connection."""
+        """Take back an acknowledgement no holder took, or one a hook refused while it was
+        asked (Broker.message_published): it leaves no trace on the connection."""
         if self.state == _DONE:
             return
+        held = self.holders > 1 or self.state == _REFUSED
         self.state = _DONE
+        if self.deciding and not held:
+            return  # never took its place on the connection
         conn = self.conn
         queue = _queue(conn)
         if queue and queue[-1] is self:

@@ -150,6 +150,7 @@ class Broker(BrokerCore):
         """Which hooks provide which events is decided here, once per configuration (at
         start and when SIGHUP reloads the auth hooks): the compiled path tests a flag."""
         _CORE_HOOKS.__set__(self, hooks)
+        self._on_message_published = hooks.on_message_published
         self.publish_hooks = bool(hooks.on_message_published)
         self.drop_hooks = bool(hooks.on_message_dropped)
 
@@ -162,24 +163,24 @@ class Broker(BrokerCore):
         calls `ack.routed`, and writes no acknowledgement itself)."""
         client = conn.client_info
         if not msg.qos:
-            for hook in self.hooks.on_message_published:
+            for hook in self._on_message_published:
                 code = _ask(hook, client, msg, None)
                 if code:
                     return code
             return None
-        ack = HeldAck(conn, msg, packet_id)
-        ack.deciding = True
+        ack = HeldAck(conn, msg, packet_id, deciding=True)
         code = 0
-        for hook in self.hooks.on_message_published:
+        for hook in self._on_message_published:
             code = _ask(hook, client, msg, ack)
-            if code or ack.settled:
+            if code or ack.state:  # refused, or ack.refuse() called: no more hooks asked
                 break
-        ack.deciding = False
-        if ack.settled and not code:
+        if ack.state and not code:
             code = ack.code  # a hook called ack.refuse() while it was asked
         if code or ack.holders == 1:
             ack.discard()
+            ack.deciding = False
             return code or None
+        ack.deciding = False
         return ack
 
     def hold_ack(self, conn: Connection, msg: Message, packet_id: int) -> HeldAck:
