@@ -445,3 +445,152 @@ def test_a_will_is_shown_to_the_hooks_and_a_refused_one_is_not_published():
                              ("dropped", "dying", "wills/dying", "refused")]
     assert broker.stats.wills_published == 0 and broker.stats.publish_dropped == 1
     assert math.isinf(session.expires_at)
+
+
+# -- the in-process client, and the session events through it ---------------------------------
+
+class DenySecrets(Hook):
+    def check_acl(self, client, topic, action):
+        return not topic.startswith("secret/")
+
+
+class Sessions(Hook):
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def on_session_created(self, client):
+        self.seen.append(("created", client.client_id))
+
+    def on_session_resumed(self, client):
+        self.seen.append(("resumed", client.client_id))
+
+    def on_session_taken_over(self, client):
+        self.seen.append(("taken_over", client.client_id))
+
+    def on_session_ended(self, client_id, reason):
+        self.seen.append(("ended", f"{client_id} {reason}"))
+
+    def on_connected(self, client):
+        self.seen.append(("connected", client.client_id))
+
+    def on_disconnected(self, client, reason):
+        self.seen.append(("disconnected", client.client_id))
+
+
+def run_with_broker(body, *hooks: Hook) -> Any:
+    import asyncio
+
+    async def main():
+        broker = broker_with(*hooks)
+        broker.start(asyncio.get_running_loop())
+        try:
+            return await body(broker)
+        finally:
+            broker.stop()
+
+    return asyncio.run(main())
+
+
+def test_the_in_process_client_publishes_and_receives_under_the_acl():
+    from hbroker.inprocess import Received
+
+    async def body(broker):
+        import asyncio
+
+        rule = broker.client("rule", username="rules")
+        assert await rule.connect() is False
+        got: list[Received] = []
+        assert await rule.subscribe("sensors/#", got.append, qos=1) == 1
+        assert await rule.subscribe("secret/#", got.append, qos=1) == 0x87
+        sensor = broker.client("sensor", protocol_version=4)
+        await sensor.connect()
+        assert await sensor.publish("sensors/1", b"a", qos=1) == 0
+        assert await sensor.publish("sensors/2", "b", qos=2) == 0
+        assert await rule.publish("nobody/listens", b"", qos=1) == 0x10
+        assert await rule.publish("secret/x", b"", qos=1) == 0x87  # the ACL refused it
+        assert await rule.publish("secret/x", b"", qos=2) == 0x87
+        await sensor.publish("sensors/3", b"c")
+        while len(got) < 3:
+            await asyncio.sleep(0)
+        assert [(m.topic, m.payload, m.qos) for m in got] == [
+            ("sensors/1", b"a", 1), ("sensors/2", b"b", 1), ("sensors/3", b"c", 0)]
+        assert await rule.unsubscribe("sensors/#") == 0
+        assert await rule.unsubscribe("sensors/#") == 0x11
+        await rule.close()
+        await sensor.close()
+        while broker.connections:
+            await asyncio.sleep(0)
+        return broker
+
+    broker = run_with_broker(body, DenySecrets())
+    assert broker.sessions == {} and broker.stats.clients_connected == 0
+
+
+def test_session_events_through_in_process_clients():
+    sessions = Sessions()
+
+    async def body(broker):
+        import asyncio
+
+        first = broker.client("dev", clean_start=False, session_expiry=60)
+        await first.connect()
+        second = broker.client("dev", clean_start=False, session_expiry=60)
+        assert await second.connect() is True
+        while not first.closed:
+            await asyncio.sleep(0)
+        await second.close()
+        third = broker.client("dev", clean_start=True)
+        assert await third.connect() is False
+        await third.close()
+        while broker.connections:
+            await asyncio.sleep(0)
+
+    run_with_broker(body, sessions)
+    assert sessions.seen[:6] == [
+        ("created", "dev"), ("connected", "dev"),
+        ("taken_over", "dev"), ("resumed", "dev"), ("connected", "dev"),
+        ("disconnected", "dev")]
+    assert ("ended", "dev clean_start") in sessions.seen
+    assert sessions.seen[-2:] == [("ended", "dev disconnected"), ("disconnected", "dev")]
+
+
+def test_a_refused_connect_raises():
+    from hbroker.config import ListenerConfig
+    from hbroker.inprocess import ConnectionRefused
+
+    async def body(broker):
+        strict = ListenerConfig(type="tcp", name="inprocess", allow_anonymous=False, auth=())
+        try:
+            await broker.client("anon", listener=strict).connect()
+        except ConnectionRefused as exc:
+            return exc.reason_code
+        return None
+
+    assert run_with_broker(body) == 0x87
+
+
+def test_held_acks_on_a_real_connection_go_out_in_order():
+    async def body(broker):
+        import asyncio
+
+        client = broker.client("held")
+        await client.connect()
+        conn = client.connection
+        first = broker.hold_ack(conn, message(1), 1)
+        first.hold()
+        first.routed(1)
+        broker.hold_ack(conn, message(1), 2).routed(1)
+        acks = []
+        client._waiting[(4, 1)] = f1 = asyncio.get_running_loop().create_future()
+        client._waiting[(4, 2)] = f2 = asyncio.get_running_loop().create_future()
+        f1.add_done_callback(lambda f: acks.append(1))
+        f2.add_done_callback(lambda f: acks.append(2))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert acks == [] and conn.deferred == 2
+        first.release()
+        await f2
+        assert acks == [1, 2] and conn.deferred == 0
+        await client.close()
+
+    run_with_broker(body)
