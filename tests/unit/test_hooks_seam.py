@@ -594,3 +594,44 @@ def test_held_acks_on_a_real_connection_go_out_in_order():
         await client.close()
 
     run_with_broker(body)
+
+
+def test_the_example_ledger_acknowledges_once_the_line_is_written(tmp_path):
+    import asyncio
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("ledger_example",
+                                                  root / "examples/hooks/ledger.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ledger = module.Ledger(str(tmp_path / "ledger.jsonl"))
+
+    async def body():
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        conn = FakeConn()
+        conn.on_write = lambda packets: done.set_result(packets)
+
+        class Broker:
+            pass
+
+        broker = Broker()
+        broker.loop = loop
+        ledger.on_start(broker)
+        acks = [HeldAck(conn, message(1, f"ledger/{i}"), i) for i in (1, 2)]
+        for ack in acks:
+            ledger.on_message_published(CLIENT, ack.msg, ack)
+            ack.routed(1)
+        ledger.on_message_published(CLIENT, message(1, "elsewhere"), None)
+        assert conn.writes == []
+        packets = await done
+        lines = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+        assert [x["topic"] for x in lines] == ["ledger/1", "ledger/2"]
+        return packets
+
+    packets = asyncio.run(body())
+    assert [p.packet_id for p in packets] == [1, 2]  # one write for the batch
+    ledger.on_stop()
