@@ -10,12 +10,14 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hbroker_ext.codec import MESSAGE_EXPIRY_INTERVAL
 from hbroker_ext.routing import BrokerCore
 from hbroker_ext.topics import RetainedTree, SubscriptionTree
 
+from hbroker import hooks as events
+from hbroker.acknowledgement import HeldAck
 from hbroker.auth.backoff import FailureBackoff
 from hbroker.config import Config
 from hbroker.hooks import READ, ClientInfo, Hooks
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from hbroker_ext.routing import PublishQuota
 
     from hbroker.connection import Connection
+    from hbroker.inprocess import InProcessClient
     from hbroker.storage.journal import Journal
 
 log = logging.getLogger("hbroker.broker")
@@ -38,6 +41,8 @@ log = logging.getLogger("hbroker.broker")
 # subscription tree changes (its generation counter moves).
 _MATCH_CACHE_LIMIT = 65536
 SWEEP_INTERVAL = 0.5
+# The compiled base's `hooks` field, behind Broker.hooks (which also sets the hook flags).
+_CORE_HOOKS = BrokerCore.hooks
 
 
 def _combine(options: list[SubscriptionOptions]) -> tuple[int, bool, tuple[int, ...]]:
@@ -73,7 +78,9 @@ class Broker(BrokerCore):
     reads (stats, sessions, subscriptions, the match cache, hooks, journal, limits, topic
     limits, the connections to flush, the loop) is typed in the compiled base,
     hbroker_ext.routing.BrokerCore, with `publish` and the output coalescing (`schedule_flush`,
-    `flush`)."""
+    `flush`). The hook events of the per-message path are upcalls of that base
+    (`message_published`, `hold_ack`, `message_dropped`), made only when a hook provides
+    them (`publish_hooks`, `drop_hooks`)."""
 
     def __init__(self, config: Config, hooks: Hooks | None = None) -> None:
         self.config = config
@@ -114,6 +121,79 @@ class Broker(BrokerCore):
         self._offline: set[Session] = set()
         self._sweep_handle: asyncio.TimerHandle | None = None
         self.sys = SysPublisher(self)
+
+    # -- hooks -------------------------------------------------------------------------
+
+    @property
+    def hooks(self) -> Hooks:
+        return _CORE_HOOKS.__get__(self)
+
+    @hooks.setter
+    def hooks(self, hooks: Hooks) -> None:
+        """Which hooks provide which events is decided here, once per configuration (at
+        start and when SIGHUP reloads the auth hooks): the compiled path tests a flag."""
+        _CORE_HOOKS.__set__(self, hooks)
+        self._on_message_published = hooks.on_message_published
+        self.publish_hooks = bool(hooks.on_message_published)
+        self.drop_hooks = bool(hooks.on_message_dropped)
+
+    def message_published(self, conn: Connection, msg: Message, packet_id: int
+                          ) -> HeldAck | int | None:
+        """A client's PUBLISH passed every check and is about to be routed (called only when
+        a hook provides on_message_published). Returns None to go on as usual, a reason code
+        (>= 0x80) when a hook refused the message (the handler refuses it as it refuses an
+        ACL denial), or the HeldAck some hook holds (the handler routes the message, then
+        calls `ack.routed`, and writes no acknowledgement itself)."""
+        client = conn.client_info
+        if not msg.qos:
+            for hook in self._on_message_published:
+                code = _ask(hook, client, msg, None)
+                if code:
+                    return code
+            return None
+        ack = HeldAck(conn, msg, packet_id, deciding=True)
+        code = 0
+        for hook in self._on_message_published:
+            code = _ask(hook, client, msg, ack)
+            if code or ack.state:  # refused, or ack.refuse() called: no more hooks asked
+                break
+        if ack.state and not code:
+            code = ack.code  # a hook called ack.refuse() while it was asked
+        if code or ack.holders == 1:
+            ack.discard()
+            ack.deciding = False
+            return code or None
+        ack.deciding = False
+        return ack
+
+    def hold_ack(self, conn: Connection, msg: Message, packet_id: int) -> HeldAck:
+        """A new HeldAck for a QoS 1/2 PUBLISH (storage defers its acknowledgement, or the
+        connection has earlier ones held: acknowledgements go out in order)."""
+        return HeldAck(conn, msg, packet_id)
+
+    def message_dropped(self, msg: Message, client_id: str | None, reason: str) -> None:
+        """A message or one delivery of it was dropped (called only when a hook provides
+        on_message_dropped): `reason` is one of hbroker.hooks.DROP_REASONS."""
+        for hook in self.hooks.on_message_dropped:
+            try:
+                hook(client_id, msg, reason)
+            except Exception:
+                log.exception("on_message_dropped hook failed")
+
+    def client(self, client_id: str, username: str | None = None,
+               password: bytes | None = None, **options: Any) -> InProcessClient:
+        """A client of this broker inside its process, for extensions (a bridge, a rule,
+        the control plane): `await client.connect()`, then publish and subscribe as any
+        client, with the same ACL and quota checks (hbroker.inprocess)."""
+        from hbroker.inprocess import InProcessClient
+
+        return InProcessClient(self, client_id, username, password, **options)
+
+    def _hook_client(self, session: Session) -> ClientInfo:
+        conn = session.connection
+        if conn is not None and conn.client_info is not None:
+            return conn.client_info
+        return self.client_identity(session.client_id)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -175,6 +255,10 @@ class Broker(BrokerCore):
             # (no expiry, or Clean Start 1), published unless a Will Delay Interval is still
             # running [MQTT-3.1.2-8] (below).
             continues = session.expiry_interval != 0 and not clean_start
+            if self.hooks.on_session_taken_over:
+                client = self._newcomer(client_id, protocol_version)
+                for hook in self.hooks.on_session_taken_over:
+                    hook(client)
             session.connection.disconnect(ReasonCode.SESSION_TAKEN_OVER, "session taken over",
                                           publish_will=not continues)
             self.stats.takeovers += 1
@@ -187,7 +271,8 @@ class Broker(BrokerCore):
                 log.info("will not published: the client connected again within its will "
                          "delay", extra={"client_id": client_id})
                 session.will = None
-            self.end_session(session, publish_will=True, now=now)
+            self.end_session(session, publish_will=True, now=now,
+                             reason=events.SESSION_CLEAN_START)
             session = None
         present = session is not None
         if session is None:
@@ -208,7 +293,20 @@ class Broker(BrokerCore):
         self.stats.clients_connected += 1
         self.stats.clients_maximum = max(self.stats.clients_maximum,
                                          self.stats.clients_connected)
+        opened = self.hooks.on_session_resumed if present else self.hooks.on_session_created
+        if opened:
+            client = self._newcomer(client_id, protocol_version)
+            for hook in opened:
+                hook(client)
         return session, present
+
+    def _newcomer(self, client_id: str, protocol_version: int) -> ClientInfo:
+        """The client whose CONNECT opens a session: `remember_identity` recorded it just
+        before `open_session`."""
+        info = self.identities.get(client_id)
+        if info is None:
+            info = ClientInfo(client_id, None, "", protocol_version, "")
+        return info
 
     def client_gone(self, conn: Connection, publish_will: bool, now: float) -> None:
         """The connection of a session closed (any reason). Decides the will and expiry."""
@@ -226,7 +324,8 @@ class Broker(BrokerCore):
             # connection are kept (and stored) for after the restart.
             session.will = None
         if session.expiry_interval == 0:
-            self.end_session(session, publish_will=True, now=now)
+            self.end_session(session, publish_will=True, now=now,
+                             reason=events.SESSION_DISCONNECTED)
             return
         session.expires_at = now + session.expiry_interval
         if session.will is not None:
@@ -239,9 +338,11 @@ class Broker(BrokerCore):
         if self.journal is not None:
             self.journal.session_changed(session)
 
-    def end_session(self, session: Session, publish_will: bool, now: float) -> None:
+    def end_session(self, session: Session, publish_will: bool, now: float,
+                    reason: str = events.SESSION_DISCONNECTED) -> None:
         """The session ends: its subscriptions go, and a pending will is published now
-        (the will is sent when the will delay elapses or the session ends, whichever first)."""
+        (the will is sent when the will delay elapses or the session ends, whichever first).
+        `reason`: why, for on_session_ended (hbroker.hooks.SESSION_*)."""
         if publish_will and session.will is not None:
             self._publish_will(session, now)
         session.will = None
@@ -260,6 +361,8 @@ class Broker(BrokerCore):
         session.ended = True
         if self.journal is not None:
             self.journal.session_ended(session)
+        for hook in self.hooks.on_session_ended:
+            hook(session.client_id, reason)
 
     def _publish_will(self, session: Session, now: float) -> None:
         will = session.will
@@ -274,6 +377,15 @@ class Broker(BrokerCore):
             props = dict(will.properties)
             will.expires_at = now + props.pop(MESSAGE_EXPIRY_INTERVAL)
             will.properties = props or None
+        if self.publish_hooks:
+            # Hooks see a will as a message its client published, without acknowledgement.
+            client = self._hook_client(session)
+            for hook in self.hooks.on_message_published:
+                if _ask(hook, client, will, None):
+                    self.stats.publish_dropped += 1
+                    if self.drop_hooks:
+                        self.message_dropped(will, session.client_id, events.REFUSED)
+                    return
         self.stats.wills_published += 1
         self.publish(will, now)
 
@@ -438,14 +550,20 @@ class Broker(BrokerCore):
                 self.stats.retained_changes += 1
                 if self.journal is not None:
                     self.journal.retained_changed(msg.topic)
+                for hook in self.hooks.on_retained_cleared:
+                    hook(msg.topic, events.RETAINED_EMPTY_PAYLOAD)
             return
         stored = Message(msg.topic, msg.payload, msg.qos, True, msg.properties, msg.expires_at,
                          None)
         self.retained.set(msg.topic, stored)
         self.stats.retained_changes += 1
-        if self.journal is not None and not msg.topic.startswith("$SYS/"):
-            # $SYS values are the broker's own, published anew after a start.
-            self.journal.retained_changed(msg.topic)
+        if not msg.topic.startswith("$SYS/"):
+            # $SYS values are the broker's own, published anew after a start (and
+            # rewritten every sys.interval): neither stored nor reported to hooks.
+            if self.journal is not None:
+                self.journal.retained_changed(msg.topic)
+            for hook in self.hooks.on_retained_set:
+                hook(stored)
 
     def send_retained(self, session: Session, topic_filter: str, opts: SubscriptionOptions,
                       now: float) -> None:
@@ -459,6 +577,8 @@ class Broker(BrokerCore):
                 self.retained.pop(msg.topic)
                 if self.journal is not None:
                     self.journal.retained_changed(msg.topic)
+                for hook in hooks.on_retained_cleared:
+                    hook(msg.topic, events.RETAINED_EXPIRED)
                 continue
             if reader is not None and not hooks.allowed(reader, msg.topic, READ):
                 continue
@@ -476,6 +596,10 @@ class Broker(BrokerCore):
         session.subscriptions[topic_filter] = opts
         if self.journal is not None and session.expiry_interval:
             self.journal.subscription_changed(session, topic_filter)
+        if self.hooks.on_subscribed:
+            client = self._hook_client(session)
+            for hook in self.hooks.on_subscribed:
+                hook(client, topic_filter, opts, new)
         return new
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
@@ -485,6 +609,10 @@ class Broker(BrokerCore):
         existed = self.subscriptions.unsubscribe(topic_filter, session.client_id)
         if existed and topic_filter in self._shared_next:
             self._forget_empty_group(topic_filter)
+        if existed and self.hooks.on_unsubscribed:
+            client = self._hook_client(session)
+            for hook in self.hooks.on_unsubscribed:
+                hook(client, topic_filter)
         return existed
 
     def has_durable_target(self, topic: str) -> bool:
@@ -548,9 +676,21 @@ class Broker(BrokerCore):
             if now >= session.expires_at:
                 log.debug("session expired", extra={"client_id": session.client_id})
                 self.stats.sessions_expired += 1
-                self.end_session(session, publish_will=True, now=now)
+                self.end_session(session, publish_will=True, now=now,
+                                 reason=events.SESSION_EXPIRED)
             elif session.will is None and session.expires_at == NEVER:
                 self._offline.discard(session)
         if self.config.sys.enabled:
             self.sys.maybe_publish(now)
         self.flush()
+
+
+def _ask(hook: Any, client: ClientInfo | None, msg: Message, ack: HeldAck | None) -> int:
+    """One hook's on_message_published: the reason code it refuses with (>= 0x80), else 0. A
+    hook that fails is logged and does not stop the message."""
+    try:
+        code = hook(client, msg, ack)
+    except Exception:
+        log.exception("on_message_published hook failed", extra={"topic": msg.topic})
+        return 0
+    return code if code is not None and code >= 0x80 else 0

@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override logging.level")
     serve.add_argument("--log-format", choices=["text", "json"],
                        help="override logging.format")
+    serve.add_argument("--hook", action="append", default=[], metavar="MODULE:NAME",
+                       help="load an extension hook (hbroker.hooks.Hook subclass), from a "
+                       "module or a file (path/to/file.py:Name); repeatable, called in "
+                       "order after the auth hooks (docs/extensions.md)")
     check = sub.add_parser("check-config",
                            help="validate a configuration file and print the effective one")
     check.add_argument("-c", "--config", required=True, help="TOML configuration file")
@@ -123,6 +127,19 @@ def _storage_inspect(config: Any, as_json: bool) -> int:
     return 0
 
 
+def _serve_with(config: Any, early_sighups: list[int], extra: list[Any]) -> int:
+    """`serve`, with the hooks given by --hook after those the configuration builds (a
+    SIGHUP reload replaces only the auth hooks: these stay)."""
+    import uvloop
+
+    from hbroker.hooks import Hooks
+    from hbroker.server import Server
+
+    server = Server(config)
+    server.broker.hooks = Hooks([*server.broker.hooks.hooks, *extra])
+    return uvloop.run(server.run(early_sighups))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.version:
@@ -172,9 +189,17 @@ def main(argv: list[str] | None = None) -> int:
         level = getattr(args, "log_level", None) or config.logging.level
         fmt = getattr(args, "log_format", None) or config.logging.format
         hlog.setup_logging(level, fmt)
+        from hbroker.hooks import load_hook
         from hbroker.server import serve
 
         try:
+            extra = [load_hook(spec) for spec in getattr(args, "hook", None) or ()]
+        except ValueError as exc:
+            print(f"hbroker: {exc}", file=sys.stderr)
+            return 2
+        try:
+            if extra:
+                return _serve_with(config, early_sighups, extra)
             return serve(config, early_sighups)
         except ConfigError as exc:  # a password or ACL file that cannot be used
             print(f"hbroker: {config.source or '<default>'}: {exc}", file=sys.stderr)

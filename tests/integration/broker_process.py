@@ -45,13 +45,15 @@ class BrokerProcess:
 
     def __init__(self, workdir: Path, sections: dict[str, dict[str, Any]],
                  wrapper: list[str] | None = None,
-                 listeners: list[dict[str, Any]] | None = None) -> None:
+                 listeners: list[dict[str, Any]] | None = None,
+                 args: list[str] | None = None) -> None:
         """`wrapper`: a command prefix the broker runs under (it must exec the rest).
         `listeners`: the [[listeners]] tables; a listener other than `unix` without a port
         gets a free one, on 127.0.0.1 unless it names a host. Default: one tcp listener.
         `self.listeners` holds them as written; `host`/`port` are the first one's with a
-        port."""
+        port. `args`: more arguments for `hbroker serve` (e.g. `--hook`)."""
         self.wrapper = wrapper or []
+        self.args = args or []
         self.workdir = workdir
         self.config_path = workdir / "hbroker.toml"
         self.listeners: list[dict[str, Any]] = []
@@ -84,7 +86,7 @@ class BrokerProcess:
             self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [*self.wrapper, sys.executable, "-m", "hbroker", "serve", "-c",
-             str(self.config_path)],
+             str(self.config_path), *self.args],
             cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         self._wait_ready()
