@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgpack
 from hbroker_ext.codec import USER_PROPERTY
 
+from hbroker.acknowledgement import grouped
 from hbroker.reason_codes import ReasonCode
 from hbroker.storage.base import Batch, Storage, StorageError
 
@@ -476,8 +477,9 @@ class Journal:
             self._retry_delay = RETRY_FIRST
             log.warning("storage recovered", extra={"backend": self.backend.describe()})
         self._release_output(pending)
-        for d in pending.deferred:  # in PUBLISH order
-            d.ack.release()
+        with grouped():  # one write per connection for the acknowledgements of a commit
+            for d in pending.deferred:  # in PUBLISH order
+                d.ack.release()
 
     def _failed(self, pending: Pending, exc: StorageError) -> None:
         self.failures += 1
