@@ -113,8 +113,8 @@ cdef void _puback_for_qos2(ConnectionCore conn, int packet_id) except *:
 
 cdef bint _handle_packets(ConnectionCore conn, list packets, dict handlers) except -1:
     """The packets of one read, in order (`ConnectionCore.data_received`): PUBLISH straight to
-    `handle_publish` and PUBACK to the session, the others to their handler in `handlers`
-    (packet type -> function of the connection and the packet). Returns False when the
+    `_handle_publish` (inbound.pyx) and PUBACK to the session, the others to their handler in
+    `handlers` (packet type -> function of the connection and the packet). Returns False when the
     connection stopped reading (it is closing, or a packet was refused) before the end.
 
     Before the CONNACK the framer hands over one packet at a time and holds the rest (see

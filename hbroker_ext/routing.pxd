@@ -19,6 +19,8 @@ Other objects the compiled code calls without a declared type: the journal
 the hooks (hbroker.hooks.Hooks: `check_acl`, `allowed`), a HeldAck (hbroker.acknowledgement:
 `routed`, `refuse`), the subscription tree (`generation`, `match`), the retained tree (`get`)
 and the transport (`is_closing`, `writelines`, `pause_reading`, `get_write_buffer_size`).
+Attributes of the Python subclasses read on cold paths: `Broker.throttled` (the throttle) and
+`Connection.peer` (log lines of the refusals).
 """
 
 from hbroker_ext.codec cimport Framer, Publish
