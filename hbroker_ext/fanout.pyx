@@ -99,7 +99,7 @@ cdef class BrokerCore:
         if not self.flush_scheduled:
             self.schedule_flush()
 
-    def schedule_flush(self):
+    cpdef schedule_flush(self):
         """Flush at the end of this loop iteration (once, however many connections wrote)."""
         self.flush_scheduled = True
         if self.loop is None:

@@ -180,6 +180,7 @@ cdef class Session:
     cpdef receive_qos2(self, int packet_id)
     cpdef bint release_qos2(self, int packet_id) except -1
     cpdef restore_qos2(self, int packet_id)
+    cpdef queue_for_append(self)
     cdef void _enqueue(self, Delivery delivery) except *
     cdef void _send_new(self, Delivery delivery, ConnectionCore conn, double now) except *
     cdef int _allocate_packet_id(self) except -1
@@ -238,6 +239,7 @@ cdef class BrokerCore:
     cdef readonly int max_inflight
 
     cdef void _mark_dirty(self, object conn) except *
+    cpdef schedule_flush(self)
     cpdef Targets _targets(self, str topic)
     cpdef bint has_durable_target(self, str topic) except -1
     # upcalls

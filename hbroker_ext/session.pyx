@@ -92,7 +92,7 @@ cdef class Session:
         if data is not None:
             _write_publish(conn, data, self.stats)
 
-    def queue_for_append(self):
+    cpdef queue_for_append(self):
         if self.queue is NO_QUEUE:
             self.queue = deque()
         return self.queue
