@@ -13,7 +13,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from hbroker_ext.codec import MESSAGE_EXPIRY_INTERVAL
-from hbroker_ext.routing import BrokerCore
+from hbroker_ext.routing import BrokerCore, Targets
 from hbroker_ext.topics import RetainedTree, SubscriptionTree
 
 from hbroker import hooks as events
@@ -37,40 +37,37 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hbroker.broker")
 
-# Topic -> subscribers cache entries kept at most; cleared whole when full or when the
-# subscription tree changes (its generation counter moves).
-_MATCH_CACHE_LIMIT = 65536
 SWEEP_INTERVAL = 0.5
 # The compiled base's `hooks` field, behind Broker.hooks (which also sets the hook flags).
 _CORE_HOOKS = BrokerCore.hooks
 
 
-def _combine(options: list[SubscriptionOptions]) -> tuple[int, bool, tuple[int, ...]]:
-    """Overlapping subscriptions of one client: delivered once, at the highest QoS, with every
-    subscription identifier [MQTT-3.3.4-2, MQTT-3.3.4-3]."""
-    qos = max(o.qos for o in options)
-    rap = any(o.retain_as_published for o in options)
-    sub_ids = tuple(sorted({o.sub_id for o in options if o.sub_id}))
-    return qos, rap, sub_ids
+class _StorageAck:
+    """The part of a HeldAck the PUBLISH handler uses when storage defers an acknowledgement
+    (`journal.defer(ack, msg, previous)`, then `ack.routed(reached)`), made from the journal's
+    `defer(conn, msg, packet_id, reached, previous)`, which acknowledges after the commit."""
 
+    __slots__ = ("journal", "conn", "msg", "packet_id", "previous")
 
-def _aggregate(normal: list[tuple[str, SubscriptionOptions]]) -> list[tuple]:
-    """Per client: (client_id, qos, retain_as_published, sub_ids, local) where `local` is the
-    same triple computed without No Local subscriptions (None if all are No Local), used when
-    the publisher is the subscriber itself [MQTT-3.8.3-3]."""
-    by_client: dict[str, list[SubscriptionOptions]] = {}
-    for client_id, opts in normal:
-        by_client.setdefault(client_id, []).append(opts)
-    targets = []
-    for client_id, options in by_client.items():
-        full = _combine(options)
-        local_options = [o for o in options if not o.no_local]
-        if len(local_options) == len(options):
-            local: tuple | None = full
-        else:
-            local = _combine(local_options) if local_options else None
-        targets.append((client_id, full[0], full[1], full[2], local))
-    return targets
+    def __init__(self, journal: Journal, conn: Connection, msg: Message, packet_id: int) -> None:
+        self.journal = journal
+        self.conn = conn
+        self.msg = msg
+        self.packet_id = packet_id
+        self.previous: Message | None = None
+        if "defer" not in vars(journal):
+            # The handler's call, journal.defer(ack, msg, previous), records `previous`;
+            # routed() then calls the journal's own defer.
+            journal.defer = _StorageAck.note_previous  # type: ignore[method-assign]
+
+    @staticmethod
+    def note_previous(ack: _StorageAck, msg: Message, previous: Message | None) -> None:
+        ack.previous = previous
+
+    def routed(self, reached: int) -> None:
+        journal = self.journal
+        type(journal).defer(journal, self.conn, self.msg, self.packet_id, reached,
+                            self.previous)
 
 
 class Broker(BrokerCore):
@@ -95,7 +92,7 @@ class Broker(BrokerCore):
         self.started_wall = time.time()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.shutting_down = False
-        self._match_cache: dict[str, tuple] = {}
+        self._match_cache: dict[str, Targets] = {}
         self._match_generation = -1
         # Who each session's client is, for `read` ACL checks while it is offline (the
         # connection's ClientInfo while it is online). Moving acl_generation rebuilds the
@@ -235,7 +232,7 @@ class Broker(BrokerCore):
                        max_queued_messages=self.limits.max_queued_messages,
                        max_queued_bytes=self.limits.max_queued_bytes,
                        queue_qos0=self.config.sessions.queue_qos0_messages,
-                       stats=self.stats, journal=self.journal)
+                       stats=self.stats, journal=self.journal, broker=self)
 
     def new_publish_quota(self, protocol_version: int, now: float) -> PublishQuota | None:
         return new_publish_quota(self.config.quotas, protocol_version, now)
@@ -424,23 +421,13 @@ class Broker(BrokerCore):
                 reached += 1
         return reached
 
-    def _targets(self, topic: str) -> tuple:
-        tree = self.subscriptions
-        cache = self._match_cache
-        if tree.generation != self._match_generation:
-            cache.clear()
-            self._match_generation = tree.generation
-        entry = cache.get(topic)
-        if entry is None:
-            normal, shared = tree.match(topic)
-            if self.hooks.check_acl:
-                # Only subscribers the ACL lets read the topic, decided once per cache entry.
-                normal, shared = self._readers(topic, normal, shared)
-            entry = (tuple(_aggregate(normal)) if normal else (), shared)
-            if len(cache) >= _MATCH_CACHE_LIMIT:
-                cache.clear()
-            cache[topic] = entry
-        return entry
+    # _targets(topic) -> Targets: compiled, BrokerCore._targets (the match cache).
+
+    def hold_ack(self, conn: Connection, msg: Message, packet_id: int) -> _StorageAck:
+        """The acknowledgement of a PUBLISH that waits for its storage commit. Until
+        hbroker.acknowledgement.HeldAck replaces it, the journal's `defer(conn, msg,
+        packet_id, reached, previous)` is called from `routed()`."""
+        return _StorageAck(self.journal, conn, msg, packet_id)
 
     # -- read ACL ----------------------------------------------------------------------
 
@@ -615,21 +602,7 @@ class Broker(BrokerCore):
                 hook(client, topic_filter)
         return existed
 
-    def has_durable_target(self, topic: str) -> bool:
-        """Whether a message on `topic` would reach a session that outlives its connection
-        (and so must be stored before it is acknowledged)."""
-        normal, shared = self._targets(topic)
-        sessions = self.sessions
-        for target in normal:
-            session = sessions.get(target[0])
-            if session is not None and session.expiry_interval:
-                return True
-        for _group, members in shared:
-            for client_id, _opts in members:
-                session = sessions.get(client_id)
-                if session is not None and session.expiry_interval:
-                    return True
-        return False
+    # has_durable_target(topic) -> bool: compiled, BrokerCore.has_durable_target.
 
     # -- the periodic sweep ----------------------------------------------------------
 

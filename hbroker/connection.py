@@ -17,7 +17,6 @@ from hbroker_ext.codec import (
     CONNECT,
     DISCONNECT,
     PINGREQ,
-    PUBACK,
     PUBCOMP,
     PUBREC,
     PUBREL,
@@ -306,37 +305,9 @@ class Connection(ConnectionCore, asyncio.Protocol):
 
     # -- PUBLISH and its acknowledgements ----------------------------------------------
 
-    def refuse_unstored(self, msg: Message, packet_id: int, full: bool) -> None:
-        """A QoS 1/2 PUBLISH that storage could not take: never acknowledged as a success.
-        5.0 clients are told (0x97 Quota exceeded when storage is full, else 0x80); 3.1.1 has
-        no way to say no, so the connection is closed and the client will send it again."""
-        self.broker.stats.publish_dropped += 1
-        if self.closing:
-            return
-        if self.protocol_version != 5:
-            log.warning("publish not stored: closing the 3.1.1 connection", extra={
-                "client_id": self.client_id, "peer": self.peer, "topic": msg.topic})
-            self.abort("storage failure: publish could not be stored")
-            return
-        code = ReasonCode.QUOTA_EXCEEDED if full else ReasonCode.UNSPECIFIED_ERROR
-        self.write_now(encode_ack(PUBACK if msg.qos == 1 else PUBREC, packet_id, code, 5))
-
-    def throttle(self, resume_at: float) -> None:
-        """Over its publish rate with `throttle` (or a 3.1.1 client with `refuse`): the
-        PUBLISH was accepted; reading stops until the broker's sweep sees the bucket out of
-        debt (no timer per connection). TCP carries the backpressure to the client."""
-        broker = self.broker
-        if self not in broker.throttled:
-            broker.stats.publish_throttled += 1
-            if self.transport is not None:
-                self.transport.pause_reading()
-            quota = self.session.publish_quota if self.session is not None else None
-            if quota is not None and self.last_received - quota.logged_at \
-                    >= REFUSAL_LOG_INTERVAL:
-                quota.logged_at = self.last_received
-                log.info("publish rate exceeded: reading paused (throttled)", extra={
-                    "client_id": self.client_id, "peer": self.peer})
-        broker.throttled[self] = resume_at
+    # The refusals of a PUBLISH (payload format, topic limits, $SYS, ACL, a hook, the
+    # publish rate, storage) and the publish-rate throttle are compiled next to the PUBLISH
+    # handler: hbroker_ext/inbound.pyx. `refuse_unstored` is a method of ConnectionCore.
 
     def end_throttle(self, now: float) -> None:
         if self.closing or self.transport is None:
@@ -344,60 +315,8 @@ class Connection(ConnectionCore, asyncio.Protocol):
         self.last_received = now  # its keep alive counts from here
         self.transport.resume_reading()
 
-    def publish_over_rate(self, p: Any, byte_rate: bool) -> None:
-        """A PUBLISH over the client's publish rate, with `refuse` (5.0) or `disconnect`.
-        PUBACK and PUBREC have no 0x96 (Message rate too high) [MQTT-3.4.2-1, MQTT-3.5.2-1]:
-        both rates answer 0x97 Quota exceeded; 0x96 is a DISCONNECT reason code."""
-        broker = self.broker
-        broker.stats.publish_rate_limited += 1
-        broker.stats.publish_dropped += 1
-        session = self.session
-        assert session is not None
-        quota = session.publish_quota
-        what = "byte rate (max_publish_bytes_rate)" if byte_rate \
-            else "message rate (max_publish_rate)"
-        if quota.disconnect:
-            code = ReasonCode.QUOTA_EXCEEDED if byte_rate else ReasonCode.MESSAGE_RATE_TOO_HIGH
-            log.warning("publish %s exceeded: disconnecting", what, extra={
-                "client_id": self.client_id, "peer": self.peer, "reason": reason_name(code)})
-            self.disconnect(code, f"publish {what} exceeded", publish_will=True)
-            return
-        quota.refused += 1
-        now = self.last_received
-        if now - quota.logged_at >= REFUSAL_LOG_INTERVAL:
-            log.warning("publish refused: %s exceeded (%d refused since the last report)",
-                        what, quota.refused, extra={"client_id": self.client_id,
-                                                    "peer": self.peer})
-            quota.logged_at = now
-            quota.refused = 0
-        if p.qos == 1:
-            self.ack(PUBACK, p.packet_id, ReasonCode.QUOTA_EXCEEDED)
-        elif p.qos == 2:
-            self.ack(PUBREC, p.packet_id, ReasonCode.QUOTA_EXCEEDED)
-
-    def _refuse_publish(self, p: Any, reason_code: int, why: str) -> None:
-        """A PUBLISH the broker will not route: 5.0 QoS 1/2 get the reason code in the
-        acknowledgement; QoS 0 and 3.1.1 are dropped silently (3.1.1 has no way to say no)."""
-        log.info("publish refused: %s", why, extra={
-            "client_id": self.client_id, "peer": self.peer, "topic": p.topic})
-        broker = self.broker
-        broker.stats.publish_dropped += 1
-        code = reason_code if self.protocol_version == 5 else 0
-        if p.qos == 1:
-            self.ack(PUBACK, p.packet_id, code)
-        elif p.qos == 2:
-            if code:
-                self.ack(PUBREC, p.packet_id, code)
-            else:
-                session = self.session
-                assert session is not None
-                session.await_pubrel(p.packet_id)
-                if broker.journal is not None and session.expiry_interval:
-                    broker.journal.qos2_changed(session, p.packet_id)
-                self.ack(PUBREC, p.packet_id)
-
     # Which acknowledgements are protocol errors and which are tolerated:
-    # hbroker_ext.routing, above Session.on_puback.
+    # hbroker_ext/session.pyx, above Session.on_puback.
 
     def handle_pubrec(self, p: Any) -> None:
         session = self.session
@@ -419,11 +338,7 @@ class Connection(ConnectionCore, asyncio.Protocol):
     def handle_pubrel(self, p: Any) -> None:
         session = self.session
         assert session is not None
-        if p.packet_id in session.awaiting_pubrel:
-            session.awaiting_pubrel.discard(p.packet_id)
-            journal = self.broker.journal
-            if journal is not None and session.expiry_interval:
-                journal.qos2_changed(session, p.packet_id)
+        if session.release_qos2(p.packet_id):
             self.ack(PUBCOMP, p.packet_id)
         else:
             self.ack(PUBCOMP, p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND)

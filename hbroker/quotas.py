@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from hbroker_ext.routing import PublishQuota, TokenBucket, TopicLimits
+from hbroker_ext.routing import REFUSAL_LOG_INTERVAL, PublishQuota, TokenBucket, TopicLimits
 
 from hbroker.config import QuotasConfig
 
@@ -18,8 +18,6 @@ from hbroker.config import QuotasConfig
 # refilled are forgotten (a forgotten address starts again with a full bucket), then the
 # oldest.
 MAX_ADDRESSES = 100000
-# A refused address is logged at most once per this many seconds, with the count since.
-REFUSAL_LOG_INTERVAL = 10.0
 
 
 def burst_of(rate: float, burst: int) -> float:

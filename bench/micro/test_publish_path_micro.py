@@ -1,5 +1,5 @@
 """Micro-benchmark of the broker's per-message work, in one process and without sockets: a
-read of PUBLISHes goes through `Connection.data_received` (framer, `handle_publish`, routing,
+read of PUBLISHes goes through `Connection.data_received` (framer, the PUBLISH handler, routing,
 fan-out into the subscribers' output) and the broker's once-per-iteration flush writes it to
 fake transports. At QoS 1 each round also feeds the subscriber's PUBACKs back.
 

@@ -88,7 +88,7 @@ def subscribe(broker: Broker, client_id: str, topic_filter: str) -> None:
 
 
 def readers(broker: Broker, topic: str) -> list[str]:
-    return sorted(t[0] for t in broker._targets(topic)[0])
+    return sorted(t.client_id for t in broker._targets(topic).normal)
 
 
 def test_read_rules_filter_the_cached_subscribers_and_a_reload_rebuilds_them(

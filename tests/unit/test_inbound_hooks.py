@@ -1,0 +1,273 @@
+"""The compiled side of the "message published" seam (hbroker_ext/inbound.pyx): the PUBLISH
+handler calls `Broker.message_published` only when `publish_hooks` is set, refuses a PUBLISH
+for an int reason code, and for a HeldAck writes no PUBACK itself: the acknowledgement goes
+out when every holder released it, in PUBLISH order [MQTT-4.6.0-2].
+
+`HeldAck` below is a test double that follows the contract of hbroker/acknowledgement.py
+(hold, routed, release, refuse; `conn.held_acks` in PUBLISH order, `conn.deferred` counting
+them), so that the handler's side is tested on its own."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from hbroker_ext.codec import (
+    PUBACK,
+    PUBREC,
+    Connect,
+    Framer,
+    Subscribe,
+    Subscription,
+    encode,
+    encode_ack,
+    encode_publish,
+)
+
+from hbroker.broker import Broker
+from hbroker.config import ListenerConfig, parse_config
+from hbroker.connection import Connection
+from hbroker.hooks import Hooks
+from hbroker.transports import Listener
+
+
+class HeldAck:
+    def __init__(self, conn: Any, msg: Any, packet_id: int) -> None:
+        self.conn = conn
+        self.msg = msg
+        self.packet_id = packet_id
+        self.code = 0
+        self.holders = 1  # the handler's, until routed()
+        self.done = False
+        if conn.held_acks is None:
+            conn.held_acks = deque()
+        conn.held_acks.append(self)
+        conn.deferred += 1
+
+    def hold(self) -> None:
+        self.holders += 1
+
+    def routed(self, reached: int) -> None:
+        if not reached and self.conn.protocol_version == 5:
+            self.code = 0x10
+        self.release()
+
+    def release(self) -> None:
+        self.holders -= 1
+        if self.holders == 0:
+            self.done = True
+            self._write_done()
+
+    def refuse(self, reason_code: int) -> None:
+        self.code = reason_code
+        self.holders = 0
+        self.done = True
+        self._write_done()
+
+    def _write_done(self) -> None:
+        conn = self.conn
+        out = []
+        while conn.held_acks and conn.held_acks[0].done:
+            ack = conn.held_acks.popleft()
+            conn.deferred -= 1
+            out.append(encode_ack(PUBACK if ack.msg.qos == 1 else PUBREC, ack.packet_id,
+                                  ack.code, conn.protocol_version))
+        if out:
+            conn.write_output(out)
+
+
+class HookedBroker(Broker):
+    """A broker with one hook providing "message published": `mode` None (no hold), "hold"
+    (holds every QoS 1/2 acknowledgement until the test releases it) or an int (refuse)."""
+
+    mode: Any = None
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.published: list[tuple[str, int]] = []
+        self.held: list[HeldAck] = []
+        self.dropped: list[tuple[str, Any, str]] = []
+
+    def message_published(self, conn: Any, msg: Any, packet_id: int) -> Any:
+        self.published.append((msg.topic, packet_id))
+        if isinstance(self.mode, int):
+            return self.mode
+        if self.mode == "hold" and packet_id:
+            ack = self.hold_ack(conn, msg, packet_id)
+            ack.hold()
+            self.held.append(ack)
+            return ack
+        return None
+
+    def hold_ack(self, conn: Any, msg: Any, packet_id: int) -> HeldAck:
+        return HeldAck(conn, msg, packet_id)
+
+    def message_dropped(self, msg: Any, client_id: Any, reason: str) -> None:
+        self.dropped.append((msg.topic, client_id, reason))
+
+
+class Loop:
+    def call_soon(self, callback: Any, *args: Any) -> None:
+        pass
+
+    def call_later(self, delay: float, callback: Any, *args: Any) -> None:
+        return None
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.data += b"".join(data)
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def broker(cls: type[Broker] = HookedBroker) -> Broker:
+    b = cls(parse_config({"storage": {"backend": "memory"}}, "<test>"), Hooks())
+    b.loop = Loop()  # type: ignore[assignment]
+    return b
+
+
+def connect(b: Broker, client_id: str, version: int = 5) -> tuple[Connection, Transport]:
+    conn = Connection(b, Listener(ListenerConfig()))
+    transport = Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(encode(Connect(client_id=client_id, clean_start=True, keepalive=60,
+                                      protocol_version=version), version))
+    b.flush()
+    transport.data = b""
+    return conn, transport
+
+
+def publishes(qos: int, ids: range, version: int = 5, topic: str = "t") -> bytes:
+    return b"".join(encode_publish(topic, b"x", qos, False, False, i, None, version)
+                    for i in ids)
+
+
+def acks(transport: Transport, version: int = 5) -> list[tuple[int, int, int]]:
+    packets = Framer(protocol_version=version).feed(transport.data)
+    return [(p.packet_type, p.packet_id, p.reason_code) for p in packets]
+
+
+def run(b: Broker, qos: int, version: int) -> tuple[bytes, bytes]:
+    """A subscriber and a publisher; three PUBLISHes: what each was written."""
+    sub, sub_t = connect(b, "sub", version)
+    sub.data_received(encode(Subscribe(1, [Subscription("t", qos)]), version))
+    b.flush()
+    sub_t.data = b""
+    pub, pub_t = connect(b, "pub", version)
+    pub.data_received(publishes(qos, range(1, 4), version))
+    b.flush()
+    return pub_t.data, sub_t.data
+
+
+def test_without_hooks_the_upcall_is_not_made_and_output_is_unchanged() -> None:
+    for qos in (0, 1, 2):
+        for version in (4, 5):
+            plain = run(broker(Broker), qos, version)
+            b = broker()
+            b.mode = "hold"  # would hold, if it were called
+            assert run(b, qos, version) == plain
+            assert b.published == []
+
+
+def test_a_hook_that_takes_no_hold_changes_nothing() -> None:
+    plain = run(broker(Broker), 1, 5)
+    b = broker()
+    b.publish_hooks = True
+    assert run(b, 1, 5) == plain
+    assert b.published == [("t", 1), ("t", 2), ("t", 3)]
+    assert b.held == []
+
+
+def test_a_held_puback_waits_for_release_and_acks_keep_publish_order() -> None:
+    b = broker()
+    b.publish_hooks = True
+    b.mode = "hold"
+    sub, sub_t = connect(b, "sub")
+    sub.data_received(encode(Subscribe(1, [Subscription("t", 1)]), 5))
+    pub, pub_t = connect(b, "pub")
+    pub.data_received(publishes(1, range(1, 4)))
+    b.flush()
+    assert acks(pub_t) == []  # routed, not acknowledged
+    assert len(b.held) == 3 and pub.deferred == 3
+    b.held[2].release()
+    b.held[1].release()
+    assert acks(pub_t) == []  # the first one still holds the others back
+    b.held[0].release()
+    assert acks(pub_t) == [(PUBACK, 1, 0), (PUBACK, 2, 0), (PUBACK, 3, 0)]
+    assert pub.deferred == 0
+    # A PUBLISH the hook does not hold waits behind one that is held.
+    b.mode = None
+    b.held.clear()
+    pub_t.data = b""
+    b.mode = "hold"
+    pub.data_received(publishes(1, range(4, 5)))
+    b.mode = None
+    pub.data_received(publishes(1, range(5, 6), topic="nobody"))
+    b.flush()
+    assert acks(pub_t) == []
+    b.held[0].release()
+    assert acks(pub_t) == [(PUBACK, 4, 0), (PUBACK, 5, 0x10)]
+
+
+def test_a_held_pubrec_records_the_qos2_packet_id() -> None:
+    b = broker()
+    b.publish_hooks = True
+    b.mode = "hold"
+    pub, pub_t = connect(b, "pub")
+    pub.data_received(publishes(2, range(7, 8)))
+    b.flush()
+    assert 7 in pub.session.awaiting_pubrel
+    assert acks(pub_t) == []
+    b.held[0].release()
+    assert acks(pub_t) == [(PUBREC, 7, 0x10)]
+
+
+def test_a_hook_refusal_is_answered_like_an_acl_refusal() -> None:
+    b = broker()
+    b.publish_hooks = True
+    b.drop_hooks = True
+    b.mode = 0x87
+    sub, sub_t = connect(b, "sub")
+    sub.data_received(encode(Subscribe(1, [Subscription("t", 1)]), 5))
+    b.flush()
+    sub_t.data = b""
+    pub, pub_t = connect(b, "pub")
+    pub.data_received(publishes(1, range(1, 2)))
+    b.flush()
+    assert acks(pub_t) == [(PUBACK, 1, 0x87)]
+    assert sub_t.data == b""
+    assert b.dropped == [("t", "pub", "not_authorized")]
+    assert b.stats.publish_dropped == 1
+
+
+def test_message_dropped_for_no_subscribers_only_with_drop_hooks() -> None:
+    b = broker()
+    pub, _ = connect(b, "pub")
+    pub.data_received(publishes(0, range(0, 1)))
+    assert b.dropped == []
+    b.drop_hooks = True
+    pub.data_received(publishes(0, range(0, 1)))
+    assert b.dropped == [("t", "pub", "no_subscribers")]
