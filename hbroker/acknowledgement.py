@@ -83,20 +83,9 @@ def _write_grouped_now(conn: Any) -> None:
             conn.write_output(out)
 
 
-# Connection -> its HeldAcks in PUBLISH order, for connections without a `held_acks`
-# attribute: a stand-in until the compiled ConnectionCore declares `held_acks`; with it, this
-# dict stays empty. An entry goes when its queue empties.
-_held_acks_fallback: dict[Any, deque] = {}
-
-
 def _queue(conn: Any) -> deque:
-    try:
-        queue = conn.held_acks
-    except AttributeError:
-        queue = _held_acks_fallback.get(conn)
-        if queue is None:
-            queue = _held_acks_fallback[conn] = deque()
-        return queue
+    """The connection's HeldAcks in PUBLISH order (ConnectionCore.held_acks)."""
+    queue = conn.held_acks
     if queue is None:
         queue = conn.held_acks = deque()
     return queue
@@ -104,25 +93,7 @@ def _queue(conn: Any) -> deque:
 
 def _forget_queue(conn: Any) -> None:
     """The connection holds no acknowledgement any more."""
-    try:
-        conn.held_acks = None
-    except AttributeError:
-        _held_acks_fallback.pop(conn, None)
-
-
-def _release_qos2(session: Any, packet_id: int) -> None:
-    """Free an incoming QoS 2 packet id whose PUBLISH was refused."""
-    release = getattr(session, "release_qos2", None)
-    if release is not None:
-        release(packet_id)
-        return
-    # Stand-in until the compiled Session.release_qos2 exists: the bookkeeping it replaces
-    # (the id no longer awaits PUBREL, recorded when the session is durable).
-    if packet_id in session.awaiting_pubrel:
-        session.awaiting_pubrel.discard(packet_id)
-        journal = session.journal
-        if journal is not None and session.expiry_interval:
-            journal.qos2_changed(session, packet_id)
+    conn.held_acks = None
 
 
 class HeldAck:
@@ -208,7 +179,7 @@ class HeldAck:
         if broker.drop_hooks:
             broker.message_dropped(self.msg, conn.client_id, reason)
         if self.msg.qos == 2 and self.session is not None:
-            _release_qos2(self.session, self.packet_id)
+            self.session.release_qos2(self.packet_id)
         self.state = _REFUSED
         self._settle()
 

@@ -13,7 +13,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from hbroker_ext.codec import MESSAGE_EXPIRY_INTERVAL
-from hbroker_ext.routing import BrokerCore, Targets
+from hbroker_ext.routing import BrokerCore, ConnectionCore, Targets
 from hbroker_ext.topics import RetainedTree, SubscriptionTree
 
 from hbroker import hooks as events
@@ -31,8 +31,6 @@ from hbroker.sys_topics import SysPublisher
 if TYPE_CHECKING:
     from hbroker_ext.routing import PublishQuota
 
-    from hbroker.connection import Connection
-    from hbroker.inprocess import InProcessClient
     from hbroker.storage.journal import Journal
 
 log = logging.getLogger("hbroker.broker")
@@ -40,34 +38,6 @@ log = logging.getLogger("hbroker.broker")
 SWEEP_INTERVAL = 0.5
 # The compiled base's `hooks` field, behind Broker.hooks (which also sets the hook flags).
 _CORE_HOOKS = BrokerCore.hooks
-
-
-class _StorageAck:
-    """The part of a HeldAck the PUBLISH handler uses when storage defers an acknowledgement
-    (`journal.defer(ack, msg, previous)`, then `ack.routed(reached)`), made from the journal's
-    `defer(conn, msg, packet_id, reached, previous)`, which acknowledges after the commit."""
-
-    __slots__ = ("journal", "conn", "msg", "packet_id", "previous")
-
-    def __init__(self, journal: Journal, conn: Connection, msg: Message, packet_id: int) -> None:
-        self.journal = journal
-        self.conn = conn
-        self.msg = msg
-        self.packet_id = packet_id
-        self.previous: Message | None = None
-        if "defer" not in vars(journal):
-            # The handler's call, journal.defer(ack, msg, previous), records `previous`;
-            # routed() then calls the journal's own defer.
-            journal.defer = _StorageAck.note_previous  # type: ignore[method-assign]
-
-    @staticmethod
-    def note_previous(ack: _StorageAck, msg: Message, previous: Message | None) -> None:
-        ack.previous = previous
-
-    def routed(self, reached: int) -> None:
-        journal = self.journal
-        type(journal).defer(journal, self.conn, self.msg, self.packet_id, reached,
-                            self.previous)
 
 
 class Broker(BrokerCore):
@@ -86,7 +56,7 @@ class Broker(BrokerCore):
         self.sessions: dict[str, Session] = {}
         self.subscriptions = SubscriptionTree()
         self.retained = RetainedTree()
-        self.connections: set[Connection] = set()
+        self.connections: set[ConnectionCore] = set()
         self.stats = Stats()
         self.started = time.monotonic()
         self.started_wall = time.time()
@@ -106,11 +76,11 @@ class Broker(BrokerCore):
         # reading is paused for their publish rate -> when to resume (by the sweep).
         self.connection_rate = ConnectionRate(config.quotas)
         self.topic_limits = topic_limits(config.quotas)
-        self.throttled: dict[Connection, float] = {}
+        self.throttled: dict[ConnectionCore, float] = {}
         # Connections closing gracefully after a DISCONNECT or a refusing CONNACK -> (when the
         # sweep aborts them, their transport): see Connection._linger.
-        self.lingering: dict[Connection, tuple[float, asyncio.BaseTransport]] = {}
-        self._dirty: list[Connection] = []
+        self.lingering: dict[ConnectionCore, tuple[float, asyncio.BaseTransport]] = {}
+        self._dirty: list[ConnectionCore] = []
         self.flush_scheduled = False
         # Durable state (None with the memory backend): see hbroker.storage.journal.
         self.journal: Journal | None = None
@@ -134,7 +104,7 @@ class Broker(BrokerCore):
         self.publish_hooks = bool(hooks.on_message_published)
         self.drop_hooks = bool(hooks.on_message_dropped)
 
-    def message_published(self, conn: Connection, msg: Message, packet_id: int
+    def message_published(self, conn: ConnectionCore, msg: Message, packet_id: int
                           ) -> HeldAck | int | None:
         """A client's PUBLISH passed every check and is about to be routed (called only when
         a hook provides on_message_published). Returns None to go on as usual, a reason code
@@ -163,7 +133,7 @@ class Broker(BrokerCore):
         ack.deciding = False
         return ack
 
-    def hold_ack(self, conn: Connection, msg: Message, packet_id: int) -> HeldAck:
+    def hold_ack(self, conn: ConnectionCore, msg: Message, packet_id: int) -> HeldAck:
         """A new HeldAck for a QoS 1/2 PUBLISH (storage defers its acknowledgement, or the
         connection has earlier ones held: acknowledgements go out in order)."""
         return HeldAck(conn, msg, packet_id)
@@ -176,15 +146,6 @@ class Broker(BrokerCore):
                 hook(client_id, msg, reason)
             except Exception:
                 log.exception("on_message_dropped hook failed")
-
-    def client(self, client_id: str, username: str | None = None,
-               password: bytes | None = None, **options: Any) -> InProcessClient:
-        """A client of this broker inside its process, for extensions (a bridge, a rule,
-        the control plane): `await client.connect()`, then publish and subscribe as any
-        client, with the same ACL and quota checks (hbroker.inprocess)."""
-        from hbroker.inprocess import InProcessClient
-
-        return InProcessClient(self, client_id, username, password, **options)
 
     def _hook_client(self, session: Session) -> ClientInfo:
         conn = session.connection
@@ -240,7 +201,7 @@ class Broker(BrokerCore):
     def assign_client_id(self) -> str:
         return f"auto-{uuid.uuid4()}"
 
-    def open_session(self, conn: Connection, client_id: str, clean_start: bool,
+    def open_session(self, conn: ConnectionCore, client_id: str, clean_start: bool,
                      protocol_version: int, now: float) -> tuple[Session, bool]:
         """Attach a session to a connection whose CONNECT was accepted; returns (session,
         session_present). An existing connection with the same client id is taken over."""
@@ -305,7 +266,7 @@ class Broker(BrokerCore):
             info = ClientInfo(client_id, None, "", protocol_version, "")
         return info
 
-    def client_gone(self, conn: Connection, publish_will: bool, now: float) -> None:
+    def client_gone(self, conn: ConnectionCore, publish_will: bool, now: float) -> None:
         """The connection of a session closed (any reason). Decides the will and expiry."""
         session = conn.session
         conn.session = None
@@ -422,12 +383,6 @@ class Broker(BrokerCore):
         return reached
 
     # _targets(topic) -> Targets: compiled, BrokerCore._targets (the match cache).
-
-    def hold_ack(self, conn: Connection, msg: Message, packet_id: int) -> _StorageAck:
-        """The acknowledgement of a PUBLISH that waits for its storage commit. Until
-        hbroker.acknowledgement.HeldAck replaces it, the journal's `defer(conn, msg,
-        packet_id, reached, previous)` is called from `routed()`."""
-        return _StorageAck(self.journal, conn, msg, packet_id)
 
     # -- read ACL ----------------------------------------------------------------------
 

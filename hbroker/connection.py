@@ -43,7 +43,7 @@ from hbroker.connect import PROTOCOL_MAX_PACKET_SIZE, SESSION_EXPIRY_NEVER
 from hbroker.hooks import ClientInfo
 from hbroker.quotas import REFUSAL_LOG_INTERVAL
 from hbroker.reason_codes import ReasonCode, connack_code_for, reason_name
-from hbroker.session import NEVER, Message
+from hbroker.session import NEVER
 from hbroker.subscription import SubscriptionOptions
 
 if TYPE_CHECKING:
@@ -202,9 +202,6 @@ class Connection(ConnectionCore, asyncio.Protocol):
         PUBLISHes, PINGRESP)."""
         self.write_output([data])
 
-    def transport_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport else 0
-
     # -- closing ---------------------------------------------------------------------
 
     def disconnect(self, reason_code: int, reason: str, publish_will: bool) -> None:
@@ -307,7 +304,7 @@ class Connection(ConnectionCore, asyncio.Protocol):
 
     # The refusals of a PUBLISH (payload format, topic limits, $SYS, ACL, a hook, the
     # publish rate, storage) and the publish-rate throttle are compiled next to the PUBLISH
-    # handler: hbroker_ext/inbound.pyx. `refuse_unstored` is a method of ConnectionCore.
+    # handler: hbroker_ext/inbound.pyx.
 
     def end_throttle(self, now: float) -> None:
         if self.closing or self.transport is None:

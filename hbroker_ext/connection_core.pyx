@@ -73,10 +73,6 @@ cdef class ConnectionCore:
             self.broker._mark_dirty(self)
         self.out.append(data)
 
-    def refuse_unstored(self, Message msg, int packet_id, bint full):
-        """A QoS 1/2 PUBLISH that storage could not take (inbound.pyx, `_refuse_unstored`)."""
-        _refuse_unstored(self, msg, packet_id, full)
-
     # -- upcalls (hbroker.connection.Connection overrides them) ------------------------------
 
     cpdef protocol_error(self, int reason_code, str message):

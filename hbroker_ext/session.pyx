@@ -123,11 +123,6 @@ cdef class Session:
             self.awaiting_pubrel = set()
         self.awaiting_pubrel.add(packet_id)
 
-    def await_pubrel(self, int packet_id):
-        """The former name of `restore_qos2`, for hbroker.storage.restore until it calls
-        that."""
-        self.restore_qos2(packet_id)
-
     cdef void _enqueue(self, Delivery delivery) except *:
         cdef Py_ssize_t size = len(delivery.message.payload)
         if (len(self.queue) >= self.max_queued_messages

@@ -34,7 +34,7 @@ class TemperatureAlerts(Hook):
 
     def on_start(self, broker: Any) -> None:
         # on_start runs before the listeners accept clients; connecting waits for the loop.
-        self.client = broker.client("rule-temperature-alerts", username="rules")
+        self.client = InProcessClient(broker, "rule-temperature-alerts", username="rules")
         self.task = broker.loop.create_task(self.run())
 
     async def run(self) -> None:

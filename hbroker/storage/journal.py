@@ -353,16 +353,11 @@ class Journal:
 
     # -- deferred PUBLISH --------------------------------------------------------------------
 
-    def defer(self, ack: Acknowledgement, msg: Message, retained_before: Message | None,
-              *legacy: Any) -> None:
+    def defer(self, ack: Acknowledgement, msg: Message,
+              retained_before: Message | None) -> None:
         """`msg` was just routed (sync mode): its acknowledgement `ack` waits for the commit
         of what that changed (the journal holds it until then). `retained_before`: the
         retained message of its topic before it was routed, if it is retained."""
-        if legacy:  # TEMPORARY (hbroker/storage/_compat_defer.py): remove with that file
-            from hbroker.storage._compat_defer import LegacyAck
-
-            packet_id, reached, retained_before = retained_before, *legacy
-            ack = LegacyAck(ack, msg, packet_id, reached)  # type: ignore[arg-type]
         ack.hold()
         after = self.broker.retained.get(msg.topic) if msg.retain else None
         self.current.deferred.append(Deferred(ack, msg, retained_before, after))

@@ -144,10 +144,7 @@ def restore(broker: Target, state: StoredState) -> dict[str, int]:
     for client_id, packet_id in state.incoming_qos2:
         session = sessions.get(client_id)
         if session is not None:
-            # TEMPORARY fallback until Session.restore_qos2 exists (it records nothing, as
-            # await_pubrel does): then `session.restore_qos2(packet_id)` only.
-            restore_qos2 = getattr(session, "restore_qos2", None) or session.await_pubrel
-            restore_qos2(packet_id)
+            session.restore_qos2(packet_id)
 
     # A message row no delivery references is deleted with the next commit. (The journal
     # deletes a message row in the commit that deletes its last delivery, so these are rows

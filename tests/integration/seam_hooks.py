@@ -42,7 +42,7 @@ class Probe(Hook):
         self.client: InProcessClient | None = None
 
     def on_start(self, broker: Any) -> None:
-        self.client = broker.client("probe", username="rules")
+        self.client = InProcessClient(broker, "probe", username="rules")
         broker.loop.create_task(self.run())
 
     async def run(self) -> None:

@@ -128,13 +128,7 @@ class HeldAck:
         conn, session = self.conn, self.conn.session
         conn.refused.append((self.packet_id, reason_code))
         if self.msg.qos == 2:
-            release = getattr(session, "release_qos2", None)
-            if release is not None:
-                release(self.packet_id)
-            elif self.packet_id in session.awaiting_pubrel:  # until Session.release_qos2
-                session.awaiting_pubrel.discard(self.packet_id)
-                if session.expiry_interval and session.journal is not None:
-                    session.journal.qos2_changed(session, self.packet_id)
+            session.release_qos2(self.packet_id)
         assert conn.held_acks is not None
         conn.held_acks.remove(self)
         conn.deferred -= 1
@@ -249,13 +243,7 @@ class Harness:
         msg = Message(topic, payload, qos, retain, None, 0.0, publisher.client_id)
         ack = HeldAck(publisher, msg, packet_id)
         if qos == 2:
-            receive = getattr(session, "receive_qos2", None)
-            if receive is not None:
-                receive(packet_id)
-            else:  # until Session.receive_qos2
-                session.await_pubrel(packet_id)
-                if session.expiry_interval:
-                    self.journal.qos2_changed(session, packet_id)
+            session.receive_qos2(packet_id)
         previous = broker.retained.get(topic) if retain else None
         reached = broker.publish(msg, time.monotonic())
         self.journal.defer(ack, msg, previous)

@@ -15,6 +15,7 @@ from hbroker.acknowledgement import HeldAck, grouped
 from hbroker.broker import Broker, SubscriptionOptions
 from hbroker.config import load_config
 from hbroker.hooks import ClientInfo, Hook, Hooks
+from hbroker.inprocess import InProcessClient
 from hbroker.session import Message
 from hbroker.stats import Stats
 
@@ -497,12 +498,12 @@ def test_the_in_process_client_publishes_and_receives_under_the_acl():
     async def body(broker):
         import asyncio
 
-        rule = broker.client("rule", username="rules")
+        rule = InProcessClient(broker, "rule", username="rules")
         assert await rule.connect() is False
         got: list[Received] = []
         assert await rule.subscribe("sensors/#", got.append, qos=1) == 1
         assert await rule.subscribe("secret/#", got.append, qos=1) == 0x87
-        sensor = broker.client("sensor", protocol_version=4)
+        sensor = InProcessClient(broker, "sensor", protocol_version=4)
         await sensor.connect()
         assert await sensor.publish("sensors/1", b"a", qos=1) == 0
         assert await sensor.publish("sensors/2", "b", qos=2) == 0
@@ -532,14 +533,14 @@ def test_session_events_through_in_process_clients():
     async def body(broker):
         import asyncio
 
-        first = broker.client("dev", clean_start=False, session_expiry=60)
+        first = InProcessClient(broker, "dev", clean_start=False, session_expiry=60)
         await first.connect()
-        second = broker.client("dev", clean_start=False, session_expiry=60)
+        second = InProcessClient(broker, "dev", clean_start=False, session_expiry=60)
         assert await second.connect() is True
         while not first.closed:
             await asyncio.sleep(0)
         await second.close()
-        third = broker.client("dev", clean_start=True)
+        third = InProcessClient(broker, "dev", clean_start=True)
         assert await third.connect() is False
         await third.close()
         while broker.connections:
@@ -561,7 +562,7 @@ def test_a_refused_connect_raises():
     async def body(broker):
         strict = ListenerConfig(type="tcp", name="inprocess", allow_anonymous=False, auth=())
         try:
-            await broker.client("anon", listener=strict).connect()
+            await InProcessClient(broker, "anon", listener=strict).connect()
         except ConnectionRefused as exc:
             return exc.reason_code
         return None
@@ -573,7 +574,7 @@ def test_held_acks_on_a_real_connection_go_out_in_order():
     async def body(broker):
         import asyncio
 
-        client = broker.client("held")
+        client = InProcessClient(broker, "held")
         await client.connect()
         conn = client.connection
         first = broker.hold_ack(conn, message(1), 1)

@@ -34,13 +34,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hbroker.config", "hbroker.reason_codes", "hbroker.log", "hbroker"),
 )
 
-# Modules that still import a higher layer on this branch because another change owns them.
-KNOWN_UPWARD = {
-    "hbroker.broker": "imports hbroker.connection (Connection) under TYPE_CHECKING",
-    "hbroker.storage.journal": "imports hbroker.broker and hbroker.connection under "
-                               "TYPE_CHECKING",
-    "hbroker.storage.restore": "imports hbroker.broker (Broker) under TYPE_CHECKING",
-}
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,11 +90,7 @@ def test_every_module_has_a_layer():
     assert [m for m in MODULES if layer(m) is None] == []
 
 
-@pytest.mark.parametrize("module", [
-    pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=KNOWN_UPWARD[m]))
-    if m in KNOWN_UPWARD else m
-    for m in MODULES
-])
+@pytest.mark.parametrize("module", list(MODULES))
 def test_module_imports_no_higher_layer(module: str):
     assert upward(module) == []
 
