@@ -127,19 +127,6 @@ def _storage_inspect(config: Any, as_json: bool) -> int:
     return 0
 
 
-def _serve_with(config: Any, early_sighups: list[int], extra: list[Any]) -> int:
-    """`serve`, with the hooks given by --hook after those the configuration builds (a
-    SIGHUP reload replaces only the auth hooks: these stay)."""
-    import uvloop
-
-    from hbroker.hooks import Hooks
-    from hbroker.server import Server
-
-    server = Server(config)
-    server.broker.hooks = Hooks([*server.broker.hooks.hooks, *extra])
-    return uvloop.run(server.run(early_sighups))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.version:
@@ -198,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hbroker: {exc}", file=sys.stderr)
             return 2
         try:
-            if extra:
-                return _serve_with(config, early_sighups, extra)
-            return serve(config, early_sighups)
+            return serve(config, early_sighups, extra)
         except ConfigError as exc:  # a password or ACL file that cannot be used
             print(f"hbroker: {config.source or '<default>'}: {exc}", file=sys.stderr)
             return 2

@@ -10,13 +10,14 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Sequence
 
 from hbroker import auth
 from hbroker import log as hlog
 from hbroker.broker import Broker
 from hbroker.config import Config, ConfigError, load_config
 from hbroker.connection import Connection
-from hbroker.hooks import Hooks
+from hbroker.hooks import Hook, Hooks
 from hbroker.storage import StorageError, open_backend
 from hbroker.storage.journal import Journal
 from hbroker.storage.restore import restore
@@ -36,9 +37,11 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, extra_hooks: Sequence[Hook] = ()) -> None:
+        """`extra_hooks` (`hbroker serve --hook`) come after the hooks the configuration
+        builds; a SIGHUP reload replaces only the latter."""
         self.config = config
-        self.broker = Broker(config, Hooks(auth.build_hooks(config)))
+        self.broker = Broker(config, Hooks([*auth.build_hooks(config), *extra_hooks]))
         self.listeners: list[Listener] = []
         self.stopping: asyncio.Event | None = None
         self.started = False
@@ -189,7 +192,8 @@ def notify_systemd(state: str) -> None:
         log.warning("cannot notify systemd (%s): %s", path, exc)
 
 
-def serve(config: Config, early_sighups: list[int] | None = None) -> int:
+def serve(config: Config, early_sighups: list[int] | None = None,
+          extra_hooks: Sequence[Hook] = ()) -> int:
     import uvloop
 
-    return uvloop.run(Server(config).run(early_sighups))
+    return uvloop.run(Server(config, extra_hooks).run(early_sighups))
