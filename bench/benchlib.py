@@ -112,9 +112,16 @@ def stale_extensions(root: Path | None = None) -> list[str]:
     """Cython sources newer than the extension built from them: a run would measure old
     code."""
     ext = (root or ROOT) / "hbroker_ext"
+    # A .pyx compiled as part of another module (`include "session.pyx"` in routing.pyx) is
+    # built into that module's extension.
+    includer: dict[str, str] = {}
+    for module in ext.glob("*.pyx"):
+        for line in module.read_text(encoding="utf-8").splitlines():
+            if line.startswith("include "):
+                includer[line.split(None, 1)[1].strip().strip("\"'")] = module.stem
     stale = []
     for src in sorted([*ext.glob("*.pyx"), *ext.glob("*.pxd")]):
-        built = list(ext.glob(src.stem + ".*.so"))
+        built = list(ext.glob(includer.get(src.name, src.stem) + ".*.so"))
         if src.suffix == ".pxd" and not built:
             continue  # declarations only, cimported by modules checked on their own
         if not built or max(p.stat().st_mtime for p in built) < src.stat().st_mtime:

@@ -273,3 +273,18 @@ def test_readme_block_is_rewritten_from_the_results(repo: Path) -> None:
     assert readme.update(repo)
     assert "`micro.json`: commit 000000000000 is not in this repository" in block_of(
         (repo / "README.md").read_text())
+
+
+def test_an_included_pyx_is_checked_against_the_extension_that_includes_it(tmp_path):
+    ext = tmp_path / "hbroker_ext"
+    ext.mkdir()
+    (ext / "session.pyx").write_text("cdef class Session:\n    pass\n")
+    (ext / "routing.pyx").write_text('include "session.pyx"\n')
+    built = ext / "routing.cpython-311-x86_64-linux-gnu.so"
+    built.write_bytes(b"")
+    os.utime(ext / "session.pyx", (1000, 1000))
+    os.utime(ext / "routing.pyx", (1000, 1000))
+    os.utime(built, (2000, 2000))
+    assert benchlib.stale_extensions(tmp_path) == []
+    os.utime(ext / "session.pyx", (3000, 3000))
+    assert benchlib.stale_extensions(tmp_path) == ["session.pyx"]
