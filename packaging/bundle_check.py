@@ -45,6 +45,15 @@ _PYX_IMPORT = re.compile(r"^\s*(?:import\s+([\w.]+(?:\s*,\s*[\w.]+)*)|from\s+([\
                          re.MULTILINE)
 
 
+def included_sources(directory: Path) -> set[str]:
+    """The `.pyx` files of `directory` compiled as part of another module (`include
+    "session.pyx"` in routing.pyx): not modules of their own."""
+    return {line.split(None, 1)[1].strip().strip("\"'")
+            for pyx in directory.glob("*.pyx")
+            for line in pyx.read_text(encoding="utf-8").splitlines()
+            if line.startswith("include ")}
+
+
 def first_party_modules(root: Path) -> list[str]:
     """Every module of hbroker and hbroker_ext, from the files of the source tree: `.py`
     modules and the `.pyx` sources of the compiled extensions. `hbroker/__main__.py` (for
@@ -54,6 +63,8 @@ def first_party_modules(root: Path) -> list[str]:
     for package in FIRST_PARTY:
         for path in (root / package).rglob("*"):
             if path.suffix not in (".py", ".pyx") or "__pycache__" in path.parts:
+                continue
+            if path.suffix == ".pyx" and path.name in included_sources(path.parent):
                 continue
             parts = list(path.relative_to(root).with_suffix("").parts)
             if parts[-1] == "__main__":
