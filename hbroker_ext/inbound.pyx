@@ -98,7 +98,14 @@ cdef _handle_publish(ConnectionCore conn, Publish p):
     if qos == 2:
         pid = p.packet_id
         if pid in session.awaiting_pubrel:
-            # [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is not delivered again.
+            # [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is not delivered again. Its PUBREC
+            # (success: the message was accepted before) waits behind the connection's held
+            # acknowledgements, as any other would [MQTT-4.6.0-2].
+            if conn.deferred:
+                broker.hold_ack(conn, _new_message(topic, p.payload, qos, retain, props,
+                                                   expires_at, conn.client_id),
+                                pid).routed(1)  # not "no matching subscribers": code 0
+                return
             conn._write(encode_ack(T_PUBREC, pid, RC_SUCCESS, conn.protocol_version))
             return
         if conn.protocol_version == 5 and len(session.awaiting_pubrel) >= broker.max_inflight:

@@ -245,6 +245,31 @@ def test_a_held_pubrec_records_the_qos2_packet_id() -> None:
     assert acks(pub_t) == [(PUBREC, 7, 0x10)]
 
 
+def test_a_resent_qos2_publish_is_acknowledged_behind_held_acknowledgements() -> None:
+    """The PUBREC of a duplicate (its packet id awaits PUBREL) does not overtake earlier
+    acknowledgements still held [MQTT-4.6.0-2]; it says success, and nothing is routed."""
+    b = broker()
+    b.publish_hooks = True
+    b.mode = "hold"
+    pub, pub_t = connect(b, "pub")
+    pub.data_received(publishes(1, range(1, 2)))
+    b.mode = None
+    pub.data_received(publishes(2, range(2, 3)))
+    pub.data_received(publishes(2, range(2, 3)))  # re-sent
+    b.flush()
+    assert b.published == [("t", 1), ("t", 2)]
+    assert acks(pub_t) == []
+    assert pub.deferred == 3
+    b.held[0].release()
+    assert acks(pub_t) == [(PUBACK, 1, 0x10), (PUBREC, 2, 0x10), (PUBREC, 2, 0)]
+    assert pub.deferred == 0
+    # With nothing held, it is answered at once.
+    pub_t.data = b""
+    pub.data_received(publishes(2, range(2, 3)))
+    b.flush()
+    assert acks(pub_t) == [(PUBREC, 2, 0)]
+
+
 def test_a_hook_refusal_is_answered_like_an_acl_refusal() -> None:
     b = broker()
     b.publish_hooks = True
