@@ -131,7 +131,7 @@ cdef _handle_publish(ConnectionCore conn, Publish p):
     if broker.publish_hooks:
         ack = broker.message_published(conn, msg, pid)
         if ack is not None and isinstance(ack, int):
-            _refuse_publish(conn, p, <int>ack, "refused by a hook", DROP_NOT_AUTHORIZED)
+            _refuse_publish(conn, p, <int>ack, "refused by a hook", DROP_REFUSED)
             return
     journal = broker.journal
     defer = False

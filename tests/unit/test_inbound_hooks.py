@@ -284,7 +284,7 @@ def test_a_hook_refusal_is_answered_like_an_acl_refusal() -> None:
     b.flush()
     assert acks(pub_t) == [(PUBACK, 1, 0x87)]
     assert sub_t.data == b""
-    assert b.dropped == [("t", "pub", "not_authorized")]
+    assert b.dropped == [("t", "pub", "refused")]
     assert b.stats.publish_dropped == 1
 
 

@@ -4,9 +4,10 @@ hbroker.reason_codes, packet types and property ids with hbroker_ext.codec, deli
 and acknowledgement outcomes with the names hbroker.session exports."""
 
 import hbroker_ext.codec as codec
+import hbroker_ext.routing as routing
 from hbroker_ext.routing import CONSTANTS
 
-from hbroker import session
+from hbroker import hooks, session
 from hbroker.reason_codes import ReasonCode
 
 
@@ -31,3 +32,12 @@ def test_states_and_outcomes_match_the_python_names() -> None:
     assert session.ACK_UNKNOWN == CONSTANTS["A_UNKNOWN"]
     assert session.ACK_WRONG_TYPE == CONSTANTS["A_WRONG_TYPE"]
     assert len(set(CONSTANTS[n] for n in ("A_ACCEPTED", "A_UNKNOWN", "A_WRONG_TYPE"))) == 3
+
+
+def test_drop_reasons_match_hbroker_hooks() -> None:
+    """The compiled code's DROP_* strings are hbroker.hooks's reasons of on_message_dropped,
+    every one of them."""
+    drops = {name: getattr(routing, name) for name in dir(routing) if name.startswith("DROP_")}
+    for name, value in drops.items():
+        assert getattr(hooks, name.removeprefix("DROP_")) == value, name
+    assert sorted(drops.values()) == sorted(hooks.DROP_REASONS)
