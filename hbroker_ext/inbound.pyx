@@ -275,7 +275,14 @@ cdef void _throttle(ConnectionCore conn, double resume_at) except *:
     throttled[conn] = resume_at
 
 
+# The names of the reason codes this file logs, in hbroker.reason_codes.reason_name's wording
+# (checked equal by tests/unit/test_protocol_constants.py).
+REASON_NAMES = {
+    RC_QUOTA_EXCEEDED: "quota exceeded",
+    RC_MESSAGE_RATE_TOO_HIGH: "message rate too high",
+}
+
+
 cdef str _reason_name(int code):
-    """A reason code's name for a log line (hbroker.reason_codes.reason_name)."""
-    from hbroker.reason_codes import reason_name  # the log line's wording; cold path
-    return reason_name(code)
+    """A reason code's name for a log line."""
+    return REASON_NAMES.get(code) or f"reason 0x{code:02x}"

@@ -8,7 +8,7 @@ import hbroker_ext.routing as routing
 from hbroker_ext.routing import CONSTANTS
 
 from hbroker import hooks, session
-from hbroker.reason_codes import ReasonCode
+from hbroker.reason_codes import ReasonCode, reason_name
 
 
 def test_reason_codes_match_reason_codes_py() -> None:
@@ -16,6 +16,12 @@ def test_reason_codes_match_reason_codes_py() -> None:
     assert codes
     for name, value in codes.items():
         assert ReasonCode[name.removeprefix("RC_")] == value, name
+
+
+def test_logged_reason_names_match_reason_codes_py() -> None:
+    assert routing.REASON_NAMES
+    for code, name in routing.REASON_NAMES.items():
+        assert reason_name(code) == name, hex(code)
 
 
 def test_packet_types_and_property_ids_match_the_codec() -> None:
