@@ -3,13 +3,10 @@ handler calls `Broker.message_published` only when `publish_hooks` is set, refus
 for an int reason code, and for a HeldAck writes no PUBACK itself: the acknowledgement goes
 out when every holder released it, in PUBLISH order [MQTT-4.6.0-2].
 
-`HeldAck` below is a test double that follows the contract of hbroker/acknowledgement.py
-(hold, routed, release, refuse; `conn.held_acks` in PUBLISH order, `conn.deferred` counting
-them), so that the handler's side is tested on its own."""
+The acknowledgements are hbroker.acknowledgement's HeldAcks, made by `Broker.hold_ack`."""
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from hbroker_ext.codec import (
@@ -20,60 +17,15 @@ from hbroker_ext.codec import (
     Subscribe,
     Subscription,
     encode,
-    encode_ack,
     encode_publish,
 )
 
+from hbroker.acknowledgement import HeldAck
 from hbroker.broker import Broker
 from hbroker.config import ListenerConfig, parse_config
 from hbroker.connection import Connection
 from hbroker.hooks import Hooks
 from hbroker.transports import Listener
-
-
-class HeldAck:
-    def __init__(self, conn: Any, msg: Any, packet_id: int) -> None:
-        self.conn = conn
-        self.msg = msg
-        self.packet_id = packet_id
-        self.code = 0
-        self.holders = 1  # the handler's, until routed()
-        self.done = False
-        if conn.held_acks is None:
-            conn.held_acks = deque()
-        conn.held_acks.append(self)
-        conn.deferred += 1
-
-    def hold(self) -> None:
-        self.holders += 1
-
-    def routed(self, reached: int) -> None:
-        if not reached and self.conn.protocol_version == 5:
-            self.code = 0x10
-        self.release()
-
-    def release(self) -> None:
-        self.holders -= 1
-        if self.holders == 0:
-            self.done = True
-            self._write_done()
-
-    def refuse(self, reason_code: int) -> None:
-        self.code = reason_code
-        self.holders = 0
-        self.done = True
-        self._write_done()
-
-    def _write_done(self) -> None:
-        conn = self.conn
-        out = []
-        while conn.held_acks and conn.held_acks[0].done:
-            ack = conn.held_acks.popleft()
-            conn.deferred -= 1
-            out.append(encode_ack(PUBACK if ack.msg.qos == 1 else PUBREC, ack.packet_id,
-                                  ack.code, conn.protocol_version))
-        if out:
-            conn.write_output(out)
 
 
 class HookedBroker(Broker):
@@ -98,9 +50,6 @@ class HookedBroker(Broker):
             self.held.append(ack)
             return ack
         return None
-
-    def hold_ack(self, conn: Any, msg: Any, packet_id: int) -> HeldAck:
-        return HeldAck(conn, msg, packet_id)
 
     def message_dropped(self, msg: Any, client_id: Any, reason: str) -> None:
         self.dropped.append((msg.topic, client_id, reason))
