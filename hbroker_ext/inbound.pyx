@@ -98,7 +98,14 @@ cdef _handle_publish(ConnectionCore conn, Publish p):
     if qos == 2:
         pid = p.packet_id
         if pid in session.awaiting_pubrel:
-            # [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is not delivered again.
+            # [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is not delivered again. Its PUBREC
+            # (success: the message was accepted before) waits behind the connection's held
+            # acknowledgements, as any other would [MQTT-4.6.0-2].
+            if conn.deferred:
+                broker.hold_ack(conn, _new_message(topic, p.payload, qos, retain, props,
+                                                   expires_at, conn.client_id),
+                                pid).routed(1)  # not "no matching subscribers": code 0
+                return
             conn._write(encode_ack(T_PUBREC, pid, RC_SUCCESS, conn.protocol_version))
             return
         if conn.protocol_version == 5 and len(session.awaiting_pubrel) >= broker.max_inflight:
@@ -124,7 +131,7 @@ cdef _handle_publish(ConnectionCore conn, Publish p):
     if broker.publish_hooks:
         ack = broker.message_published(conn, msg, pid)
         if ack is not None and isinstance(ack, int):
-            _refuse_publish(conn, p, <int>ack, "refused by a hook", DROP_NOT_AUTHORIZED)
+            _refuse_publish(conn, p, <int>ack, "refused by a hook", DROP_REFUSED)
             return
     journal = broker.journal
     defer = False
@@ -268,7 +275,14 @@ cdef void _throttle(ConnectionCore conn, double resume_at) except *:
     throttled[conn] = resume_at
 
 
+# The names of the reason codes this file logs, in hbroker.reason_codes.reason_name's wording
+# (checked equal by tests/unit/test_protocol_constants.py).
+REASON_NAMES = {
+    RC_QUOTA_EXCEEDED: "quota exceeded",
+    RC_MESSAGE_RATE_TOO_HIGH: "message rate too high",
+}
+
+
 cdef str _reason_name(int code):
-    """A reason code's name for a log line (hbroker.reason_codes.reason_name)."""
-    from hbroker.reason_codes import reason_name  # the log line's wording; cold path
-    return reason_name(code)
+    """A reason code's name for a log line."""
+    return REASON_NAMES.get(code) or f"reason 0x{code:02x}"

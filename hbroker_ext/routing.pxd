@@ -192,6 +192,8 @@ cdef class Session:
     cpdef int on_pubrec(self, int packet_id, int reason_code) except -1
     cpdef int on_pubcomp(self, int packet_id, double now) except -1
     cdef void _completed(self, int packet_id, Delivery delivery, double now) except *
+    cpdef restore_delivery(self, Delivery delivery)
+    cpdef list withdraw(self, object refused)
 
 
 # -- fanout.pyx ------------------------------------------------------------------------------

@@ -59,7 +59,8 @@ ACK_ACCEPTED = A_ACCEPTED
 ACK_UNKNOWN = A_UNKNOWN
 ACK_WRONG_TYPE = A_WRONG_TYPE
 
-# Why a message or a delivery was dropped (BrokerCore.message_dropped; hbroker.hooks).
+# Why a message or a delivery was dropped (BrokerCore.message_dropped): hbroker.hooks's
+# constants, checked equal by tests/unit/test_protocol_constants.py.
 DROP_QUEUE_FULL = "queue_full"
 DROP_EXPIRED = "expired"
 DROP_TOO_LARGE = "too_large"
@@ -70,6 +71,7 @@ DROP_TOPIC_INVALID = "topic_invalid"
 DROP_PAYLOAD_FORMAT_INVALID = "payload_format_invalid"
 DROP_STORAGE_UNAVAILABLE = "storage_unavailable"
 DROP_NO_SUBSCRIBERS = "no_subscribers"
+DROP_REFUSED = "refused"
 
 # Every constant of protocol.pxd by name, for Python (checked against hbroker.reason_codes and
 # hbroker_ext.codec by tests/unit/test_protocol_constants.py).

@@ -301,6 +301,33 @@ cdef class Session:
         if self.queue or self.resends_pending:
             self.drain(now)
 
+    # -- durable storage: restore and withdrawal ----------------------------------------------
+
+    cpdef restore_delivery(self, Delivery delivery):
+        """A delivery as storage had it: in flight under its packet id (with the state it was
+        in), or queued when it has none. Nothing is recorded (its row is what it came from)."""
+        if delivery.packet_id:
+            self.inflight[delivery.packet_id] = delivery
+        else:
+            self.queue_for_append().append(delivery)
+            self.queued_bytes += len(delivery.message.payload)
+
+    cpdef list withdraw(self, object refused):
+        """Take the queued deliveries of the `refused` messages (a set of Messages) out of the
+        queue and return them, in queue order; the caller records their removal. A delivery
+        in flight stays: its PUBLISH has been sent, and the session completes it with the
+        client."""
+        cdef Delivery d
+        queue = self.queue
+        if not queue:
+            return []
+        removed = [d for d in queue if d.message in refused]
+        if removed:
+            self.queue = deque([d for d in queue if d.message not in refused])
+            for d in removed:
+                self.queued_bytes -= len(d.message.payload)
+        return removed
+
     def take_shared_deliveries(self):
         """Remove and return the shared-subscription messages the broker may offer to another
         member of the group (MQTT 5.0 section 4.8.2): QoS 1 messages not yet acknowledged and

@@ -52,7 +52,6 @@ import asyncio
 import logging
 import math
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
@@ -368,20 +367,11 @@ class Journal:
         queued deliveries (in every session) and their retained updates (the newest first,
         each only if nothing replaced it since). A delivery already sent stays: its PUBLISH
         is in the output released now, and the session completes it with the client."""
-        refused = {id(d.msg) for d in deferred}
+        refused = {d.msg for d in deferred}
         for session in self.broker.sessions.values():
-            queue = session.queue
-            if not queue or not any(id(q.message) in refused for q in queue):
-                continue
-            kept = deque()
-            for q in queue:
-                if id(q.message) in refused:
-                    session.queued_bytes -= len(q.message.payload)
-                    if q.seq:
-                        self.delivery_removed(session, q)
-                else:
-                    kept.append(q)
-            session.queue = kept
+            for q in session.withdraw(refused):
+                if q.seq:
+                    self.delivery_removed(session, q)
         retained = self.broker.retained
         for d in reversed(deferred):
             msg = d.msg

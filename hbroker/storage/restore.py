@@ -136,10 +136,7 @@ def restore(broker: Target, state: StoredState) -> dict[str, int]:
         if packet_id:
             d.packet_id = packet_id
             d.state = st
-            session.inflight[packet_id] = d
-        else:
-            session.queue_for_append().append(d)
-            session.queued_bytes += len(msg.payload)
+        session.restore_delivery(d)
 
     for client_id, packet_id in state.incoming_qos2:
         session = sessions.get(client_id)

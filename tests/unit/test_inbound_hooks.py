@@ -3,13 +3,10 @@ handler calls `Broker.message_published` only when `publish_hooks` is set, refus
 for an int reason code, and for a HeldAck writes no PUBACK itself: the acknowledgement goes
 out when every holder released it, in PUBLISH order [MQTT-4.6.0-2].
 
-`HeldAck` below is a test double that follows the contract of hbroker/acknowledgement.py
-(hold, routed, release, refuse; `conn.held_acks` in PUBLISH order, `conn.deferred` counting
-them), so that the handler's side is tested on its own."""
+The acknowledgements are hbroker.acknowledgement's HeldAcks, made by `Broker.hold_ack`."""
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from hbroker_ext.codec import (
@@ -20,60 +17,15 @@ from hbroker_ext.codec import (
     Subscribe,
     Subscription,
     encode,
-    encode_ack,
     encode_publish,
 )
 
+from hbroker.acknowledgement import HeldAck
 from hbroker.broker import Broker
 from hbroker.config import ListenerConfig, parse_config
 from hbroker.connection import Connection
 from hbroker.hooks import Hooks
 from hbroker.transports import Listener
-
-
-class HeldAck:
-    def __init__(self, conn: Any, msg: Any, packet_id: int) -> None:
-        self.conn = conn
-        self.msg = msg
-        self.packet_id = packet_id
-        self.code = 0
-        self.holders = 1  # the handler's, until routed()
-        self.done = False
-        if conn.held_acks is None:
-            conn.held_acks = deque()
-        conn.held_acks.append(self)
-        conn.deferred += 1
-
-    def hold(self) -> None:
-        self.holders += 1
-
-    def routed(self, reached: int) -> None:
-        if not reached and self.conn.protocol_version == 5:
-            self.code = 0x10
-        self.release()
-
-    def release(self) -> None:
-        self.holders -= 1
-        if self.holders == 0:
-            self.done = True
-            self._write_done()
-
-    def refuse(self, reason_code: int) -> None:
-        self.code = reason_code
-        self.holders = 0
-        self.done = True
-        self._write_done()
-
-    def _write_done(self) -> None:
-        conn = self.conn
-        out = []
-        while conn.held_acks and conn.held_acks[0].done:
-            ack = conn.held_acks.popleft()
-            conn.deferred -= 1
-            out.append(encode_ack(PUBACK if ack.msg.qos == 1 else PUBREC, ack.packet_id,
-                                  ack.code, conn.protocol_version))
-        if out:
-            conn.write_output(out)
 
 
 class HookedBroker(Broker):
@@ -98,9 +50,6 @@ class HookedBroker(Broker):
             self.held.append(ack)
             return ack
         return None
-
-    def hold_ack(self, conn: Any, msg: Any, packet_id: int) -> HeldAck:
-        return HeldAck(conn, msg, packet_id)
 
     def message_dropped(self, msg: Any, client_id: Any, reason: str) -> None:
         self.dropped.append((msg.topic, client_id, reason))
@@ -245,6 +194,31 @@ def test_a_held_pubrec_records_the_qos2_packet_id() -> None:
     assert acks(pub_t) == [(PUBREC, 7, 0x10)]
 
 
+def test_a_resent_qos2_publish_is_acknowledged_behind_held_acknowledgements() -> None:
+    """The PUBREC of a duplicate (its packet id awaits PUBREL) does not overtake earlier
+    acknowledgements still held [MQTT-4.6.0-2]; it says success, and nothing is routed."""
+    b = broker()
+    b.publish_hooks = True
+    b.mode = "hold"
+    pub, pub_t = connect(b, "pub")
+    pub.data_received(publishes(1, range(1, 2)))
+    b.mode = None
+    pub.data_received(publishes(2, range(2, 3)))
+    pub.data_received(publishes(2, range(2, 3)))  # re-sent
+    b.flush()
+    assert b.published == [("t", 1), ("t", 2)]
+    assert acks(pub_t) == []
+    assert pub.deferred == 3
+    b.held[0].release()
+    assert acks(pub_t) == [(PUBACK, 1, 0x10), (PUBREC, 2, 0x10), (PUBREC, 2, 0)]
+    assert pub.deferred == 0
+    # With nothing held, it is answered at once.
+    pub_t.data = b""
+    pub.data_received(publishes(2, range(2, 3)))
+    b.flush()
+    assert acks(pub_t) == [(PUBREC, 2, 0)]
+
+
 def test_a_hook_refusal_is_answered_like_an_acl_refusal() -> None:
     b = broker()
     b.publish_hooks = True
@@ -259,7 +233,7 @@ def test_a_hook_refusal_is_answered_like_an_acl_refusal() -> None:
     b.flush()
     assert acks(pub_t) == [(PUBACK, 1, 0x87)]
     assert sub_t.data == b""
-    assert b.dropped == [("t", "pub", "not_authorized")]
+    assert b.dropped == [("t", "pub", "refused")]
     assert b.stats.publish_dropped == 1
 
 

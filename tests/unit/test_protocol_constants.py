@@ -4,10 +4,11 @@ hbroker.reason_codes, packet types and property ids with hbroker_ext.codec, deli
 and acknowledgement outcomes with the names hbroker.session exports."""
 
 import hbroker_ext.codec as codec
+import hbroker_ext.routing as routing
 from hbroker_ext.routing import CONSTANTS
 
-from hbroker import session
-from hbroker.reason_codes import ReasonCode
+from hbroker import hooks, session
+from hbroker.reason_codes import ReasonCode, reason_name
 
 
 def test_reason_codes_match_reason_codes_py() -> None:
@@ -15,6 +16,12 @@ def test_reason_codes_match_reason_codes_py() -> None:
     assert codes
     for name, value in codes.items():
         assert ReasonCode[name.removeprefix("RC_")] == value, name
+
+
+def test_logged_reason_names_match_reason_codes_py() -> None:
+    assert routing.REASON_NAMES
+    for code, name in routing.REASON_NAMES.items():
+        assert reason_name(code) == name, hex(code)
 
 
 def test_packet_types_and_property_ids_match_the_codec() -> None:
@@ -31,3 +38,12 @@ def test_states_and_outcomes_match_the_python_names() -> None:
     assert session.ACK_UNKNOWN == CONSTANTS["A_UNKNOWN"]
     assert session.ACK_WRONG_TYPE == CONSTANTS["A_WRONG_TYPE"]
     assert len(set(CONSTANTS[n] for n in ("A_ACCEPTED", "A_UNKNOWN", "A_WRONG_TYPE"))) == 3
+
+
+def test_drop_reasons_match_hbroker_hooks() -> None:
+    """The compiled code's DROP_* strings are hbroker.hooks's reasons of on_message_dropped,
+    every one of them."""
+    drops = {name: getattr(routing, name) for name in dir(routing) if name.startswith("DROP_")}
+    for name, value in drops.items():
+        assert getattr(hooks, name.removeprefix("DROP_")) == value, name
+    assert sorted(drops.values()) == sorted(hooks.DROP_REASONS)
