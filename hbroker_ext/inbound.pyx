@@ -98,15 +98,9 @@ cdef _handle_publish(ConnectionCore conn, Publish p):
     if qos == 2:
         pid = p.packet_id
         if pid in session.awaiting_pubrel:
-            # [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is not delivered again. Its PUBREC
-            # (success: the message was accepted before) waits behind the connection's held
-            # acknowledgements, as any other would [MQTT-4.6.0-2].
-            if conn.deferred:
-                broker.hold_ack(conn, _new_message(topic, p.payload, qos, retain, props,
-                                                   expires_at, conn.client_id),
-                                pid).routed(1)  # not "no matching subscribers": code 0
-                return
-            conn._write(encode_ack(T_PUBREC, pid, RC_SUCCESS, conn.protocol_version))
+            # [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is not delivered again; its PUBREC
+            # says success (the message was accepted before).
+            _acknowledge(conn, p, RC_SUCCESS)
             return
         if conn.protocol_version == 5 and len(session.awaiting_pubrel) >= broker.max_inflight:
             # [MQTT-3.3.4-9] more unacknowledged QoS 2 than the Receive Maximum in our
@@ -184,6 +178,20 @@ cdef Message _refused_message(ConnectionCore conn, Publish p):
     return _new_message(p.topic, p.payload, p.qos, p.retain, p.properties, 0, conn.client_id)
 
 
+cdef void _acknowledge(ConnectionCore conn, Publish p, int code) except *:
+    """The PUBACK/PUBREC of a QoS 1/2 PUBLISH answered before it was made into a message (a
+    refusal, a re-sent QoS 2 PUBLISH), with `code` (3.1.1 carries none): written now, or,
+    while earlier acknowledgements of the connection are held, behind them in their queue,
+    so that acknowledgements keep the order of the PUBLISHes [MQTT-4.6.0-2]."""
+    if conn.deferred:
+        ack = conn.broker.hold_ack(conn, _refused_message(conn, p), p.packet_id)
+        ack.code = code
+        ack.routed(1)  # 1: not "no matching subscribers", the code stays
+        return
+    conn._write(encode_ack(T_PUBACK if p.qos == 1 else T_PUBREC, p.packet_id, code,
+                           conn.protocol_version))
+
+
 cdef void _refuse_publish(ConnectionCore conn, Publish p, int reason_code, str why,
                           str drop_reason) except *:
     """A PUBLISH the broker will not route: 5.0 QoS 1/2 get the reason code in the
@@ -195,12 +203,10 @@ cdef void _refuse_publish(ConnectionCore conn, Publish p, int reason_code, str w
     if broker.drop_hooks:
         _dropped(conn, _refused_message(conn, p), drop_reason)
     cdef int code = reason_code if conn.protocol_version == 5 else 0
-    if p.qos == 1:
-        conn._write(encode_ack(T_PUBACK, p.packet_id, code, conn.protocol_version))
-    elif p.qos == 2:
-        if not code:
-            conn.session.receive_qos2(p.packet_id)
-        conn._write(encode_ack(T_PUBREC, p.packet_id, code, conn.protocol_version))
+    if p.qos == 2 and not code:
+        conn.session.receive_qos2(p.packet_id)  # 3.1.1: acknowledged as if accepted
+    if p.qos:
+        _acknowledge(conn, p, code)
 
 
 cdef void _publish_over_rate(ConnectionCore conn, Publish p, bint byte_rate) except *:
@@ -231,10 +237,8 @@ cdef void _publish_over_rate(ConnectionCore conn, Publish p, bint byte_rate) exc
                                                 "peer": getattr(conn, "peer", "?")})
         quota.logged_at = now
         quota.refused = 0
-    if p.qos == 1:
-        conn._write(encode_ack(T_PUBACK, p.packet_id, RC_QUOTA_EXCEEDED, conn.protocol_version))
-    elif p.qos == 2:
-        conn._write(encode_ack(T_PUBREC, p.packet_id, RC_QUOTA_EXCEEDED, conn.protocol_version))
+    if p.qos:
+        _acknowledge(conn, p, RC_QUOTA_EXCEEDED)
 
 
 cdef void _refuse_unstored(ConnectionCore conn, Message msg, int packet_id, bint full) except *:

@@ -20,6 +20,7 @@ restart from where it was; NULL means "never" or "not set".
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 TEXT = "text"
@@ -180,16 +181,16 @@ def inspected_session(row: tuple) -> dict:
     return session
 
 
-class Dialect:
+class Dialect(ABC):
     """How one backend spells SQL: its types, its parameters, its upsert."""
 
     def __init__(self, name: str, types: dict[str, str]) -> None:
         self.name = name
         self.types = types
 
+    @abstractmethod
     def param(self, n: int) -> str:
         """The n-th parameter of a statement (from 1)."""
-        raise NotImplementedError
 
     def params(self, count: int, first: int = 1) -> list[str]:
         return [self.param(i) for i in range(first, first + count)]
@@ -211,11 +212,13 @@ class Dialect:
     def table_options(self, table: Table) -> str:
         return ""
 
+    @abstractmethod
     def add_columns(self, table: Table, columns: list[Column]) -> str:
-        raise NotImplementedError
+        """ALTER TABLE adding `columns` (a migration)."""
 
+    @abstractmethod
     def upsert(self, table: Table) -> str:
-        raise NotImplementedError
+        """INSERT of a row that replaces the row with the same key."""
 
     def where(self, columns: tuple[str, ...] | list[str]) -> str:
         return " AND ".join(f"{c} = {p}" for c, p in zip(columns, self.params(len(columns)),

@@ -219,6 +219,31 @@ def test_a_resent_qos2_publish_is_acknowledged_behind_held_acknowledgements() ->
     assert acks(pub_t) == [(PUBREC, 2, 0)]
 
 
+def test_a_refused_publish_is_answered_behind_held_acknowledgements() -> None:
+    """A refusal's PUBACK/PUBREC (here a $SYS topic, 0x87) does not overtake earlier
+    acknowledgements still held either [MQTT-4.6.0-2], and the refusal is counted once."""
+    b = broker()
+    b.publish_hooks = True
+    b.mode = "hold"
+    pub, pub_t = connect(b, "pub")
+    pub.data_received(publishes(1, range(1, 2)))
+    b.mode = None
+    pub.data_received(publishes(1, range(2, 3), topic="$SYS/x"))
+    pub.data_received(publishes(2, range(3, 4), topic="$SYS/x"))
+    b.flush()
+    assert acks(pub_t) == []
+    assert pub.deferred == 3
+    b.held[0].release()
+    assert acks(pub_t) == [(PUBACK, 1, 0x10), (PUBACK, 2, 0x87), (PUBREC, 3, 0x87)]
+    assert pub.deferred == 0
+    assert b.stats.publish_dropped == 2
+    # With nothing held, it is answered at once.
+    pub_t.data = b""
+    pub.data_received(publishes(1, range(4, 5), topic="$SYS/x"))
+    b.flush()
+    assert acks(pub_t) == [(PUBACK, 4, 0x87)]
+
+
 def test_a_hook_refusal_is_answered_like_an_acl_refusal() -> None:
     b = broker()
     b.publish_hooks = True
