@@ -46,7 +46,7 @@ class Broker(BrokerCore):
     limits, the connections to flush, the loop) is typed in the compiled base,
     hbroker_ext.routing.BrokerCore, with `publish` and the output coalescing (`schedule_flush`,
     `flush`). The hook events of the per-message path are upcalls of that base
-    (`message_published`, `hold_ack`, `message_dropped`), made only when a hook provides
+    (`message_published`, `message_dropped`), made only when a hook provides
     them (`publish_hooks`, `drop_hooks`)."""
 
     def __init__(self, config: Config, hooks: Hooks | None = None) -> None:
@@ -132,11 +132,6 @@ class Broker(BrokerCore):
             return code or None
         ack.deciding = False
         return ack
-
-    def hold_ack(self, conn: ConnectionCore, msg: Message, packet_id: int) -> HeldAck:
-        """A new HeldAck for a QoS 1/2 PUBLISH (storage defers its acknowledgement, or the
-        connection has earlier ones held: acknowledgements go out in order)."""
-        return HeldAck(conn, msg, packet_id)
 
     def message_dropped(self, msg: Message, client_id: str | None, reason: str) -> None:
         """A message or one delivery of it was dropped (called only when a hook provides

@@ -195,10 +195,10 @@ cdef class BrokerCore:
         HeldAck some hook holds."""
         return None
 
-    cpdef object hold_ack(self, ConnectionCore conn, Message msg, int packet_id):
-        """A new HeldAck (hbroker.acknowledgement) for a QoS 1/2 PUBLISH whose acknowledgement
-        must wait (storage, a hook, or earlier held acknowledgements of the connection)."""
-        raise NotImplementedError("hold_ack: the broker makes HeldAcks")
+    def hold_ack(self, ConnectionCore conn, Message msg, int packet_id):
+        """A new HeldAck for a QoS 1/2 PUBLISH whose acknowledgement must wait (storage, a
+        hook, or earlier held acknowledgements of the connection), in its place on `conn`."""
+        return _new_held_ack(conn, msg, packet_id, False)
 
     cpdef message_dropped(self, Message msg, object client_id, str reason):
         """Called only when `drop_hooks`, wherever a message or a delivery is dropped (and

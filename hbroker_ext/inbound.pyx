@@ -28,6 +28,7 @@ cdef _handle_publish(ConnectionCore conn, Publish p):
     cdef int over
     cdef double delay
     cdef bint defer
+    cdef HeldAck ack
     cdef str topic
     cdef bint retain
     cdef BrokerCore broker = conn.broker
@@ -123,10 +124,12 @@ cdef _handle_publish(ConnectionCore conn, Publish p):
     msg = _new_message(topic, p.payload, qos, retain, props, expires_at, conn.client_id)
     ack = None
     if broker.publish_hooks:
-        ack = broker.message_published(conn, msg, pid)
-        if ack is not None and isinstance(ack, int):
-            _refuse_publish(conn, p, <int>ack, "refused by a hook", DROP_REFUSED)
-            return
+        decided = broker.message_published(conn, msg, pid)
+        if decided is not None:
+            if isinstance(decided, int):
+                _refuse_publish(conn, p, <int>decided, "refused by a hook", DROP_REFUSED)
+                return
+            ack = <HeldAck?>decided
     journal = broker.journal
     defer = False
     # A message that must outlive a crash is acknowledged once it is stored (sync mode),
@@ -144,9 +147,9 @@ cdef _handle_publish(ConnectionCore conn, Publish p):
         # the PUBACK/PUBREC waits for it (Journal.defer).
         defer = True
         if ack is None:
-            ack = broker.hold_ack(conn, msg, pid)
+            ack = _new_held_ack(conn, msg, pid, False)
     elif ack is None and conn.deferred and qos:
-        ack = broker.hold_ack(conn, msg, pid)  # behind earlier held acknowledgements
+        ack = _new_held_ack(conn, msg, pid, False)  # behind earlier held acknowledgements
     if qos == 2:
         session.receive_qos2(pid)
     if defer:
@@ -183,8 +186,9 @@ cdef void _acknowledge(ConnectionCore conn, Publish p, int code) except *:
     refusal, a re-sent QoS 2 PUBLISH), with `code` (3.1.1 carries none): written now, or,
     while earlier acknowledgements of the connection are held, behind them in their queue,
     so that acknowledgements keep the order of the PUBLISHes [MQTT-4.6.0-2]."""
+    cdef HeldAck ack
     if conn.deferred:
-        ack = conn.broker.hold_ack(conn, _refused_message(conn, p), p.packet_id)
+        ack = _new_held_ack(conn, _refused_message(conn, p), p.packet_id, False)
         ack.code = code
         ack.routed(1)  # 1: not "no matching subscribers", the code stays
         return

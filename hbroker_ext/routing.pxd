@@ -11,13 +11,12 @@ ConnectionCore upcalls (hbroker.connection.Connection overrides): `protocol_erro
 `codec_error`, `abort`, `disconnect`, `transport_buffer_size`.
 BrokerCore upcalls (hbroker.broker.Broker overrides): `_retain` (the retained store),
 `_publish_shared` (round robin of shared groups), `_readers` (the read ACL of a new match
-cache entry), `message_published`, `hold_ack`, `message_dropped` (the hook seam, called only
+cache entry), `message_published`, `message_dropped` (the hook seam, called only
 when `publish_hooks` / `drop_hooks`).
 Other objects the compiled code calls without a declared type: the journal
 (hbroker.storage.journal.Journal: `sync`, `degraded`, `full`, `defer(ack, msg, previous)`,
 `qos2_changed`, `delivery_changed`, `delivery_removed`, `holds_output`, `hold`, `kick`),
-the hooks (hbroker.hooks.Hooks: `check_acl`, `allowed`), a HeldAck (hbroker.acknowledgement:
-`routed`, `refuse`), the subscription tree (`generation`, `match`), the retained tree (`get`)
+the hooks (hbroker.hooks.Hooks: `check_acl`, `allowed`), the subscription tree (`generation`, `match`), the retained tree (`get`)
 and the transport (`is_closing`, `writelines`, `pause_reading`, `get_write_buffer_size`).
 Attributes of the Python subclasses read on cold paths: `Broker.throttled` (the throttle) and
 `Connection.peer` (log lines of the refusals).
@@ -250,7 +249,6 @@ cdef class BrokerCore:
                               object skip) except -1
     cpdef tuple _readers(self, str topic, object normal, object shared)
     cpdef object message_published(self, ConnectionCore conn, Message msg, int packet_id)
-    cpdef object hold_ack(self, ConnectionCore conn, Message msg, int packet_id)
     cpdef message_dropped(self, Message msg, object client_id, str reason)
 
 
@@ -291,3 +289,34 @@ cdef class ConnectionCore:
     cpdef abort(self, str reason)
     cpdef disconnect(self, int reason_code, str reason, bint publish_will)
     cpdef Py_ssize_t transport_buffer_size(self) except -1
+
+
+# -- acknowledgement.pyx ---------------------------------------------------------------------
+
+# States of a HeldAck.
+cdef enum:
+    H_HELD = 0  # some holder has not let go
+    H_READY = 1  # every holder is done: acknowledged once the earlier ones are
+    H_REFUSED = 2  # refused: the refusal goes out (5.0) or the connection closes (3.1.1)
+    H_DONE = 3  # written, refused, or forgotten (its connection closed): nothing more to do
+
+
+cdef class HeldAck:
+    cdef readonly ConnectionCore conn
+    cdef readonly Message msg
+    cdef readonly int packet_id
+    cdef public int code  # the reason code it will carry
+    cdef readonly int holders
+    cdef readonly int state
+    cdef readonly Session session
+    cdef public bint deciding
+
+    cpdef hold(self)
+    cpdef routed(self, long reached)
+    cpdef release(self)
+    cpdef refuse(self, int reason_code, str reason=*)
+    cpdef discard(self)
+    cdef void _settle(self) except *
+
+
+cdef HeldAck _new_held_ack(ConnectionCore conn, Message msg, int packet_id, bint deciding)

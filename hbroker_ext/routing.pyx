@@ -11,6 +11,8 @@ between them, typed fields declared once in routing.pxd, protocol constants in p
 - fanout.pyx: `BrokerCore`, the match cache (`Targets`, `Target`), routing and the output
   coalescing;
 - connection_core.pyx: `ConnectionCore`: `data_received`, the packet loop, the output;
+- acknowledgement.pyx: `HeldAck`, a publisher's PUBACK/PUBREC held until every holder (the
+  journal, a hook) is done, written in PUBLISH order, and `grouped`;
 - inbound.pyx: the PUBLISH handler and its refusals.
 
 `hbroker.session` is the Python face of the session and message types. Connections, the
@@ -107,4 +109,5 @@ include "quotas.pyx"
 include "session.pyx"
 include "fanout.pyx"
 include "connection_core.pyx"
+include "acknowledgement.pyx"
 include "inbound.pyx"

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from hbroker_ext.codec import Framer, Puback, Pubrec
+from hbroker_ext.routing import BrokerCore, ConnectionCore
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +17,7 @@ from hbroker.broker import Broker, SubscriptionOptions
 from hbroker.config import load_config
 from hbroker.hooks import ClientInfo, Hook, Hooks
 from hbroker.inprocess import InProcessClient
-from hbroker.session import Message
+from hbroker.session import Message, Session
 from hbroker.stats import Stats
 
 CLIENT = ClientInfo("pub", "alice", "127.0.0.1:5000", 5, "tcp")
@@ -65,7 +66,9 @@ def test_the_broker_sets_the_hook_flags_whenever_its_hooks_are_set():
 
 # -- a fake connection for HeldAck --------------------------------------------------------
 
-class FakeBroker:
+class FakeBroker(BrokerCore):
+    """What HeldAck needs of a broker: the counters, and on_message_dropped recorded."""
+
     def __init__(self) -> None:
         self.stats = Stats()
         self.drop_hooks = False
@@ -75,8 +78,26 @@ class FakeBroker:
         self.dropped.append((msg.topic, reason))
 
 
-class FakeConn:
-    """What HeldAck needs of a connection; records what is written, decoded."""
+class FakeTransport:
+    """Records each writelines of a connection, decoded."""
+
+    def __init__(self, conn: FakeConn) -> None:
+        self.conn = conn
+
+    def is_closing(self) -> bool:
+        return False
+
+    def writelines(self, out: list[bytes]) -> None:
+        framer = Framer(1 << 20)
+        framer.protocol_version = self.conn.protocol_version
+        packets = [p for data in out for p in framer.feed(data)]
+        if self.conn.on_write is not None:
+            self.conn.on_write(packets)
+        self.conn.writes.append(packets)
+
+
+class FakeConn(ConnectionCore):
+    """A connection core whose transport records what is written; `abort` recorded."""
 
     def __init__(self, version: int = 5, broker: Any = None) -> None:
         self.broker = broker or FakeBroker()
@@ -90,14 +111,7 @@ class FakeConn:
         self.writes: list[list[Any]] = []
         self.aborted: str | None = None
         self.on_write: Any = None
-
-    def write_output(self, out: list[bytes]) -> None:
-        framer = Framer(1 << 20)
-        framer.protocol_version = self.protocol_version
-        packets = [p for data in out for p in framer.feed(data)]
-        if self.on_write is not None:
-            self.on_write(packets)
-        self.writes.append(packets)
+        self.transport = FakeTransport(self)
 
     def abort(self, reason: str) -> None:
         self.closing = True
@@ -159,15 +173,10 @@ def test_a_refusal_tells_a_5_0_client_in_order_and_frees_the_qos2_id():
     broker.drop_hooks = True
     conn = FakeConn(5, broker)
 
-    class Session:
-        def __init__(self) -> None:
-            self.released: list[int] = []
-
-        def release_qos2(self, packet_id: int) -> bool:
-            self.released.append(packet_id)
-            return True
-
-    conn.session = Session()
+    conn.session = Session("pub", 5, max_queued_messages=10, max_queued_bytes=0,
+                           queue_qos0=False, stats=broker.stats)
+    for packet_id in (2, 3, 4):
+        conn.session.receive_qos2(packet_id)
     first = HeldAck(conn, message(1), 1)
     first.hold()
     first.routed(1)
@@ -182,7 +191,7 @@ def test_a_refusal_tells_a_5_0_client_in_order_and_frees_the_qos2_id():
     second.refuse(0x97)
     assert broker.stats.publish_dropped == 1
     assert broker.dropped == [("r2", events.STORAGE_UNAVAILABLE)]
-    assert conn.session.released == [4]
+    assert set(conn.session.awaiting_pubrel) == {2, 3}  # 4 is free for a new message
     first.release()
     assert conn.written() == [("Puback", 1, 0), ("Pubrec", 2, 0), ("Pubrec", 3, 0),
                               ("Pubrec", 4, 0x97)]
