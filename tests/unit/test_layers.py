@@ -17,6 +17,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hbroker.__main__", "hbroker.cli", "hbroker.control"),
     # Wiring: configuration, listeners, broker, storage and hooks put together.
     ("hbroker.server",),
+    # Extensions built on the hooks and the in-process client: the cluster layer.
+    ("hbroker.cluster",),
     # Listeners: the transports a connection comes through, and the in-process client (a
     # connection without a socket).
     ("hbroker.transports", "hbroker.inprocess"),
