@@ -193,7 +193,13 @@ class NatsCluster:
 
     def meta_leader(self) -> str | None:
         """The JetStream meta leader every running node names, if the leader sees every other
-        running node as a current peer; None while there is none."""
+        running node as a current peer; None while there is none. A single
+        server has no meta group: its own name once its JetStream is enabled."""
+        if self.size == 1:
+            node = self.nodes[0]
+            status, jsz = node.monitor("/jsz")
+            return node.name if node.running and status == 200 and not (jsz or {}).get(
+                "disabled") else None
         metas = {}
         for node in self.nodes:
             if not node.running:
@@ -207,8 +213,6 @@ class NatsCluster:
         if len(leaders) != 1:
             return None
         leader = leaders.pop()
-        if self.size == 1:
-            return leader
         meta = metas.get(leader)  # the leader's view of its peers is the one that counts
         if meta is None or meta.get("cluster_size") != self.size:
             return None
