@@ -63,20 +63,26 @@ def _refuse(kind: str, text: str, why: str) -> SubjectError:
     return SubjectError(f"{kind} {text!r}: {why}")
 
 
+def _check(kind: str, text: str) -> None:
+    """What a topic and a filter must both be to map: not empty, no character nats-server
+    refuses, no level that would be a NATS wildcard."""
+    if not text:
+        raise _refuse(kind, text, "empty [MQTT-4.7.3-1]")
+    bad = _unsupported(text)
+    if bad is not None:
+        raise _refuse(kind, text, f"character {bad!r} not supported")
+    if "*" in text or ">" in text:
+        for level in text.split("/"):
+            if level == "*" or level == ">":
+                raise _refuse(kind, text, f"level {level!r} would be a NATS wildcard")
+
+
 def topic_to_subject(topic: str, prefix: str = "") -> str:
     """The NATS subject of a PUBLISH topic (`a/b.c` → `a.b//c`), after `prefix.` if given."""
-    if not topic:
-        raise _refuse("topic", topic, "empty [MQTT-4.7.3-1]")
-    bad = _unsupported(topic)
-    if bad is not None:
-        raise _refuse("topic", topic, f"character {bad!r} not supported")
     if "+" in topic or "#" in topic:
         # [MQTT-3.3.2-2] [MQTT-4.7.1-1]
         raise _refuse("topic", topic, "wildcards not allowed in a topic name")
-    if "*" in topic or ">" in topic:
-        for level in topic.split("/"):
-            if level == "*" or level == ">":
-                raise _refuse("topic", topic, f"level {level!r} would be a NATS wildcard")
+    _check("topic", topic)
     subject = _levels_to_subject(topic)
     return f"{prefix}.{subject}" if prefix else subject
 
@@ -84,16 +90,7 @@ def topic_to_subject(topic: str, prefix: str = "") -> str:
 def filter_to_subjects(topic_filter: str, prefix: str = "") -> tuple[str, ...]:
     """The NATS subjects to subscribe to for a (valid, non-shared) MQTT topic filter: one, or
     two for a filter ending in `/#` (`a/#` → `a.>` and `a`)."""
-    if not topic_filter:
-        raise _refuse("filter", topic_filter, "empty [MQTT-4.7.3-1]")
-    bad = _unsupported(topic_filter)
-    if bad is not None:
-        raise _refuse("filter", topic_filter, f"character {bad!r} not supported")
-    if "*" in topic_filter or ">" in topic_filter:
-        for level in topic_filter.split("/"):
-            if level == "*" or level == ">":
-                raise _refuse("filter", topic_filter,
-                              f"level {level!r} would be a NATS wildcard")
+    _check("filter", topic_filter)
     subject = _levels_to_subject(topic_filter)
     if "+" in subject or "#" in subject:
         subject = subject.replace("+", "*").replace("#", ">")

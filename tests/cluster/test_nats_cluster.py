@@ -38,6 +38,17 @@ async def publish_all(js: nats.js.JetStreamContext, subject: str, payloads: list
         assert ack.stream
 
 
+async def jetstream_with_stream(cluster: NatsCluster, name: str
+                                ) -> tuple[nats.NATS, nats.js.JetStreamContext]:
+    """A client of the cluster (reconnecting to any node) and a new R3 stream `name` on
+    the subjects `name.>` (lower case)."""
+    nc = await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"],
+                                     num_replicas=3))
+    return nc, js
+
+
 async def read_all(js: nats.js.JetStreamContext, subject: str, count: int) -> list[bytes]:
     sub = await js.pull_subscribe(subject, durable=None)
     got: list[bytes] = []
@@ -52,11 +63,7 @@ async def read_all(js: nats.js.JetStreamContext, subject: str, count: int) -> li
 def test_replicated_stream_keeps_every_message_through_a_sigkill_of_its_leader(
         nats_cluster: NatsCluster) -> None:
     async def run() -> None:
-        nc = await nats.connect(nats_cluster.urls, max_reconnect_attempts=-1,
-                                reconnect_time_wait=0.1)
-        js = nc.jetstream()
-        await js.add_stream(StreamConfig(name="SURVIVE", subjects=["survive.>"],
-                                         num_replicas=3))
+        nc, js = await jetstream_with_stream(nats_cluster, "SURVIVE")
         before = [f"before {i}".encode() for i in range(50)]
         await publish_all(js, "survive.a", before)
         leader = await stream_leader(js, "SURVIVE")
@@ -81,10 +88,7 @@ def test_replicated_stream_keeps_every_message_through_a_sigkill_of_its_leader(
 def test_restarted_node_rejoins_and_catches_up_on_what_it_missed(
         nats_cluster: NatsCluster) -> None:
     async def run() -> None:
-        nc = await nats.connect(nats_cluster.urls, max_reconnect_attempts=-1,
-                                reconnect_time_wait=0.1)
-        js = nc.jetstream()
-        await js.add_stream(StreamConfig(name="REJOIN", subjects=["rejoin.>"], num_replicas=3))
+        nc, js = await jetstream_with_stream(nats_cluster, "REJOIN")
         leader = await stream_leader(js, "REJOIN")
         follower = next(i for i, node in enumerate(nats_cluster.nodes) if node.name != leader)
         nats_cluster.stop(follower)
