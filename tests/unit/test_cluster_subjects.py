@@ -8,6 +8,8 @@ checks the level-wise implementation on arbitrary topics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -262,36 +264,27 @@ def refused_here_only(text: str) -> bool:
     return "\x00" in text or any(level in ("*", ">") for level in text.split("/"))
 
 
-@given(topics)
-@example("a//b")
-@example("/")
-def test_topic_maps_as_nats_server_maps_it(topic: str) -> None:
-    try:
-        expected = nats_server_conversion(topic, wildcards_ok=False)
-    except SubjectError:
-        with pytest.raises(SubjectError):
-            topic_to_subject(topic)
-        return
-    if refused_here_only(topic):
-        with pytest.raises(SubjectError):
-            topic_to_subject(topic)
-        return
-    assert topic_to_subject(topic) == expected
+def first_subject(topic_filter: str) -> str:
+    return filter_to_subjects(topic_filter)[0]
 
 
-@given(topics)
-def test_filter_maps_as_nats_server_maps_it(topic_filter: str) -> None:
+@pytest.mark.parametrize(("convert", "wildcards_ok"), [(topic_to_subject, False),
+                                                       (first_subject, True)],
+                         ids=["topic", "filter"])
+@given(text=topics)
+@example(text="a//b")
+@example(text="/")
+def test_maps_as_nats_server_maps_it(convert: Callable[[str], str], wildcards_ok: bool,
+                                     text: str) -> None:
     try:
-        expected = nats_server_conversion(topic_filter, wildcards_ok=True)
+        expected = nats_server_conversion(text, wildcards_ok=wildcards_ok)
     except SubjectError:
+        expected = None
+    if expected is None or refused_here_only(text):
         with pytest.raises(SubjectError):
-            filter_to_subjects(topic_filter)
-        return
-    if refused_here_only(topic_filter):
-        with pytest.raises(SubjectError):
-            filter_to_subjects(topic_filter)
-        return
-    assert filter_to_subjects(topic_filter)[0] == expected
+            convert(text)
+    else:
+        assert convert(text) == expected
 
 
 @given(topics, st.sampled_from(["", "hb", "a.b"]))
