@@ -435,7 +435,11 @@ class ClusterConfig:
                     "its key in the cluster's records): a NATS subject token, so no `.`, `*`, "
                     "`>` or whitespace. Empty: the host name, up to its first `.`. Each "
                     "instance of a cluster needs its own.")
-    user: str = opt("", "NATS user name, with `password`.")
+    user: str = opt("", "NATS user name, with `password`. One way to authenticate at most: "
+                    "`user`/`password`, `token`, `nkey_seed_file` or `creds_file` (none: the "
+                    "servers admit anonymous clients). Files named in this table are relative "
+                    "to the working directory and must exist when the configuration is "
+                    "loaded.")
     password: str = opt("", "NATS password, with `user`. Shown as `<redacted>` by `hbroker "
                         "check-config`.", secret=True)
     token: str = opt("", "NATS authentication token. Shown as `<redacted>` by `hbroker "
