@@ -21,6 +21,11 @@ Where this module is stricter than nats-server, on purpose:
 - a subject whose `/` are not the mapping's own (`a/b` from a NATS-native publisher) is refused
   by `subject_to_topic`; nats-server drops such a `/` and delivers `ab`.
 
+A topic starting with `$` maps to a subject starting with `$`, where NATS keeps its own APIs
+(`$JS.API.>`, `$KV.>`, `$SYS.>`): `$JS/API/...` would be a JetStream API call. The mapping
+leaves that to its callers (a `subject_prefix`, or not forwarding `$` topics, which MQTT keeps
+apart from wildcards anyway [MQTT-4.7.2-1]).
+
 Plain `str` operations: the common topic (no `.`, no empty level) costs a few scans and one
 `replace`.
 """
