@@ -107,14 +107,16 @@ async def connect(config: ClusterConfig, *, name: str,
     """A nats-py client connected to the `[cluster]` servers, named `name` on NATS (the node
     name, or the node name and a purpose). The callbacks are coroutine functions; without
     them each event is logged (`hbroker.cluster`). Raises NatsAuthenticationError when the
-    first connection is refused its credentials or cannot trust the server."""
+    first connection is refused its credentials or cannot trust the server; an exception
+    `on_error` raises while the first connection is tried ends the attempt and propagates
+    (how a caller gives up waiting for NATS)."""
     client = Client()
     first = True
 
     async def disconnected() -> None:
         if on_disconnected is not None:
             await on_disconnected()
-        elif not first:
+        elif not first and not client.is_closed:  # not on close()
             log.warning("cluster: disconnected from NATS", extra={"connection": name})
 
     async def reconnected() -> None:

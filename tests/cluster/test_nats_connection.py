@@ -13,7 +13,7 @@ from typing import Any
 import nkeys
 import pytest
 from integration.certs import make_pki
-from nats_cluster import NatsCluster
+from nats_cluster import NatsCluster, free_port
 
 from hbroker.cluster.nats_connection import NatsAuthenticationError, connect
 from hbroker.config import ClusterConfig, parse_config
@@ -185,5 +185,21 @@ def test_first_connection_waits_for_nats_to_come_up(nats_server_with: StartServe
         assert await round_trip(nc) == b"ping"
         assert errors and all(isinstance(e, OSError) for e in errors), errors  # refused
         await nc.close()
+
+    asyncio.run(run())
+
+
+def test_on_error_raising_gives_up_the_first_connection() -> None:
+    class GiveUp(Exception):
+        pass
+
+    async def on_error(exc: Exception) -> None:
+        assert isinstance(exc, OSError)  # nothing listens
+        raise GiveUp
+
+    async def run() -> None:
+        with pytest.raises(GiveUp):
+            await connect(cluster_config([f"nats://127.0.0.1:{free_port()}"]), name="hb-test",
+                          on_error=on_error)
 
     asyncio.run(run())
