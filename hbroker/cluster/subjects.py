@@ -12,14 +12,16 @@ The rules of `mqttToNATSSubjectConversion` and `natsSubjectToMQTTTopic` (nats-se
 
 Where this module is stricter than nats-server, on purpose:
 - a topic level that is exactly `*` or `>` is refused: as a token it would be a NATS wildcard,
-  and NATS delivers no message published on one (nats-server's MQTT publishes it anyway);
+  which a published subject must not hold (nats-server's `IsValidLiteralSubject`; a pedantic
+  server refuses it), while nats-server's MQTT publishes it anyway;
   `*` or `>` inside a longer level (`a*`, `>b`) is a literal token and passes;
 - a filter level that is exactly `*` or `>` is refused too: nats-server subscribes to the
   wildcard (`a/*/b` → `a.*.b`, matching `a/x/b`), while to MQTT it is a literal level that only
   the refused topic above could match;
 - U+0000 is refused in topics, filters and subjects: no MQTT string holds it [MQTT-1.5.4-2];
 - a subject whose `/` are not the mapping's own (`a/b` from a NATS-native publisher) is refused
-  by `subject_to_topic`; nats-server drops such a `/` and delivers `ab`.
+  by `subject_to_topic`; nats-server drops such a `/` and delivers `ab`. So is a subject
+  holding `+` or `#`, which would give a topic name with a wildcard [MQTT-4.7.1-1].
 
 A topic starting with `$` maps to a subject starting with `$`, where NATS keeps its own APIs
 (`$JS.API.>`, `$KV.>`, `$SYS.>`): `$JS/API/...` would be a JetStream API call. The mapping

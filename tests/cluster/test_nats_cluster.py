@@ -4,6 +4,7 @@ acknowledged message through a SIGKILL of one node, and a restarted node catches
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 
@@ -12,6 +13,7 @@ from nats.js.api import StreamConfig
 from nats_cluster import NatsCluster
 
 DEADLINE = 30.0
+_message_ids = itertools.count()
 
 
 async def until(probe: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -33,27 +35,74 @@ async def stream_leader(js: nats.js.JetStreamContext, stream: str) -> str | None
 
 async def publish_all(js: nats.js.JetStreamContext, subject: str, payloads: list[bytes]
                       ) -> None:
+    """Publish each payload until JetStream acknowledges it. An attempt that got no answer
+    (the client reconnecting to another node, a stream leader being elected) is sent again
+    with the same `Nats-Msg-Id`, so the stream stores it once."""
     for payload in payloads:
-        ack = await js.publish(subject, payload, timeout=5)
+        msg_id = {"Nats-Msg-Id": f"m{next(_message_ids)}"}
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            try:
+                ack = await js.publish(subject, payload, timeout=2, headers=msg_id)
+                break
+            except (TimeoutError, nats.errors.NoRespondersError,
+                    nats.js.errors.NoStreamResponseError, nats.js.errors.APIError):
+                if time.monotonic() > deadline:
+                    raise
         assert ack.stream
 
 
-async def jetstream_with_stream(cluster: NatsCluster, name: str
-                                ) -> tuple[nats.NATS, nats.js.JetStreamContext]:
-    """A client of the cluster (reconnecting to any node) and a new R3 stream `name` on
-    the subjects `name.>` (lower case)."""
-    nc = await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+async def make_stream(cluster: NatsCluster, name: str) -> str:
+    """A new R3 stream `name` on the subjects `name.>` (lower case); its leader's name, once
+    it has one."""
+    nc = await nats.connect(cluster.urls)
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"],
                                      num_replicas=3))
-    return nc, js
+    leader: str | None = None
+
+    async def led() -> bool:
+        nonlocal leader
+        leader = await stream_leader(js, name)
+        return leader is not None
+
+    await until(led, f"stream {name} electing a leader")
+    await nc.close()
+    assert leader is not None
+    return leader
+
+
+async def client_of(cluster: NatsCluster, *, besides: str
+                    ) -> tuple[nats.NATS, nats.js.JetStreamContext]:
+    """A client connected to a node other than `besides` (the one a test takes down: what
+    is tested is the cluster, not the client's failover)."""
+    urls = [node.url for node in cluster.nodes if node.name != besides]
+    nc = await nats.connect(urls)
+    return nc, nc.jetstream()
 
 
 async def read_all(js: nats.js.JetStreamContext, subject: str, count: int) -> list[bytes]:
-    sub = await js.pull_subscribe(subject, durable=None)
+    """`count` messages of `subject` through a new durable pull consumer (replicated as its
+    stream is: an ephemeral one has one replica, which may be placed on a dead node). A pull
+    that got nothing, or a creation that got no answer (the consumer's leader being
+    elected), is made again: creating the same durable consumer twice gives the one."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        try:
+            sub = await js.pull_subscribe(subject, durable="reader")
+            break
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
     got: list[bytes] = []
     while len(got) < count:
-        for msg in await sub.fetch(count - len(got), timeout=5):
+        try:
+            msgs = await sub.fetch(count - len(got), timeout=2)
+        except (TimeoutError, nats.errors.NoRespondersError):
+            if time.monotonic() > deadline:
+                raise
+            continue
+        for msg in msgs:
             got.append(msg.data)
             await msg.ack()
     await sub.unsubscribe()
@@ -63,12 +112,14 @@ async def read_all(js: nats.js.JetStreamContext, subject: str, count: int) -> li
 def test_replicated_stream_keeps_every_message_through_a_sigkill_of_its_leader(
         nats_cluster: NatsCluster) -> None:
     async def run() -> None:
-        nc, js = await jetstream_with_stream(nats_cluster, "SURVIVE")
+        leader = await make_stream(nats_cluster, "SURVIVE")
+        assert leader in ("n1", "n2", "n3")
+        nc, js = await client_of(nats_cluster, besides=leader)
         before = [f"before {i}".encode() for i in range(50)]
         await publish_all(js, "survive.a", before)
-        leader = await stream_leader(js, "SURVIVE")
-        assert leader in ("n1", "n2", "n3")
         nats_cluster.kill(int(leader[1:]) - 1)
+        # The node may have led the meta group too, which creating the consumer below needs.
+        await asyncio.to_thread(nats_cluster.wait_ready)
 
         async def new_leader() -> bool:
             return await stream_leader(js, "SURVIVE") not in (None, leader)
@@ -88,9 +139,9 @@ def test_replicated_stream_keeps_every_message_through_a_sigkill_of_its_leader(
 def test_restarted_node_rejoins_and_catches_up_on_what_it_missed(
         nats_cluster: NatsCluster) -> None:
     async def run() -> None:
-        nc, js = await jetstream_with_stream(nats_cluster, "REJOIN")
-        leader = await stream_leader(js, "REJOIN")
+        leader = await make_stream(nats_cluster, "REJOIN")
         follower = next(i for i, node in enumerate(nats_cluster.nodes) if node.name != leader)
+        nc, js = await client_of(nats_cluster, besides=nats_cluster.nodes[follower].name)
         nats_cluster.stop(follower)
         await publish_all(js, "rejoin.x", [b"%d" % i for i in range(30)])
         nats_cluster.start(follower)  # returns once it is healthy: its JetStream current
