@@ -6,11 +6,12 @@ travel under readable names, so that a NATS-native client can read them too:
 | header | MQTT |
 |---|---|
 | `Hb-Origin` | the node that published it (an instance drops its own echo) |
+| `Hb-Id` | the sender's run and a counter: copies are dropped; `Nats-Msg-Id` when stored |
 | `Mqtt-Qos`, `Mqtt-Retain` | QoS and RETAIN of the PUBLISH, as received ("0"–"2", "1") |
 | `Mqtt-Payload-Format` | Payload Format Indicator ("1": UTF-8) |
 | `Mqtt-Message-Expiry` | Message Expiry Interval: the seconds left when it left the origin |
-| `Mqtt-Content-Type` | Content Type (percent-encoded UTF-8) |
-| `Mqtt-Response-Topic` | Response Topic (percent-encoded UTF-8) |
+| `Mqtt-Content-Type` | Content Type (UTF-8; `%`, controls and non-ASCII percent-encoded) |
+| `Mqtt-Response-Topic` | Response Topic (encoded as Content Type) |
 | `Mqtt-Correlation-Data` | Correlation Data (base64) |
 | `Mqtt-User-Properties` | User Properties, in order: a JSON list of [name, value] pairs |
 
@@ -37,6 +38,7 @@ from hbroker_ext.codec import (
 )
 
 ORIGIN = "Hb-Origin"
+MESSAGE_ID = "Hb-Id"
 QOS = "Mqtt-Qos"
 RETAIN = "Mqtt-Retain"
 PAYLOAD_FORMAT = "Mqtt-Payload-Format"
@@ -45,6 +47,10 @@ CONTENT_TYPE_HEADER = "Mqtt-Content-Type"
 RESPONSE_TOPIC_HEADER = "Mqtt-Response-Topic"
 CORRELATION_DATA_HEADER = "Mqtt-Correlation-Data"
 USER_PROPERTIES = "Mqtt-User-Properties"
+
+
+# Printable ASCII but `%` stays as it is in a header value; anything else is percent-encoded.
+_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
 class HeaderError(ValueError):
@@ -66,10 +72,10 @@ def message_headers(origin: str, qos: int, retain: bool, properties: dict[int, A
             headers[PAYLOAD_FORMAT] = "1"
         value = properties.get(CONTENT_TYPE)
         if value is not None:
-            headers[CONTENT_TYPE_HEADER] = quote(value, safe="")
+            headers[CONTENT_TYPE_HEADER] = quote(value, safe=_SAFE)
         value = properties.get(RESPONSE_TOPIC)
         if value is not None:
-            headers[RESPONSE_TOPIC_HEADER] = quote(value, safe="")
+            headers[RESPONSE_TOPIC_HEADER] = quote(value, safe=_SAFE)
         value = properties.get(CORRELATION_DATA)
         if value is not None:
             headers[CORRELATION_DATA_HEADER] = base64.b64encode(value).decode()

@@ -42,8 +42,12 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from hbroker.cluster import headers as hdr
-from hbroker.cluster.subjects import SubjectError, filter_to_subjects, subject_to_topic, \
-    topic_to_subject
+from hbroker.cluster.subjects import (
+    SubjectError,
+    filter_to_subjects,
+    subject_to_topic,
+    topic_to_subject,
+)
 from hbroker.hooks import REFUSED, Hook
 from hbroker.inprocess import InProcessClient
 from hbroker.reason_codes import ReasonCode
@@ -58,7 +62,26 @@ log = logging.getLogger("hbroker.cluster")
 
 STREAM_SUBJECT = "$HB.msgs."  # the stored copy of a QoS 1/2 message: STREAM_SUBJECT + subject
 PUBLISH_TIMEOUT = 5.0  # seconds JetStream has to acknowledge a store
+JOIN_TIMEOUT = 30.0  # seconds JetStream has to accept the stream when an instance starts
 _SHARE = "$share/"
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether NATS subscription subject `pattern` (`*`, `>`) matches `subject`."""
+    ptoks = pattern.split(".")
+    stoks = subject.split(".")
+    for i, tok in enumerate(ptoks):
+        if tok == ">":
+            return len(stoks) > i
+        if i >= len(stoks) or (tok != "*" and tok != stoks[i]):
+            return False
+    return len(ptoks) == len(stoks)
+
+
+def _settled(future: asyncio.Future) -> None:
+    """A local delivery's acknowledgement: nothing waits for it (a closing client fails it)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class ClusterError(Exception):
@@ -68,6 +91,30 @@ class ClusterError(Exception):
 def stream_name(prefix: str) -> str:
     """The JetStream stream of a cluster (one per subject prefix)."""
     return "HBROKER_MSGS" + ("_" + prefix.replace(".", "_").upper() if prefix else "")
+
+
+class _Seen:
+    """The message numbers of one sender's run seen lately: within WINDOW of the highest,
+    each is taken once; one further behind is a late copy."""
+
+    WINDOW = 1 << 16
+
+    __slots__ = ("high", "numbers")
+
+    def __init__(self) -> None:
+        self.high = 0
+        self.numbers: set[int] = set()
+
+    def first(self, n: int) -> bool:
+        if n > self.high:
+            self.high = n
+            if len(self.numbers) >= 2 * self.WINDOW:
+                floor = n - self.WINDOW
+                self.numbers = {x for x in self.numbers if x > floor}
+        elif n <= self.high - self.WINDOW or n in self.numbers:
+            return False
+        self.numbers.add(n)
+        return True
 
 
 class _Outgoing:
@@ -104,6 +151,7 @@ class ClusterRouting(Hook):
         self.js: Any = None
         self.client: InProcessClient | None = None
         self.connected = False
+        self.leaving = False
         # subject -> (NATS subscription or None while subscribing, sessions holding it)
         self._interest: dict[str, list[Any]] = {}
         self._filters: dict[str, set[str]] = {}  # client id -> its non-$share filters
@@ -113,6 +161,7 @@ class ClusterRouting(Hook):
         self._sending = False
         self._ids = itertools.count(1)
         self._run = f"{self.node}-{int(time.time() * 1000):x}"  # unique per process
+        self._seen: dict[str, _Seen] = {}  # sender's run -> the numbers seen lately
         self._incoming: deque[tuple[str, bytes, int, bool, dict | None]] = deque()
         self._delivering = False
         self._tasks: set[asyncio.Task] = set()
@@ -125,7 +174,7 @@ class ClusterRouting(Hook):
     async def join(self, broker: Any) -> None:
         """Connect to NATS, make sure the stream exists, connect the in-process client."""
         from nats.js.api import StorageType, StreamConfig
-        from nats.js.errors import BadRequestError
+        from nats.js.errors import BadRequestError, ServiceUnavailableError
 
         from hbroker.cluster.nats_connection import connect
 
@@ -141,10 +190,19 @@ class ClusterRouting(Hook):
                                                           if self.prefix else ">")],
                               num_replicas=self.config.stream_replicas,
                               storage=StorageType.FILE, duplicate_window=120.0)
-        try:
-            await self.js.add_stream(stream)
-        except BadRequestError:
-            await self.js.update_stream(stream)
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while True:  # a new NATS cluster may need a few seconds to elect its stream leader
+            try:
+                try:
+                    await self.js.add_stream(stream)
+                except BadRequestError:
+                    await self.js.update_stream(stream)
+                break
+            except (TimeoutError, ServiceUnavailableError):
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("cluster: waiting for JetStream to answer", extra={
+                    "node": self.node, "stream": self.stream})
         self.client = InProcessClient(broker, self.client_id)
         await self.client.connect()
         log.info("cluster joined", extra={"node": self.node, "stream": self.stream,
@@ -152,6 +210,7 @@ class ClusterRouting(Hook):
                                           if self.nc.connected_url else None})
 
     async def leave(self) -> None:
+        self.leaving = True
         if self.client is not None:
             await self.client.close()
         if self.nc is not None:
@@ -160,6 +219,8 @@ class ClusterRouting(Hook):
 
     async def _on_disconnected(self) -> None:
         self.connected = False
+        if self.leaving:
+            return
         log.warning("cluster: NATS connection lost; QoS 1/2 publishes are refused until it "
                     "returns", extra={"node": self.node})
 
@@ -187,14 +248,16 @@ class ClusterRouting(Hook):
         expires_in = None
         if msg.expires_at:
             expires_in = msg.expires_at - time.monotonic()
+        if ack is not None and not self.connected:
+            self.refused += 1
+            return ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR
         headers = hdr.message_headers(self.node, msg.qos, msg.retain, msg.properties,
                                       expires_in)
+        message_id = f"{self._run}.{next(self._ids)}"
+        headers[hdr.MESSAGE_ID] = message_id
         if ack is not None:
-            if not self.connected:
-                self.refused += 1
-                return ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR
             ack.hold()
-            headers["Nats-Msg-Id"] = f"{self._run}-{next(self._ids)}"
+            headers["Nats-Msg-Id"] = message_id
         out = _Outgoing(subject, msg.payload, headers, ack)
         self._outgoing.append(out)
         if ack is not None:
@@ -230,7 +293,7 @@ class ClusterRouting(Hook):
                 self._progress.clear()
                 try:
                     await asyncio.wait_for(self._progress.wait(), wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             self._sending = False
@@ -322,7 +385,10 @@ class ClusterRouting(Hook):
                     self._spawn(entry[0].unsubscribe())
 
     async def _subscribe(self, subject: str) -> None:
-        sub = await self.nc.subscribe(subject, cb=self._received)
+        async def received(m: Any) -> None:
+            await self._received(m, subject)
+
+        sub = await self.nc.subscribe(subject, cb=received)
         entry = self._interest.get(subject)
         if entry is None or entry[0] is not None:  # dropped meanwhile
             await sub.unsubscribe()
@@ -335,11 +401,13 @@ class ClusterRouting(Hook):
 
     # -- incoming ------------------------------------------------------------------------
 
-    async def _received(self, m: Any) -> None:
+    async def _received(self, m: Any, through: str) -> None:
         try:
             origin, qos, retain, props = hdr.message_flags(m.headers)
             if origin == self.node:
                 return  # its own echo: routed locally when it was published
+            if not self._first_copy(m, through):
+                return
             topic = subject_to_topic(m.subject, self.prefix)
         except (hdr.HeaderError, SubjectError) as exc:
             log.warning("cluster: message on %r dropped: %s", m.subject, exc)
@@ -349,6 +417,26 @@ class ClusterRouting(Hook):
             self._delivering = True
             self._spawn(self._deliver())
 
+    def _first_copy(self, m: Any, through: str) -> bool:
+        """Whether `m` is the first copy of its message: NATS delivers one copy per matching
+        subscription of the connection (`a.>`, `a.*` and `a.b` all match `a.b`), and the
+        broker routes each message once to all its local subscriptions. An instance numbers
+        what it sends (`Hb-Id`: its run, then a counter); the first copy of each number is
+        taken. Each subscription delivers in order, so the first copies keep the order of
+        each topic. A message without a number (a NATS-native client's) is taken from the
+        first of the subscriptions it matches, in subject order."""
+        message_id = m.headers.get(hdr.MESSAGE_ID) if m.headers else None
+        if message_id is None:
+            first = min((s for s, (sub, _) in self._interest.items()
+                         if sub is not None and subject_matches(s, m.subject)), default=None)
+            return first is None or first == through
+        run, _, number = message_id.rpartition(".")
+        n = int(number)
+        seen = self._seen.get(run)
+        if seen is None:
+            seen = self._seen[run] = _Seen()
+        return seen.first(n)
+
     async def _deliver(self) -> None:
         """Publish what NATS brought, in arrival order, through the in-process client."""
         client = self.client
@@ -357,11 +445,10 @@ class ClusterRouting(Hook):
             while incoming and client is not None and not client.closed:
                 topic, payload, qos, retain, props = incoming.popleft()
                 self.received += 1
-                if qos:
-                    # Started in order; the client's Receive Maximum window bounds them.
-                    self._spawn(client.publish(topic, payload, qos, retain, props))
-                else:
-                    await client.publish(topic, payload, 0, retain, props)
+                # In arrival order; the broker's Receive Maximum bounds those unacknowledged.
+                acknowledged = await client.send(topic, payload, qos, retain, props)
+                if acknowledged is not None:
+                    acknowledged.add_done_callback(_settled)
         finally:
             self._delivering = False
 
