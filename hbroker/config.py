@@ -475,6 +475,11 @@ class ClusterConfig:
                                minimum=1, maximum=5)
     connect_timeout: float = opt(2.0, "Seconds one attempt to connect to a NATS server may "
                                  "take.", minimum=0.1, maximum=60)
+    publish_timeout: float = opt(5.0, "Seconds JetStream has to acknowledge the store of a "
+                                 "QoS 1/2 message; without its answer by then the PUBLISH is "
+                                 "refused (0x80 Unspecified error; a 3.1.1 client is "
+                                 "disconnected), never acknowledged.", minimum=0.1,
+                                 maximum=60)
     reconnect_wait: float = opt(1.0, "Seconds between attempts to reconnect to the same NATS "
                                 "server after the connection was lost; attempts go on "
                                 "forever.", minimum=0.1, maximum=60)

@@ -10,7 +10,7 @@ its own local subscribers as usual, so an instance never waits for NATS to deliv
   replicated, de-duplicated by `Nats-Msg-Id`); the publisher's PUBACK/PUBREC is held
   (`HeldAck.hold`) until JetStream acknowledged the store, and refused if it did not (0x83
   Implementation specific error when the instance has no NATS connection, 0x80 Unspecified
-  error when JetStream answered with an error or not within `publish_timeout`): an
+  error when JetStream answered with an error or not within `[cluster] publish_timeout`): an
   acknowledged message is in JetStream. Then it is published on the live subject, so that a
   QoS 2 message refused by JetStream (and so sent again by its publisher as a new message)
   was never delivered elsewhere.
@@ -61,7 +61,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("hbroker.cluster")
 
 STREAM_SUBJECT = "$HB.msgs."  # the stored copy of a QoS 1/2 message: STREAM_SUBJECT + subject
-PUBLISH_TIMEOUT = 5.0  # seconds JetStream has to acknowledge a store
 JOIN_TIMEOUT = 30.0  # seconds JetStream has to accept the stream when an instance starts
 _SHARE = "$share/"
 
@@ -184,7 +183,7 @@ class ClusterRouting(Hook):
                                 on_reconnected=self._on_reconnected,
                                 on_error=self._on_error)
         self.connected = True
-        self.js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT)
+        self.js = self.nc.jetstream(timeout=self.config.publish_timeout)
         stream = StreamConfig(name=self.stream,
                               subjects=[STREAM_SUBJECT + (self.prefix + ".>"
                                                           if self.prefix else ">")],
@@ -299,7 +298,7 @@ class ClusterRouting(Hook):
             self._sending = False
 
     async def _store(self, out: _Outgoing) -> None:
-        out.deadline = time.monotonic() + PUBLISH_TIMEOUT
+        out.deadline = time.monotonic() + self.config.publish_timeout
         try:
             future = await self.js.publish_async(STREAM_SUBJECT + out.subject, out.payload,
                                                  headers=out.headers, stream=self.stream)

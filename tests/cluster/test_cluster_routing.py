@@ -43,7 +43,7 @@ def instances(_nats_cluster: NatsCluster) -> Iterator[list[BrokerProcess]]:
                 started.append(BrokerProcess(workdir, {
                     "storage": {"backend": "memory"},
                     "cluster": {"backend": "nats", "servers": [url], "name": f"hb{i + 1}",
-                                "stream_replicas": 3}}))
+                                "stream_replicas": 3, "publish_timeout": 2.0}}))
             yield started
         finally:
             for b in started:
