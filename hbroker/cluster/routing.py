@@ -19,8 +19,10 @@ its own local subscribers as usual, so an instance never waits for NATS to deliv
   JetStream store is not acknowledged yet.
 
 A stream cannot capture every subject (nats-server refuses a stream on `>`), so the stored
-copy lives under `$HB.msgs.`; the live copy keeps the plain mapped subject, which is what
-NATS-native clients and nats-server's own MQTT see.
+copy lives under `$HB.msgs.` (`<prefix>.$HB.msgs.` with a subject prefix); the live copy
+keeps the plain mapped subject, which is what NATS-native clients and nats-server's own MQTT
+see. A retained PUBLISH is also stored as its topic's record in the retained stream
+(`hbroker.cluster.retained`), from which every other instance takes it.
 
 Incoming: the instance subscribes on NATS to the distinct filters its sessions hold (two
 subjects for `a/#`: `a.>` and `a`), one NATS subscription per distinct subject however many
@@ -42,6 +44,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from hbroker.cluster import headers as hdr
+from hbroker.cluster import retained
 from hbroker.cluster.subjects import (
     SubjectError,
     filter_to_subjects,
@@ -61,6 +64,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("hbroker.cluster")
 
 STREAM_SUBJECT = "$HB.msgs."  # the stored copy of a QoS 1/2 message: STREAM_SUBJECT + subject
+
+
+def namespace(prefix: str, name: str) -> str:
+    """The start of the subjects of one of the cluster's streams (`$HB.msgs.`, or with a
+    subject prefix `hb.$HB.msgs.`): clusters with different prefixes on one NATS system have
+    streams whose subjects do not overlap, as NATS requires."""
+    return f"{prefix}.{name}" if prefix else name
 JOIN_TIMEOUT = 30.0  # seconds JetStream has to accept the stream when an instance starts
 _SHARE = "$share/"
 
@@ -119,7 +129,8 @@ class _Seen:
 class _Outgoing:
     """A message on its way to NATS: stored first when `ack` (QoS 1/2), then live."""
 
-    __slots__ = ("subject", "payload", "headers", "ack", "stored", "failed", "deadline")
+    __slots__ = ("subject", "payload", "headers", "ack", "stores", "pending", "stored",
+                 "failed", "deadline")
 
     def __init__(self, subject: str, payload: bytes, headers: dict[str, str],
                  ack: HeldAck | None) -> None:
@@ -127,7 +138,11 @@ class _Outgoing:
         self.payload = payload
         self.headers = headers
         self.ack = ack
-        self.stored = ack is None  # QoS 0 needs no store
+        # (subject, stream, headers) of each JetStream store to make before it goes live:
+        # the message (QoS 1/2), the topic's retained record (RETAIN)
+        self.stores: list[tuple[str, str, dict[str, str]]] = []
+        self.pending = 0  # stores not acknowledged yet
+        self.stored = True  # every store acknowledged (none to make: QoS 0)
         self.failed = False
         self.deadline = 0.0
 
@@ -144,6 +159,10 @@ class ClusterRouting(Hook):
         self.node = config.name
         self.prefix = config.subject_prefix
         self.stream = stream_name(self.prefix)
+        self.retained_stream = retained.stream_name(self.prefix)
+        self.stored_ns = namespace(self.prefix, STREAM_SUBJECT)
+        self.retained_ns = namespace(self.prefix, retained.SUBJECT)
+        self.live_ns = self.prefix + "." if self.prefix else ""
         self.client_id = f"$cluster/{self.node}"
         self.broker: Any = None
         self.nc: Any = None
@@ -164,6 +183,7 @@ class ClusterRouting(Hook):
         self._incoming: deque[tuple[str, bytes, int, bool, dict | None]] = deque()
         self._delivering = False
         self._tasks: set[asyncio.Task] = set()
+        self._retained_sub: Any = None
         self.forwarded = 0  # messages sent to NATS
         self.received = 0  # messages from NATS published locally
         self.refused = 0  # QoS 1/2 publishes JetStream did not store
@@ -173,7 +193,6 @@ class ClusterRouting(Hook):
     async def join(self, broker: Any) -> None:
         """Connect to NATS, make sure the stream exists, connect the in-process client."""
         from nats.js.api import StorageType, StreamConfig
-        from nats.js.errors import BadRequestError, ServiceUnavailableError
 
         from hbroker.cluster.nats_connection import connect
 
@@ -184,29 +203,93 @@ class ClusterRouting(Hook):
                                 on_error=self._on_error)
         self.connected = True
         self.js = self.nc.jetstream(timeout=self.config.publish_timeout)
-        stream = StreamConfig(name=self.stream,
-                              subjects=[STREAM_SUBJECT + (self.prefix + ".>"
-                                                          if self.prefix else ">")],
-                              num_replicas=self.config.stream_replicas,
-                              storage=StorageType.FILE, duplicate_window=120.0)
+        messages = StreamConfig(name=self.stream,
+                                subjects=[self.stored_ns + ">"],
+                                num_replicas=self.config.stream_replicas,
+                                storage=StorageType.FILE, duplicate_window=120.0)
+        await self._ensure_stream(messages)
+        kept = await self._ensure_stream(retained.stream_config(
+            self.prefix, self.config.stream_replicas))
+        self.client = InProcessClient(broker, self.client_id)
+        await self.client.connect()
+        await self._follow_retained(kept.state.messages)
+        log.info("cluster joined", extra={"node": self.node, "stream": self.stream,
+                                          "servers": self.nc.connected_url.netloc
+                                          if self.nc.connected_url else None})
+
+    async def _follow_retained(self, records: int) -> None:
+        """Start the ordered consumer of the retained stream (holding `records` messages);
+        returns once every topic's record it held at the start is in the broker."""
+        from nats.js.api import DeliverPolicy
+        from nats.js.errors import NotFoundError, ServiceUnavailableError
+
+        loaded = asyncio.get_running_loop().create_future()
+        if not records:
+            loaded.set_result(0)
+        count = 0
+
+        async def record(m: Any) -> None:
+            nonlocal count
+            meta = m.metadata
+            self._retained_record(m, meta)
+            count += 1
+            if not loaded.done() and not meta.num_pending:
+                loaded.set_result(count)
+
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while True:  # a stream just made may not be known to every server yet
+            try:
+                self._retained_sub = await self.js.subscribe(
+                    self.retained_ns + ">",
+                    stream=self.retained_stream, cb=record, ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+                break
+            except (TimeoutError, NotFoundError, ServiceUnavailableError):
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        count = await asyncio.wait_for(loaded, JOIN_TIMEOUT)
+        while self._incoming or self._delivering:  # published into the broker
+            await asyncio.sleep(0)
+        if count:
+            log.info("cluster: retained messages loaded", extra={
+                "node": self.node, "records": count})
+
+    def _retained_record(self, m: Any, meta: Any) -> None:
+        """A topic's retained record from the stream: into the broker (RETAIN 1), unless this
+        instance published it in this run (it set it itself) or it has expired."""
+        try:
+            message_id = m.headers.get(hdr.MESSAGE_ID) if m.headers else None
+            if message_id is not None and message_id.rpartition(".")[0] == self._run:
+                return
+            _, qos, _, props = hdr.message_flags(m.headers)
+            if m.data and not retained.expiry_left(m.headers, meta.timestamp, props):
+                return
+            topic = subject_to_topic(m.subject[len(self.retained_ns):])
+        except (hdr.HeaderError, SubjectError, ValueError) as exc:
+            log.warning("cluster: retained record on %r dropped: %s", m.subject, exc)
+            return
+        self._queue_incoming(topic, m.data, qos, True, props)
+
+    async def _ensure_stream(self, stream: Any) -> Any:
+        from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+
         deadline = time.monotonic() + JOIN_TIMEOUT
         while True:  # a new NATS cluster may need a few seconds to elect its stream leader
             try:
                 try:
-                    await self.js.add_stream(stream)
-                except BadRequestError:
-                    await self.js.update_stream(stream)
-                break
+                    return await self.js.add_stream(stream)
+                except BadRequestError as refused:
+                    try:
+                        return await self.js.update_stream(stream)
+                    except NotFoundError:  # not there, and refused: e.g. subjects overlap
+                        raise ClusterError(f"stream {stream.name} {stream.subjects}: "
+                                           f"{refused.description}") from refused
             except (TimeoutError, ServiceUnavailableError):
                 if time.monotonic() >= deadline:
                     raise
                 log.info("cluster: waiting for JetStream to answer", extra={
-                    "node": self.node, "stream": self.stream})
-        self.client = InProcessClient(broker, self.client_id)
-        await self.client.connect()
-        log.info("cluster joined", extra={"node": self.node, "stream": self.stream,
-                                          "servers": self.nc.connected_url.netloc
-                                          if self.nc.connected_url else None})
+                    "node": self.node, "stream": stream.name})
 
     async def leave(self) -> None:
         self.leaving = True
@@ -241,7 +324,7 @@ class ClusterRouting(Hook):
                                      and client.client_id == self.client_id):
             return None  # $SYS stays on its instance; a message from NATS goes no further
         try:
-            subject = topic_to_subject(topic, self.prefix)
+            base = topic_to_subject(topic)
         except SubjectError:
             return ReasonCode.TOPIC_NAME_INVALID  # NATS cannot carry it
         expires_in = None
@@ -254,12 +337,17 @@ class ClusterRouting(Hook):
                                       expires_in)
         message_id = f"{self._run}.{next(self._ids)}"
         headers[hdr.MESSAGE_ID] = message_id
+        out = _Outgoing(self.live_ns + base, msg.payload, headers, ack)
         if ack is not None:
             ack.hold()
-            headers["Nats-Msg-Id"] = message_id
-        out = _Outgoing(subject, msg.payload, headers, ack)
+            out.stores.append((self.stored_ns + base, self.stream,
+                               {**headers, "Nats-Msg-Id": message_id}))
+        if msg.retain:  # the topic's retained message (or its clearing) for every instance
+            out.stores.append((self.retained_ns + base, self.retained_stream, headers))
         self._outgoing.append(out)
-        if ack is not None:
+        if out.stores:
+            out.pending = len(out.stores)
+            out.stored = False
             self._unstarted.append(out)
         if not self._sending:
             self._sending = True
@@ -299,14 +387,15 @@ class ClusterRouting(Hook):
 
     async def _store(self, out: _Outgoing) -> None:
         out.deadline = time.monotonic() + self.config.publish_timeout
-        try:
-            future = await self.js.publish_async(STREAM_SUBJECT + out.subject, out.payload,
-                                                 headers=out.headers, stream=self.stream)
-        except Exception as exc:
-            self._refuse(out, ReasonCode.UNSPECIFIED_ERROR if self.connected
-                         else ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, str(exc))
-            return
-        future.add_done_callback(lambda f, out=out: self._stored(out, f))
+        for subject, stream, headers in out.stores:
+            try:
+                future = await self.js.publish_async(subject, out.payload, headers=headers,
+                                                     stream=stream)
+            except Exception as exc:
+                self._refuse(out, ReasonCode.UNSPECIFIED_ERROR if self.connected
+                             else ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, str(exc))
+                return
+            future.add_done_callback(lambda f, out=out: self._stored(out, f))
 
     def _stored(self, out: _Outgoing, future: asyncio.Future) -> None:
         if future.cancelled() or future.exception() is not None:
@@ -315,20 +404,28 @@ class ClusterRouting(Hook):
             return
         if out.failed or out.stored:
             return
+        out.pending -= 1
+        if out.pending:
+            return
         out.stored = True
-        assert out.ack is not None
-        out.ack.release()
+        if out.ack is not None:
+            out.ack.release()
         self._progress.set()
 
     def _refuse(self, out: _Outgoing, code: int, why: str) -> None:
         if out.failed or out.stored:
             return
+        if out.ack is None:  # QoS 0 retained: its record is lost, the message goes on
+            log.warning("cluster: retained message not stored in JetStream: %s", why,
+                        extra={"node": self.node, "subject": out.subject})
+            out.stored = True
+            self._progress.set()
+            return
         out.failed = True
         self.refused += 1
         log.warning("cluster: message not stored in JetStream, refused: %s", why,
                     extra={"node": self.node, "subject": out.subject, "reason": f"{code:#04x}"})
-        if out.ack is not None:
-            out.ack.refuse(code, REFUSED)
+        out.ack.refuse(code, REFUSED)
         self._progress.set()
 
     # -- interest ------------------------------------------------------------------------
@@ -401,6 +498,11 @@ class ClusterRouting(Hook):
     # -- incoming ------------------------------------------------------------------------
 
     async def _received(self, m: Any, through: str) -> None:
+        subject = m.subject
+        if subject.startswith("$", len(self.live_ns)) or subject.startswith("_INBOX."):
+            # NATS's own traffic (`$JS.API`, the streams' stored copies, replies), which a
+            # `>` subscription (MQTT `#`) also matches: not MQTT messages
+            return
         try:
             origin, qos, retain, props = hdr.message_flags(m.headers)
             if origin == self.node:
@@ -411,7 +513,13 @@ class ClusterRouting(Hook):
         except (hdr.HeaderError, SubjectError) as exc:
             log.warning("cluster: message on %r dropped: %s", m.subject, exc)
             return
-        self._incoming.append((topic, m.data, qos, retain, props))
+        if retain and m.headers and hdr.MESSAGE_ID in m.headers:
+            return  # an instance's retained PUBLISH: every instance takes it from the stream
+        self._queue_incoming(topic, m.data, qos, retain, props)
+
+    def _queue_incoming(self, topic: str, payload: bytes, qos: int, retain: bool,
+                        props: dict | None) -> None:
+        self._incoming.append((topic, payload, qos, retain, props))
         if not self._delivering:
             self._delivering = True
             self._spawn(self._deliver())

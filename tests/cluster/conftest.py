@@ -7,6 +7,7 @@ worker's tests.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 from nats_cluster import INSTALL_HINT, NatsCluster, find_nats_server
 
 HERE = Path(__file__).resolve().parent
+# The broker process and the MQTT clients of the integration tests serve these tests too.
+sys.path.insert(0, str(HERE.parent / "integration"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

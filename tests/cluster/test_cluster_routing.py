@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,14 +16,13 @@ from pathlib import Path
 
 import nats
 import pytest
+from broker_process import BrokerProcess
+from clients import PahoClient, RawClient
 from hbroker_ext.codec import PUBACK, Publish
+from instances import start_instances, stop_instances
 from nats_cluster import NatsCluster
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from broker_process import BrokerProcess  # noqa: E402
-from clients import PahoClient, RawClient  # noqa: E402
 
 INSTANCES = 3
 _ids = itertools.count(1)
@@ -32,22 +30,10 @@ _ids = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def instances(_nats_cluster: NatsCluster) -> Iterator[list[BrokerProcess]]:
-    """hb1..hb3, instance i connected to NATS node i only (so that a message between two
-    instances crosses two NATS servers)."""
     with tempfile.TemporaryDirectory(prefix="hbroker-cluster-") as tmp:
-        started = []
-        try:
-            for i, url in enumerate(_nats_cluster.urls[:INSTANCES]):
-                workdir = Path(tmp) / f"hb{i + 1}"
-                workdir.mkdir()
-                started.append(BrokerProcess(workdir, {
-                    "storage": {"backend": "memory"},
-                    "cluster": {"backend": "nats", "servers": [url], "name": f"hb{i + 1}",
-                                "stream_replicas": 3, "publish_timeout": 2.0}}))
-            yield started
-        finally:
-            for b in started:
-                assert b.stop() == 0, b.log()
+        started = start_instances(Path(tmp), _nats_cluster.urls, INSTANCES)
+        yield started
+        stop_instances(started)
 
 
 def client(b: BrokerProcess, name: str, **kw) -> PahoClient:
