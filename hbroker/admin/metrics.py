@@ -20,7 +20,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 import hbroker
 from hbroker.reason_codes import ReasonCode
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from hbroker.broker import Broker
 
 PROTOCOL_NAMES = {3: "3.1", 4: "3.1.1", 5: "5.0"}
+# The classic text format, which every Prometheus server reads: every name here is a legacy
+# (ASCII) metric name, so the page is the same in either version of the format.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Counters of `broker.stats` exported one to one: (metric name without `_total`, Stats field,
 # help text).
 COUNTERS = (
@@ -271,7 +274,7 @@ def setup(admin: AdminServer) -> None:
 
     async def metrics(request: web.Request) -> web.Response:
         body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     admin.add_route("GET", "/metrics", metrics,
                     READ if admin.config.metrics_auth else PUBLIC)
