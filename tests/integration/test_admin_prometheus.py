@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker_process import BrokerProcess, free_port
+from broker_process import ROOT, BrokerProcess, free_port
 from clients import PahoClient
 
 from hbroker.admin.tokens import hash_token
@@ -160,3 +160,11 @@ def test_prometheus_scrapes_the_broker_and_sees_its_traffic(
         publisher.client.disconnect()
         subscriber.client.disconnect()
     prometheus.wait_for_value('hbroker_clients_connected{job="hbroker"}', lambda v: v == 0)
+    # Every expression of the Grafana dashboard, with its variables filled in as Grafana
+    # does, is valid PromQL and finds series on this broker.
+    board = json.loads((ROOT / "packaging" / "grafana" / "hbroker-dashboard.json").read_text())
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$__rate_interval", "5s").replace(
+                "$job", "hbroker").replace("$instance", ".*")
+            assert prometheus.query(expr), f"panel {panel['title']!r}: no series for {expr}"
