@@ -8,24 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_config import load_error, write
 
 from hbroker.admin.tokens import hash_token, new_token, parse_hash
 from hbroker.cli import main
-from hbroker.config import AdminConfig, AdminToken, Config, ConfigError, load_config
+from hbroker.config import AdminConfig, AdminToken, Config, load_config
 
 HASH = hash_token("s3cret-token")
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "hbroker.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def load_error(path: Path) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    return str(info.value)
 
 
 def test_admin_listener_is_off_by_default_on_loopback_port_9883() -> None:
