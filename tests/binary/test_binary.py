@@ -232,8 +232,11 @@ def test_binary_serves_metrics_and_health_on_the_admin_listener(tmp_path: Path) 
 
     broker = GatewayBroker(tmp_path)
     admin_port = tool.free_port()
-    broker.config.write_text(broker.config.read_text()
-                             + f"\n[admin]\nenabled = true\nport = {admin_port}\n")
+    text, enabled = re.subn(r"^enabled = false$", "enabled = true", broker.config.read_text(),
+                            flags=re.M)  # [admin] of examples/gateway.toml
+    text, ported = re.subn(r"^port = 9883$", f"port = {admin_port}", text, flags=re.M)
+    assert (enabled, ported) == (1, 1)
+    broker.config.write_text(text)
     broker.start()
     try:
         broker.pub("-V", "5", "-t", "gw/metrics", "-m", "counted")
