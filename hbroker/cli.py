@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"hbroker: {config.source}: {exc}", file=sys.stderr)
             return 2
-        print(config.to_toml(), end="")
+        print(config.to_toml(redact=True), end="")
         return 0
     if args.command in (None, "serve"):
         # Until the event loop handles SIGHUP (hbroker.server), one is remembered instead of

@@ -12,7 +12,9 @@ import difflib
 import ipaddress
 import math
 import os
+import socket
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,15 +24,21 @@ class ConfigError(Exception):
 
 
 def opt(default: Any, doc: str, *, reload: bool = False, choices: tuple = (),
-        minimum: float | None = None, maximum: float | None = None) -> Any:
+        minimum: float | None = None, maximum: float | None = None,
+        secret: bool = False) -> Any:
+    """A configuration option. `secret`: its value is shown as `<redacted>` where the
+    effective configuration is printed (`hbroker check-config`)."""
     return field(default=default, metadata={
-        "doc": doc, "reload": reload, "choices": choices, "min": minimum, "max": maximum})
+        "doc": doc, "reload": reload, "choices": choices, "min": minimum, "max": maximum,
+        "secret": secret})
 
 
 LISTENER_TYPES = ("tcp", "tls", "ws", "wss", "unix")
 TLS_TYPES = ("tls", "wss")
 WEBSOCKET_TYPES = ("ws", "wss")
 PROTOCOL_VERSIONS = (3, 4, 5)
+CLUSTER_BACKENDS = ("nats",)
+CLUSTER_URL_SCHEMES = ("nats", "tls")
 # The authentication sources a listener may restrict itself to (`ListenerConfig.auth`).
 AUTH_SOURCES = ("password_file", "webhook", "scram")
 DEFAULT_WEBSOCKET_PATH = "/mqtt"
@@ -457,6 +465,76 @@ class AdminConfig:
                                          "(`hbroker token --name NAME` makes one).")
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    backend: str = opt("", "The distributed engine the instances cluster through: `nats` (NATS "
+                       "with JetStream). Required in a `[cluster]` table; without the table "
+                       "the broker is not clustered.", choices=CLUSTER_BACKENDS)
+    servers: tuple[str, ...] = opt((), "NATS servers to connect to, as `nats://HOST:PORT` or "
+                                   "`tls://HOST:PORT` URLs (port default 4222); at least one. "
+                                   "One server of a NATS cluster is enough to find the others "
+                                   "(NATS tells its clients the cluster's addresses); list "
+                                   "several so that the first connection does not depend on "
+                                   "one. Credentials go in `user`/`password`, `token`, "
+                                   "`nkey_seed_file` or `creds_file`, not in the URL.")
+    name: str = opt("", "This instance's name in the cluster (its NATS connection name and "
+                    "its key in the cluster's records): a NATS subject token, so no `.`, `*`, "
+                    "`>` or whitespace. Empty: the host name, up to its first `.`. Each "
+                    "instance of a cluster needs its own.")
+    user: str = opt("", "NATS user name, with `password`. One way to authenticate at most: "
+                    "`user`/`password`, `token`, `nkey_seed_file` or `creds_file` (none: the "
+                    "servers admit anonymous clients). Files named in this table are relative "
+                    "to the working directory and must exist when the configuration is "
+                    "loaded.")
+    password: str = opt("", "NATS password, with `user`. Shown as `<redacted>` by `hbroker "
+                        "check-config`.", secret=True)
+    token: str = opt("", "NATS authentication token. Shown as `<redacted>` by `hbroker "
+                     "check-config`.", secret=True)
+    nkey_seed_file: str = opt("", "File holding the NATS nkey seed (`SU...`) this instance "
+                              "signs the server's challenge with.")
+    creds_file: str = opt("", "NATS `.creds` file (a user JWT and its nkey seed, as `nsc` "
+                          "writes it), for servers in operator mode.")
+    tls_ca: str = opt("", "PEM file of the authorities the NATS servers' certificates are "
+                      "checked against. Empty: the system's. TLS is used with every server "
+                      "that requires it (nats-server's `tls` block), whatever the URL's "
+                      "scheme: the client follows what the server announces, so a `tls://` "
+                      "URL alone does not refuse a server that offers plain text; "
+                      "`tls_handshake_first` does.")
+    tls_cert: str = opt("", "PEM client certificate presented to the NATS servers, with "
+                        "`tls_key`.")
+    tls_key: str = opt("", "PEM private key of `tls_cert`.")
+    tls_handshake_first: bool = opt(False, "Start TLS before the server says anything, as "
+                                    "nats-server does with `handshake_first: true` in its "
+                                    "`tls` block (which this then needs): no byte, credentials "
+                                    "included, ever goes in plain text.")
+    subject_prefix: str = opt("", "NATS subject tokens put before every subject the cluster "
+                              "uses (`hb` maps topic `a/b` to `hb.a.b`). Empty: none, so "
+                              "NATS-native clients and nats-server's own MQTT see MQTT "
+                              "traffic on the same subjects as nats-server maps them.")
+    stream_replicas: int = opt(3, "Replicas of each JetStream stream and key-value bucket the "
+                               "cluster keeps (messages, sessions, retained messages): with 3 "
+                               "the loss of any one NATS server loses nothing. At most the "
+                               "number of JetStream servers in the NATS cluster, which may be "
+                               "more than `servers` lists, so it is not checked against that "
+                               "list; JetStream refuses to create a stream with more replicas "
+                               "than it has servers. 1 for a single NATS server.",
+                               minimum=1, maximum=5)
+    connect_timeout: float = opt(2.0, "Seconds one attempt to connect to a NATS server may "
+                                 "take.", minimum=0.1, maximum=60)
+    publish_timeout: float = opt(5.0, "Seconds JetStream has to acknowledge the store of a "
+                                 "QoS 1/2 message; without its answer by then the PUBLISH is "
+                                 "refused (0x80 Unspecified error; a 3.1.1 client is "
+                                 "disconnected), never acknowledged.", minimum=0.1,
+                                 maximum=60)
+    reconnect_wait: float = opt(1.0, "Seconds between attempts to reconnect to the same NATS "
+                                "server after the connection was lost; attempts go on "
+                                "forever.", minimum=0.1, maximum=60)
+    ping_interval: float = opt(5.0, "Seconds between NATS pings on an idle connection; a "
+                               "connection that leaves two unanswered is taken as lost and "
+                               "reconnected, so a dead NATS server is noticed within about "
+                               "three intervals.", minimum=1, maximum=3600)
+
+
 SECTIONS: dict[str, type] = {
     "limits": LimitsConfig,
     "quotas": QuotasConfig,
@@ -468,6 +546,12 @@ SECTIONS: dict[str, type] = {
     "acl": AclConfig,
     "audit": AuditConfig,
     "admin": AdminConfig,
+}
+
+# Tables whose absence means something (no `[cluster]`: not clustered): `Config` holds None
+# for them unless the file has the table.
+OPTIONAL_SECTIONS: dict[str, type] = {
+    "cluster": ClusterConfig,
 }
 
 SECTION_DOCS = {
@@ -485,6 +569,8 @@ SECTION_DOCS = {
     "audit": "The audit log (see docs/security.md).",
     "admin": "The admin listener: Prometheus metrics and health checks over HTTP(S) (see "
              "docs/observability.md).",
+    "cluster": "Clustering several instances through NATS with JetStream. Without this "
+               "table the broker is not clustered. Every option needs a restart to change.",
 }
 
 @dataclass(frozen=True, slots=True)
@@ -500,21 +586,28 @@ class Config:
     acl: AclConfig = AclConfig()
     audit: AuditConfig = AuditConfig()
     admin: AdminConfig = AdminConfig()
+    cluster: ClusterConfig | None = None
     source: str | None = field(default=None, compare=False)
 
-    def to_toml(self) -> str:
-        """The effective configuration as TOML; loading it gives an equal Config."""
+    def to_toml(self, *, redact: bool = False) -> str:
+        """The effective configuration as TOML; loading it gives an equal Config. `redact`:
+        secret options that are set show `<redacted>` instead of their value."""
         lines: list[str] = []
         for lc in self.listeners:
             lines.append("[[listeners]]")
             lines += [f"{f.name} = {_toml_value(getattr(lc, f.name))}"
                       for f in dataclasses.fields(lc)]
             lines.append("")
-        for name in SECTIONS:
+        for name in (*SECTIONS, *OPTIONAL_SECTIONS):
             section = getattr(self, name)
+            if section is None:
+                continue
             lines.append(f"[{name}]")
-            lines += [f"{f.name} = {_toml_value(getattr(section, f.name))}"
-                      for f in dataclasses.fields(section)]
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                if redact and f.metadata["secret"] and value:
+                    value = REDACTED
+                lines.append(f"{f.name} = {_toml_value(value)}")
             lines.append("")
         return "\n".join(lines)
 
@@ -524,8 +617,14 @@ class Config:
         restart: list[str] = []
         if self.listeners != new.listeners:
             restart.append("listeners")
-        for name in SECTIONS:
+        for name in OPTIONAL_SECTIONS:
             old_s, new_s = getattr(self, name), getattr(new, name)
+            if (old_s is None) != (new_s is None):  # the table added or removed
+                restart.append(name)
+        for name in (*SECTIONS, *OPTIONAL_SECTIONS):
+            old_s, new_s = getattr(self, name), getattr(new, name)
+            if old_s is None or new_s is None:
+                continue
             for f in dataclasses.fields(old_s):
                 if getattr(old_s, f.name) != getattr(new_s, f.name):
                     (applied if f.metadata["reload"] else restart).append(f"{name}.{f.name}")
@@ -536,8 +635,8 @@ class Config:
         _, restart = self.reload_changes(new)
         merged = new
         for path in restart:
-            if path == "listeners":
-                merged = dataclasses.replace(merged, listeners=self.listeners)
+            if path == "listeners" or path in OPTIONAL_SECTIONS:
+                merged = dataclasses.replace(merged, **{path: getattr(self, path)})
                 continue
             section, key = path.split(".")
             kept = dataclasses.replace(getattr(merged, section),
@@ -739,7 +838,7 @@ def _check_listener(where: str, prefix: str, lc: ListenerConfig) -> None:
 
 def parse_config(data: dict[str, Any], where: str) -> Config:
     values: dict[str, Any] = {}
-    known = ["listeners", *SECTIONS]
+    known = ["listeners", *SECTIONS, *OPTIONAL_SECTIONS]
     for key in data:
         if key not in known:
             raise _unknown(where, key, key, known)
@@ -765,9 +864,11 @@ def parse_config(data: dict[str, Any], where: str) -> Config:
                                   f"already used by listeners[{seen[addr]}]")
             seen[addr] = i
         values["listeners"] = listeners
-    for name, cls in SECTIONS.items():
+    for name, cls in (*SECTIONS.items(), *OPTIONAL_SECTIONS.items()):
         if name in data:
             values[name] = _build(cls, where, name, data[name])
+    if "cluster" in values:
+        values["cluster"] = _check_cluster(where, values["cluster"])
     storage = values.get("storage")
     if storage is not None and storage.backend == "postgres" and not storage.dsn:
         raise ConfigError(f"{where}: storage.dsn: expected a PostgreSQL connection string "
@@ -866,6 +967,86 @@ def _check_admin(where: str, admin: AdminConfig) -> None:
         raise ConfigError(f'{where}: admin.host: "{admin.host}" is not a loopback address: '
                           "the admin listener needs admin.certfile and admin.keyfile (HTTPS) "
                           "there, or admin.allow_insecure = true")
+
+
+REDACTED = "<redacted>"
+# What a NATS subject token may not hold (nats-server's subject validation).
+_NOT_IN_TOKEN = (".", "*", ">", " ", "\t", "\n", "\r", "\f")
+
+
+def is_subject_token(text: str) -> bool:
+    """Whether `text` is one literal NATS subject token."""
+    return bool(text) and not any(c in text for c in _NOT_IN_TOKEN)
+
+
+def default_node_name() -> str:
+    """This machine's host name up to its first `.` (a fully qualified name is no token)."""
+    return socket.gethostname().split(".", 1)[0]
+
+
+def _check_nats_url(where: str, url: str) -> None:
+    expected = (f"{where}: cluster.servers: expected URLs such as \"nats://nats1.example:4222\""
+                f' (nats:// or tls://, a host, an optional port), got "{url}"')
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(expected) from None
+    if parts.scheme not in CLUSTER_URL_SCHEMES or not parts.hostname or \
+            parts.path not in ("", "/") or parts.query or parts.fragment or \
+            (port is not None and not 0 < port < 65536):
+        raise ConfigError(expected)
+    if parts.username is not None or parts.password is not None:
+        # One place for credentials, so that check-config can redact them.
+        raise ConfigError(f"{where}: cluster.servers: credentials in a URL are not accepted "
+                          f'(set cluster.user and cluster.password, or cluster.token), got '
+                          f'"{parts.scheme}://...@{parts.hostname}"')
+
+
+def _check_cluster(where: str, cluster: ClusterConfig) -> ClusterConfig:
+    """What the [cluster] options must satisfy together; the node name resolved."""
+    if not cluster.backend:
+        raise ConfigError(f"{where}: cluster.backend: expected 'nats', got nothing")
+    if not cluster.servers:
+        raise ConfigError(f"{where}: cluster.servers: expected one or more nats:// or tls:// "
+                          "URLs, got nothing")
+    for url in cluster.servers:
+        _check_nats_url(where, url)
+    if not cluster.name:
+        cluster = dataclasses.replace(cluster, name=default_node_name())
+        if not is_subject_token(cluster.name):
+            raise ConfigError(f"{where}: cluster.name: the host name \"{cluster.name}\" is "
+                              "not a NATS subject token; set cluster.name")
+    if not is_subject_token(cluster.name):
+        raise ConfigError(f"{where}: cluster.name: expected a NATS subject token (no '.', "
+                          f"'*', '>' or whitespace), got \"{cluster.name}\"")
+    if cluster.subject_prefix and not all(
+            is_subject_token(token) for token in cluster.subject_prefix.split(".")):
+        raise ConfigError(f"{where}: cluster.subject_prefix: expected NATS subject tokens "
+                          "separated by '.' (no '*', '>', whitespace or empty token), got "
+                          f'"{cluster.subject_prefix}"')
+    if cluster.user and not cluster.password:
+        raise ConfigError(f"{where}: cluster.password: expected the password of cluster.user, "
+                          "got nothing")
+    if cluster.password and not cluster.user:
+        raise ConfigError(f"{where}: cluster.user: expected the user of cluster.password, "
+                          "got nothing")
+    methods = [key for key in ("user", "token", "nkey_seed_file", "creds_file")
+               if getattr(cluster, key)]
+    if len(methods) > 1:
+        names = " and ".join(f"cluster.{key}" for key in methods)
+        raise ConfigError(f"{where}: cluster.{methods[1]}: expected one way to authenticate to "
+                          f"NATS, got {names}")
+    if bool(cluster.tls_cert) != bool(cluster.tls_key):
+        missing, given = ("tls_key", "tls_cert") if cluster.tls_cert else ("tls_cert",
+                                                                            "tls_key")
+        raise ConfigError(f"{where}: cluster.{missing}: expected a PEM file (cluster.{given} "
+                          "is set), got nothing")
+    for key in ("nkey_seed_file", "creds_file", "tls_ca", "tls_cert", "tls_key"):
+        path = getattr(cluster, key)
+        if path and not os.path.isfile(path):
+            raise ConfigError(f'{where}: cluster.{key}: file not found: "{path}"')
+    return cluster
 
 
 def load_config(path: str | os.PathLike | None) -> Config:

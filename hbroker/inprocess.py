@@ -243,17 +243,39 @@ class InProcessClient:
         PUBREC with an error) with the acknowledgement's reason code (0 Success, 0x10 No
         matching subscribers, >= 0x80 refused, e.g. 0x87 Not authorized). QoS 0 returns 0
         once handed to the broker: a refused QoS 0 message is dropped without a word."""
+        acknowledged = await self.send(topic, payload, qos, retain, properties)
+        return 0 if acknowledged is None else await acknowledged
+
+    async def send(self, topic: str, payload: bytes | str = b"", qos: int = 0,
+                   retain: bool = False, properties: dict[int, Any] | None = None
+                   ) -> asyncio.Future[int] | None:
+        """Hand a PUBLISH to the broker as soon as the broker's Receive Maximum allows, without
+        waiting for its acknowledgement: returns, once it is handed over, a future of the
+        code `publish` would return (None for QoS 0). Messages sent one after another from
+        one task reach the broker in that order, whatever their QoS (a relay that must keep
+        the order of what it forwards, e.g. the cluster layer, sends this way)."""
         self._check_open()
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         if not qos:
             self._send(Publish(topic, data, 0, retain, False, 0, properties))
-            return 0
-        assert self._window is not None
-        async with self._window:  # the broker's Receive Maximum
+            return None
+        window = self._window
+        assert window is not None
+        await window.acquire()  # the broker's Receive Maximum
+        try:
             self._check_open()
-            pid = self._packet_id()
-            ack = self._expect(PUBACK if qos == 1 else PUBREC, pid)
-            self._send(Publish(topic, data, qos, retain, False, pid, properties))
+        except BaseException:
+            window.release()
+            raise
+        pid = self._packet_id()
+        ack = self._expect(PUBACK if qos == 1 else PUBREC, pid)
+        self._send(Publish(topic, data, qos, retain, False, pid, properties))
+        return asyncio.ensure_future(self._acknowledged(ack, qos, pid))
+
+    async def _acknowledged(self, ack: asyncio.Future, qos: int, pid: int) -> int:
+        """The rest of a QoS 1/2 flow `send` began; the window's place is kept until then."""
+        assert self._window is not None
+        try:
             if qos == 1:
                 return (await ack).reason_code
             rec = await ack
@@ -263,6 +285,8 @@ class InProcessClient:
             self._send(Pubrel(pid))
             await comp
             return rec.reason_code
+        finally:
+            self._window.release()
 
     # -- subscribe ---------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from hbroker import auth
 from hbroker import log as hlog
 from hbroker.broker import Broker
+from hbroker.cluster.routing import ClusterError, ClusterRouting
 from hbroker.config import Config, ConfigError, load_config
 from hbroker.connection import Connection
 from hbroker.hooks import Hook, Hooks
@@ -45,7 +46,11 @@ class Server:
         """`extra_hooks` (`hbroker serve --hook`) come after the hooks the configuration
         builds; a SIGHUP reload replaces only the latter."""
         self.config = config
-        self.broker = Broker(config, Hooks([*auth.build_hooks(config), *extra_hooks]))
+        # Clustered ([cluster]): the live routing between instances is a hook of its own.
+        self.cluster = ClusterRouting(config.cluster) if config.cluster is not None else None
+        cluster_hooks = [self.cluster] if self.cluster is not None else []
+        self.broker = Broker(config, Hooks([*auth.build_hooks(config), *extra_hooks,
+                                            *cluster_hooks]))
         self.listeners: list[Listener] = []
         self.stopping: asyncio.Event | None = None
         self.started = False
@@ -85,6 +90,13 @@ class Server:
             self.admin = AdminServer(self)
             await self.admin.start()
         await self.open_storage()
+        if self.cluster is not None:
+            try:
+                await self.cluster.join(broker)
+            except Exception as exc:
+                raise ClusterError(f"{source}: cluster: cannot join over NATS "
+                                   f"({', '.join(self.config.cluster.servers)}): "
+                                   f"{exc or type(exc).__name__}") from exc
 
         def make_connection(listener: Listener) -> Connection:
             return Connection(broker, listener)
@@ -109,7 +121,7 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self.start()
-        except (StorageError, ListenerError) as exc:
+        except (StorageError, ListenerError, ClusterError) as exc:
             log.error("cannot start: %s", exc)
             for listener in self.listeners:
                 listener.close()
@@ -147,6 +159,8 @@ class Server:
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while self.broker.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        if self.cluster is not None:
+            await self.cluster.leave()
         if self.broker.journal is not None:
             await self.broker.journal.close()
         if self.admin is not None:

@@ -15,8 +15,10 @@ Two halves, run by `packaging/hbroker.spec`:
 The probes drive the code paths a running broker takes: a SQLite store opened, loaded and
 closed; a PostgreSQL connection attempt through asyncpg (to a closed loopback port: it must
 fail with the broker's own StorageError, not an ImportError); a broker under uvloop that
-accepts an MQTT CONNECT and answers CONNACK; msgpack's compiled packer (it falls back to pure
-Python in silence when `_cmsgpack` is missing); `--version`.
+accepts an MQTT CONNECT and answers CONNACK; a NATS connection of the `[cluster]` table with
+an nkey seed over TLS (nats-py, which imports `nkeys` only when it signs with one), to a closed
+port; msgpack's compiled packer (it falls back to pure Python in silence when `_cmsgpack` is
+missing); `--version`.
 """
 
 from __future__ import annotations
@@ -138,6 +140,37 @@ async def _probe_postgres() -> None:
     raise RuntimeError("a PostgreSQL connection to a closed port did not fail")
 
 
+async def _probe_nats(directory: str) -> None:
+    """hbroker.cluster.nats_connection.connect as a clustered broker calls it, with an nkey
+    seed and TLS, to a loopback port that nothing listens on: the first refusal ends it."""
+    import nkeys
+
+    from hbroker.cluster.nats_connection import connect
+    from hbroker.config import parse_config
+
+    seed = os.path.join(directory, "probe.nk")
+    with open(seed, "wb") as fh:
+        fh.write(nkeys.encode_seed(bytes(32), nkeys.PREFIX_BYTE_USER))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = parse_config({"cluster": {"backend": "nats", "servers": [f"tls://127.0.0.1:{port}"],
+                                       "name": "probe", "nkey_seed_file": seed}}, "<probe>")
+    assert config.cluster is not None
+
+    class Refused(Exception):
+        pass
+
+    async def refused(exc: Exception) -> None:
+        raise Refused from exc
+
+    try:
+        await connect(config.cluster, name="probe", on_error=refused)
+    except Refused:
+        return
+    raise RuntimeError("a NATS connection to a closed port did not fail")
+
+
 async def _probe_broker() -> None:
     """A broker on a free loopback port accepts an MQTT 3.1.1 CONNECT and answers CONNACK."""
     from hbroker.config import parse_config
@@ -174,6 +207,7 @@ def probe() -> None:
     async def run() -> None:
         with tempfile.TemporaryDirectory(prefix="hbroker-probe-") as directory:
             await _probe_sqlite(directory)
+            await _probe_nats(directory)
         await _probe_postgres()
         await _probe_broker()
 
@@ -221,7 +255,7 @@ def check_main(argv: list[str]) -> int:
             print(f"  {failure}", file=sys.stderr)
         return 1
     print(f"bundle check: {len(names)} modules import, probes passed "
-          "(sqlite, postgres, broker CONNECT/CONNACK, msgpack, version)")
+          "(sqlite, postgres, broker CONNECT/CONNACK, nats, msgpack, version)")
     return 0
 
 

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hbroker.config import (  # noqa: E402
+    OPTIONAL_SECTIONS,
     SECTION_DOCS,
     SECTIONS,
     AdminToken,
@@ -92,7 +93,7 @@ def _table(cls: type) -> list[str]:
 def render_doc() -> str:
     out = [INTRO, "## `[[listeners]]`", "", SECTION_DOCS["listeners"], ""]
     out += _table(ListenerConfig)
-    for name, cls in SECTIONS.items():
+    for name, cls in (*SECTIONS.items(), *OPTIONAL_SECTIONS.items()):
         out += ["", f"## `[{name}]`", "", SECTION_DOCS[name], ""]
         out += _table(cls)
         if name == "admin":
@@ -124,6 +125,15 @@ def render_example() -> str:
             out += _comment(f.metadata["doc"] + ("" if f.metadata["reload"]
                                                  else " (Needs a restart to change.)"))
             out.append(f"{f.name} = {_toml_value(f.default)}")
+    # A table whose presence changes what the broker does (`[cluster]` clusters it): shown
+    # commented out, so that the example still runs every option at its default.
+    for name, cls in OPTIONAL_SECTIONS.items():
+        out.append("")
+        out += _comment(SECTION_DOCS[name])
+        out.append(f"# [{name}]")
+        for f in _fields(cls):
+            out += ["#" + line[1:] for line in _comment(f.metadata["doc"])]
+            out.append(f"# {f.name} = {_toml_value(f.default)}")
     return "\n".join(out) + "\n"
 
 

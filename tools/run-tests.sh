@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole suite. Two workers: CI has two cores and most tests wait on sockets.
+# `--dist loadgroup`: the tests of one xdist_group run on one worker (tests/cluster shares
+# one NATS cluster that way); the others are spread as by the default `load`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # tests/binary runs against the single-file binary: `make test-binary` builds it and runs them.
-exec .venv/bin/python -m pytest -n 2 -q -p no:cacheprovider --ignore=tests/binary "$@"
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup -q -p no:cacheprovider --ignore=tests/binary "$@"

@@ -18,6 +18,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # Wiring: configuration, listeners, broker, storage and hooks put together; the admin
     # listener, started and stopped by the server, which it reads when asked.
     ("hbroker.server", "hbroker.admin"),
+    # Extensions built on the hooks and the in-process client: the cluster layer.
+    ("hbroker.cluster",),
     # Listeners: the transports a connection comes through, and the in-process client (a
     # connection without a socket).
     ("hbroker.transports", "hbroker.inprocess"),

@@ -1,0 +1,457 @@
+"""Live routing between the instances of a cluster, over NATS: a hook and an in-process client.
+
+Outgoing: every message a local client publishes (`on_message_published`) leaves for NATS
+once, on the subject its topic maps to (`hbroker.cluster.subjects`, nats-server's mapping),
+with its flags and properties as headers (`hbroker.cluster.headers`). The broker routes it to
+its own local subscribers as usual, so an instance never waits for NATS to deliver locally.
+
+- QoS 0: one core NATS publish.
+- QoS 1 and 2: first stored in the cluster's JetStream stream (subject `$HB.msgs.<subject>`,
+  replicated, de-duplicated by `Nats-Msg-Id`); the publisher's PUBACK/PUBREC is held
+  (`HeldAck.hold`) until JetStream acknowledged the store, and refused if it did not (0x83
+  Implementation specific error when the instance has no NATS connection, 0x80 Unspecified
+  error when JetStream answered with an error or not within `[cluster] publish_timeout`): an
+  acknowledged message is in JetStream. Then it is published on the live subject, so that a
+  QoS 2 message refused by JetStream (and so sent again by its publisher as a new message)
+  was never delivered elsewhere.
+- Order: what a connection publishes leaves for the live subjects in PUBLISH order, whatever
+  its QoS: the outgoing queue is one FIFO and a message waits behind an earlier one whose
+  JetStream store is not acknowledged yet.
+
+A stream cannot capture every subject (nats-server refuses a stream on `>`), so the stored
+copy lives under `$HB.msgs.`; the live copy keeps the plain mapped subject, which is what
+NATS-native clients and nats-server's own MQTT see.
+
+Incoming: the instance subscribes on NATS to the distinct filters its sessions hold (two
+subjects for `a/#`: `a.>` and `a`), one NATS subscription per distinct subject however many
+sessions share it, kept while any session holds the filter (also while the session is
+offline: its messages are queued for it) and dropped when the last one goes. A message from
+NATS whose `Hb-Origin` is this instance is its own echo and is dropped; any other is
+published into the broker by the cluster's in-process client, whose own publishes are not
+sent back to NATS. The broker then routes it as any message: ACL, No Local, Retain As
+Published, subscription identifiers, the sessions' queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from hbroker.cluster import headers as hdr
+from hbroker.cluster.subjects import (
+    SubjectError,
+    filter_to_subjects,
+    subject_to_topic,
+    topic_to_subject,
+)
+from hbroker.hooks import REFUSED, Hook
+from hbroker.inprocess import InProcessClient
+from hbroker.reason_codes import ReasonCode
+
+if TYPE_CHECKING:
+    from hbroker.acknowledgement import HeldAck
+    from hbroker.config import ClusterConfig
+    from hbroker.hooks import ClientInfo
+    from hbroker.session import Message
+
+log = logging.getLogger("hbroker.cluster")
+
+STREAM_SUBJECT = "$HB.msgs."  # the stored copy of a QoS 1/2 message: STREAM_SUBJECT + subject
+JOIN_TIMEOUT = 30.0  # seconds JetStream has to accept the stream when an instance starts
+_SHARE = "$share/"
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether NATS subscription subject `pattern` (`*`, `>`) matches `subject`."""
+    ptoks = pattern.split(".")
+    stoks = subject.split(".")
+    for i, tok in enumerate(ptoks):
+        if tok == ">":
+            return len(stoks) > i
+        if i >= len(stoks) or (tok != "*" and tok != stoks[i]):
+            return False
+    return len(ptoks) == len(stoks)
+
+
+def _settled(future: asyncio.Future) -> None:
+    """A local delivery's acknowledgement: nothing waits for it (a closing client fails it)."""
+    if not future.cancelled():
+        future.exception()
+
+
+class ClusterError(Exception):
+    """The instance cannot join its cluster (no NATS server answers, the stream is refused)."""
+
+
+def stream_name(prefix: str) -> str:
+    """The JetStream stream of a cluster (one per subject prefix)."""
+    return "HBROKER_MSGS" + ("_" + prefix.replace(".", "_").upper() if prefix else "")
+
+
+class _Seen:
+    """The message numbers of one sender's run seen lately: within WINDOW of the highest,
+    each is taken once; one further behind is a late copy."""
+
+    WINDOW = 1 << 16
+
+    __slots__ = ("high", "numbers")
+
+    def __init__(self) -> None:
+        self.high = 0
+        self.numbers: set[int] = set()
+
+    def first(self, n: int) -> bool:
+        if n > self.high:
+            self.high = n
+            if len(self.numbers) >= 2 * self.WINDOW:
+                floor = n - self.WINDOW
+                self.numbers = {x for x in self.numbers if x > floor}
+        elif n <= self.high - self.WINDOW or n in self.numbers:
+            return False
+        self.numbers.add(n)
+        return True
+
+
+class _Outgoing:
+    """A message on its way to NATS: stored first when `ack` (QoS 1/2), then live."""
+
+    __slots__ = ("subject", "payload", "headers", "ack", "stored", "failed", "deadline")
+
+    def __init__(self, subject: str, payload: bytes, headers: dict[str, str],
+                 ack: HeldAck | None) -> None:
+        self.subject = subject
+        self.payload = payload
+        self.headers = headers
+        self.ack = ack
+        self.stored = ack is None  # QoS 0 needs no store
+        self.failed = False
+        self.deadline = 0.0
+
+
+class ClusterRouting(Hook):
+    """The cluster's live routing (see the module docstring). `join` connects to NATS and
+    makes the stream and the in-process client; the server awaits it before its listeners
+    accept connections."""
+
+    name = "cluster"
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.node = config.name
+        self.prefix = config.subject_prefix
+        self.stream = stream_name(self.prefix)
+        self.client_id = f"$cluster/{self.node}"
+        self.broker: Any = None
+        self.nc: Any = None
+        self.js: Any = None
+        self.client: InProcessClient | None = None
+        self.connected = False
+        self.leaving = False
+        # subject -> (NATS subscription or None while subscribing, sessions holding it)
+        self._interest: dict[str, list[Any]] = {}
+        self._filters: dict[str, set[str]] = {}  # client id -> its non-$share filters
+        self._outgoing: deque[_Outgoing] = deque()  # in PUBLISH order
+        self._unstarted: deque[_Outgoing] = deque()  # QoS 1/2 whose store is not sent yet
+        self._progress = asyncio.Event()  # a store was acknowledged or refused
+        self._sending = False
+        self._ids = itertools.count(1)
+        self._run = f"{self.node}-{int(time.time() * 1000):x}"  # unique per process
+        self._seen: dict[str, _Seen] = {}  # sender's run -> the numbers seen lately
+        self._incoming: deque[tuple[str, bytes, int, bool, dict | None]] = deque()
+        self._delivering = False
+        self._tasks: set[asyncio.Task] = set()
+        self.forwarded = 0  # messages sent to NATS
+        self.received = 0  # messages from NATS published locally
+        self.refused = 0  # QoS 1/2 publishes JetStream did not store
+
+    # -- joining -----------------------------------------------------------------------
+
+    async def join(self, broker: Any) -> None:
+        """Connect to NATS, make sure the stream exists, connect the in-process client."""
+        from nats.js.api import StorageType, StreamConfig
+        from nats.js.errors import BadRequestError, ServiceUnavailableError
+
+        from hbroker.cluster.nats_connection import connect
+
+        self.broker = broker
+        self.nc = await connect(self.config, name=self.node,
+                                on_disconnected=self._on_disconnected,
+                                on_reconnected=self._on_reconnected,
+                                on_error=self._on_error)
+        self.connected = True
+        self.js = self.nc.jetstream(timeout=self.config.publish_timeout)
+        stream = StreamConfig(name=self.stream,
+                              subjects=[STREAM_SUBJECT + (self.prefix + ".>"
+                                                          if self.prefix else ">")],
+                              num_replicas=self.config.stream_replicas,
+                              storage=StorageType.FILE, duplicate_window=120.0)
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while True:  # a new NATS cluster may need a few seconds to elect its stream leader
+            try:
+                try:
+                    await self.js.add_stream(stream)
+                except BadRequestError:
+                    await self.js.update_stream(stream)
+                break
+            except (TimeoutError, ServiceUnavailableError):
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("cluster: waiting for JetStream to answer", extra={
+                    "node": self.node, "stream": self.stream})
+        self.client = InProcessClient(broker, self.client_id)
+        await self.client.connect()
+        log.info("cluster joined", extra={"node": self.node, "stream": self.stream,
+                                          "servers": self.nc.connected_url.netloc
+                                          if self.nc.connected_url else None})
+
+    async def leave(self) -> None:
+        self.leaving = True
+        if self.client is not None:
+            await self.client.close()
+        if self.nc is not None:
+            await self.nc.drain()
+        self.connected = False
+
+    async def _on_disconnected(self) -> None:
+        self.connected = False
+        if self.leaving:
+            return
+        log.warning("cluster: NATS connection lost; QoS 1/2 publishes are refused until it "
+                    "returns", extra={"node": self.node})
+
+    async def _on_reconnected(self) -> None:
+        self.connected = True
+        log.info("cluster: NATS connection back", extra={
+            "node": self.node,
+            "server": self.nc.connected_url.netloc if self.nc.connected_url else None})
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("cluster: NATS error: %s", exc, extra={"node": self.node})
+
+    # -- outgoing ------------------------------------------------------------------------
+
+    def on_message_published(self, client: ClientInfo, msg: Message,
+                             ack: HeldAck | None) -> int | None:
+        topic = msg.topic
+        if topic.startswith("$") or (client is not None
+                                     and client.client_id == self.client_id):
+            return None  # $SYS stays on its instance; a message from NATS goes no further
+        try:
+            subject = topic_to_subject(topic, self.prefix)
+        except SubjectError:
+            return ReasonCode.TOPIC_NAME_INVALID  # NATS cannot carry it
+        expires_in = None
+        if msg.expires_at:
+            expires_in = msg.expires_at - time.monotonic()
+        if ack is not None and not self.connected:
+            self.refused += 1
+            return ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR
+        headers = hdr.message_headers(self.node, msg.qos, msg.retain, msg.properties,
+                                      expires_in)
+        message_id = f"{self._run}.{next(self._ids)}"
+        headers[hdr.MESSAGE_ID] = message_id
+        if ack is not None:
+            ack.hold()
+            headers["Nats-Msg-Id"] = message_id
+        out = _Outgoing(subject, msg.payload, headers, ack)
+        self._outgoing.append(out)
+        if ack is not None:
+            self._unstarted.append(out)
+        if not self._sending:
+            self._sending = True
+            self._spawn(self._send())
+        return None
+
+    async def _send(self) -> None:
+        """Store what must be stored (pipelined), then publish live in order."""
+        queue, unstarted = self._outgoing, self._unstarted
+        try:
+            while queue:
+                while unstarted:  # start every store not started yet
+                    await self._store(unstarted.popleft())
+                while queue and (queue[0].stored or queue[0].failed):
+                    out = queue.popleft()
+                    if out.failed:
+                        continue
+                    try:
+                        await self.nc.publish(out.subject, out.payload, headers=out.headers)
+                        self.forwarded += 1
+                    except Exception as exc:  # no connection: a QoS 0 message is lost
+                        log.debug("cluster: live publish failed: %s", exc)
+                if not queue or unstarted:
+                    continue
+                head = queue[0]
+                wait = head.deadline - time.monotonic()
+                if wait <= 0:
+                    self._refuse(head, ReasonCode.UNSPECIFIED_ERROR, "no JetStream answer")
+                    continue
+                self._progress.clear()
+                try:
+                    await asyncio.wait_for(self._progress.wait(), wait)
+                except TimeoutError:
+                    pass
+        finally:
+            self._sending = False
+
+    async def _store(self, out: _Outgoing) -> None:
+        out.deadline = time.monotonic() + self.config.publish_timeout
+        try:
+            future = await self.js.publish_async(STREAM_SUBJECT + out.subject, out.payload,
+                                                 headers=out.headers, stream=self.stream)
+        except Exception as exc:
+            self._refuse(out, ReasonCode.UNSPECIFIED_ERROR if self.connected
+                         else ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, str(exc))
+            return
+        future.add_done_callback(lambda f, out=out: self._stored(out, f))
+
+    def _stored(self, out: _Outgoing, future: asyncio.Future) -> None:
+        if future.cancelled() or future.exception() is not None:
+            self._refuse(out, ReasonCode.UNSPECIFIED_ERROR,
+                         "cancelled" if future.cancelled() else str(future.exception()))
+            return
+        if out.failed or out.stored:
+            return
+        out.stored = True
+        assert out.ack is not None
+        out.ack.release()
+        self._progress.set()
+
+    def _refuse(self, out: _Outgoing, code: int, why: str) -> None:
+        if out.failed or out.stored:
+            return
+        out.failed = True
+        self.refused += 1
+        log.warning("cluster: message not stored in JetStream, refused: %s", why,
+                    extra={"node": self.node, "subject": out.subject, "reason": f"{code:#04x}"})
+        if out.ack is not None:
+            out.ack.refuse(code, REFUSED)
+        self._progress.set()
+
+    # -- interest ------------------------------------------------------------------------
+
+    def on_subscribed(self, client: ClientInfo, topic_filter: str, options: Any,
+                      new: bool) -> None:
+        if client.client_id == self.client_id or topic_filter.startswith("$"):
+            return  # $SYS, and $share (live groups are per instance for now)
+        filters = self._filters.setdefault(client.client_id, set())
+        if topic_filter in filters:
+            return
+        filters.add(topic_filter)
+        self._hold_interest(topic_filter)
+
+    def on_unsubscribed(self, client: ClientInfo, topic_filter: str) -> None:
+        filters = self._filters.get(client.client_id)
+        if filters is None or topic_filter not in filters:
+            return
+        filters.discard(topic_filter)
+        if not filters:
+            del self._filters[client.client_id]
+        self._drop_interest(topic_filter)
+
+    def on_session_ended(self, client_id: str, reason: str) -> None:
+        for topic_filter in self._filters.pop(client_id, ()):
+            self._drop_interest(topic_filter)
+
+    def _subjects(self, topic_filter: str) -> tuple[str, ...]:
+        try:
+            return filter_to_subjects(topic_filter, self.prefix)
+        except SubjectError as exc:
+            log.warning("cluster: filter %r is not carried by NATS: %s", topic_filter, exc)
+            return ()
+
+    def _hold_interest(self, topic_filter: str) -> None:
+        for subject in self._subjects(topic_filter):
+            entry = self._interest.get(subject)
+            if entry is not None:
+                entry[1] += 1
+                continue
+            self._interest[subject] = [None, 1]
+            self._spawn(self._subscribe(subject))
+
+    def _drop_interest(self, topic_filter: str) -> None:
+        for subject in self._subjects(topic_filter):
+            entry = self._interest.get(subject)
+            if entry is None:
+                continue
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._interest[subject]
+                if entry[0] is not None:
+                    self._spawn(entry[0].unsubscribe())
+
+    async def _subscribe(self, subject: str) -> None:
+        async def received(m: Any) -> None:
+            await self._received(m, subject)
+
+        sub = await self.nc.subscribe(subject, cb=received)
+        entry = self._interest.get(subject)
+        if entry is None or entry[0] is not None:  # dropped meanwhile
+            await sub.unsubscribe()
+            return
+        entry[0] = sub
+
+    def subscribed(self) -> dict[str, int]:
+        """NATS subject -> sessions holding it (for status and tests)."""
+        return {s: e[1] for s, e in self._interest.items()}
+
+    # -- incoming ------------------------------------------------------------------------
+
+    async def _received(self, m: Any, through: str) -> None:
+        try:
+            origin, qos, retain, props = hdr.message_flags(m.headers)
+            if origin == self.node:
+                return  # its own echo: routed locally when it was published
+            if not self._first_copy(m, through):
+                return
+            topic = subject_to_topic(m.subject, self.prefix)
+        except (hdr.HeaderError, SubjectError) as exc:
+            log.warning("cluster: message on %r dropped: %s", m.subject, exc)
+            return
+        self._incoming.append((topic, m.data, qos, retain, props))
+        if not self._delivering:
+            self._delivering = True
+            self._spawn(self._deliver())
+
+    def _first_copy(self, m: Any, through: str) -> bool:
+        """Whether `m` is the first copy of its message: NATS delivers one copy per matching
+        subscription of the connection (`a.>`, `a.*` and `a.b` all match `a.b`), and the
+        broker routes each message once to all its local subscriptions. An instance numbers
+        what it sends (`Hb-Id`: its run, then a counter); the first copy of each number is
+        taken. Each subscription delivers in order, so the first copies keep the order of
+        each topic. A message without a number (a NATS-native client's) is taken from the
+        first of the subscriptions it matches, in subject order."""
+        message_id = m.headers.get(hdr.MESSAGE_ID) if m.headers else None
+        if message_id is None:
+            first = min((s for s, (sub, _) in self._interest.items()
+                         if sub is not None and subject_matches(s, m.subject)), default=None)
+            return first is None or first == through
+        run, _, number = message_id.rpartition(".")
+        n = int(number)
+        seen = self._seen.get(run)
+        if seen is None:
+            seen = self._seen[run] = _Seen()
+        return seen.first(n)
+
+    async def _deliver(self) -> None:
+        """Publish what NATS brought, in arrival order, through the in-process client."""
+        client = self.client
+        incoming = self._incoming
+        try:
+            while incoming and client is not None and not client.closed:
+                topic, payload, qos, retain, props = incoming.popleft()
+                self.received += 1
+                # In arrival order; the broker's Receive Maximum bounds those unacknowledged.
+                acknowledged = await client.send(topic, payload, qos, retain, props)
+                if acknowledged is not None:
+                    acknowledged.add_done_callback(_settled)
+        finally:
+            self._delivering = False
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
