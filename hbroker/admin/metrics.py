@@ -132,7 +132,7 @@ class BrokerCollector:
         b = self.broker
         counts: dict[tuple[str, str], int] = {}
         for name in self.listener_names():
-            for version in PROTOCOL_NAMES.values():
+            for version in (*PROTOCOL_NAMES.values(), "connecting"):
                 counts[(name, version)] = 0
         for conn in list(b.connections):
             listener = getattr(getattr(conn, "listener", None), "name", "in-process")
