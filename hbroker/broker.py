@@ -69,6 +69,8 @@ class Broker(BrokerCore):
         # topic -> subscribers cache, which holds only subscribers allowed to read the topic.
         self.identities: dict[str, ClientInfo] = {}
         self.acl_generation = 0
+        # CONNECTs (and re-authentications) refused for their credentials, by reason code.
+        self.auth_failures: dict[int, int] = {}
         self.auth_backoff = FailureBackoff(config.auth.failure_delay,
                                            config.auth.failure_delay_max)
         self._shared_next: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""The `hbroker` command: serve, check-config, storage inspect, --version."""
+"""The `hbroker` command: serve, check-config, storage inspect, token, --version."""
 
 from __future__ import annotations
 
@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         "and stored message counts")
     inspect.add_argument("-c", "--config", help="TOML configuration file (default: embedded)")
     inspect.add_argument("--json", action="store_true", help="print JSON")
+    token = sub.add_parser("token", help="make a bearer token for the admin listener: "
+                           "prints the token and its [[admin.tokens]] entry (hash only)")
+    token.add_argument("--name", required=True, help="who or what will hold the token")
+    token.add_argument("--role", choices=["read", "admin"], default="read",
+                       help="read (metrics and read calls) or admin (default: read)")
     from hbroker.auth.passwd import add_parser as add_passwd_parser
 
     add_passwd_parser(sub)
@@ -127,6 +132,23 @@ def _storage_inspect(config: Any, as_json: bool) -> int:
     return 0
 
 
+def _token(name: str, role: str) -> int:
+    """`hbroker token`: the token on the first line (for scripts), then the entry to add to
+    the configuration file, which holds only its hash."""
+    from hbroker.admin.tokens import hash_token, new_token
+    from hbroker.config import AdminToken, _toml_value
+
+    token = new_token()
+    entry = AdminToken(name=name, hash=hash_token(token), role=role)
+    print(token)
+    print()
+    print("# Add to the configuration file (the token itself is not stored; keep it safe):")
+    print("[[admin.tokens]]")
+    for key in ("name", "hash", "role"):
+        print(f"{key} = {_toml_value(getattr(entry, key))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.version:
@@ -134,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from hbroker.config import ConfigError, load_config
 
+    if args.command == "token":
+        return _token(args.name, args.role)
     if args.command == "passwd":
         from hbroker.auth.passwd import run as passwd_run
 

@@ -419,6 +419,52 @@ class AuditConfig:
                     "Empty: no audit log.", reload=True)
 
 
+ADMIN_ROLES = ("read", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminToken:
+    name: str = opt("", "Who or what holds the token (shown in logs, never secret).")
+    hash: str = opt("", "The token's hash, as `hbroker token` prints it "
+                    "(`scrypt$N$r$p$SALT$KEY`); the token itself is never stored.")
+    role: str = opt("read", "`read`: may read (`/metrics` with `metrics_auth`, and the read "
+                    "calls of the API); `admin`: may also change things.", choices=ADMIN_ROLES)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    enabled: bool = opt(False, "Run the admin listener: an HTTP server for `/metrics` "
+                        "(Prometheus), `/healthz` and `/readyz` (see docs/observability.md).")
+    host: str = opt("127.0.0.1", "Address of the admin listener. On an address other than "
+                    "loopback it needs `certfile` and `keyfile` (HTTPS), or `allow_insecure "
+                    "= true`.")
+    port: int = opt(9883, "TCP port of the admin listener; 0 picks any free port. 9883 sits "
+                    "beside MQTT's 1883 and 8883, and is neither 8080 (taken by many web "
+                    "servers and proxies) nor EMQX's 18083 (so both can run side by side).",
+                    minimum=0, maximum=65535)
+    certfile: str = opt("", "PEM file with the admin listener's server certificate (and its "
+                        "chain): with `keyfile`, the listener speaks HTTPS. Same meaning as a "
+                        "`tls` listener's `certfile`.")
+    keyfile: str = opt("", "PEM file with the private key of `certfile`.")
+    cafile: str = opt("", "PEM file of the certificate authorities that client certificates "
+                      "must chain to: with it, every HTTPS client must present a valid "
+                      "certificate (mutual TLS). Needs `certfile`.")
+    tls_version: str = opt("1.2", "Lowest TLS version accepted.", choices=("1.2", "1.3"))
+    allow_insecure: bool = opt(False, "Allow plain HTTP on an address other than loopback "
+                               "(tokens then cross the network in clear: only behind a "
+                               "TLS-terminating proxy or on an isolated network).")
+    metrics_auth: bool = opt(False, "Whether `/metrics` needs a token (`Authorization: "
+                             "Bearer TOKEN`, any role), as Prometheus sends with "
+                             "`authorization: {credentials: ...}`. `/healthz` and `/readyz` "
+                             "never need one: orchestrators and load balancers probe "
+                             "without credentials, and they tell nothing but up or down.")
+    max_body_size: int = opt(1048576, "Largest request body accepted, in bytes; a larger one "
+                             "gets HTTP 413.", minimum=1024, maximum=268435456)
+    tokens: tuple[AdminToken, ...] = opt((), "Bearer tokens of the admin listener, as "
+                                         "`[[admin.tokens]]` tables `{ name, hash, role }` "
+                                         "(`hbroker token --name NAME` makes one).")
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
     backend: str = opt("", "The distributed engine the instances cluster through: `nats` (NATS "
@@ -499,6 +545,7 @@ SECTIONS: dict[str, type] = {
     "auth": AuthConfig,
     "acl": AclConfig,
     "audit": AuditConfig,
+    "admin": AdminConfig,
 }
 
 # Tables whose absence means something (no `[cluster]`: not clustered): `Config` holds None
@@ -520,6 +567,8 @@ SECTION_DOCS = {
     "auth": "Client authentication (see docs/security.md).",
     "acl": "Authorisation: the ACL file (see docs/security.md).",
     "audit": "The audit log (see docs/security.md).",
+    "admin": "The admin listener: Prometheus metrics and health checks over HTTP(S) (see "
+             "docs/observability.md).",
     "cluster": "Clustering several instances through NATS with JetStream. Without this "
                "table the broker is not clustered. Every option needs a restart to change.",
 }
@@ -536,6 +585,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     acl: AclConfig = AclConfig()
     audit: AuditConfig = AuditConfig()
+    admin: AdminConfig = AdminConfig()
     cluster: ClusterConfig | None = None
     source: str | None = field(default=None, compare=False)
 
@@ -596,6 +646,9 @@ class Config:
 
 
 def _toml_value(value: Any) -> str:
+    if dataclasses.is_dataclass(value):  # an entry of a list of tables, as an inline table
+        return "{ " + ", ".join(f"{f.name} = {_toml_value(getattr(value, f.name))}"
+                                for f in dataclasses.fields(value)) + " }"
     if isinstance(value, tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
@@ -641,6 +694,11 @@ def _check_value(where: str, path: str, f: dataclasses.Field, value: Any) -> Any
                 raise ConfigError(f"{where}: {path}: expected a list of strings, {got}")
             return tuple(value)
         return _check_names(where, path, meta["choices"], value, got)
+    elif tp == "tuple[AdminToken, ...]":
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {path}: expected a list of tables "
+                              f"([[{path}]]), {got}")
+        return tuple(_build(AdminToken, where, f"{path}[{i}]", t) for i, t in enumerate(value))
     elif tp == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp == "float":
@@ -816,6 +874,8 @@ def parse_config(data: dict[str, Any], where: str) -> Config:
         raise ConfigError(f"{where}: storage.dsn: expected a PostgreSQL connection string "
                           "(backend is \"postgres\"), got nothing")
     _check_auth(where, values.get("auth"), values.get("listeners", ()))
+    if "admin" in values:
+        _check_admin(where, values["admin"])
     return Config(**values, source=where if where != "<default>" else None)
 
 
@@ -872,6 +932,41 @@ def _check_listener_auth(where: str, prefix: str, lc: ListenerConfig,
                           "source applies to it: set a password file "
                           f"({prefix}.password_file or auth.password_file), auth.webhook_url "
                           "or use_identity_as_username, or allow_anonymous = true")
+
+
+def _check_admin(where: str, admin: AdminConfig) -> None:
+    """What the admin listener's options must satisfy together."""
+    from hbroker.admin.tokens import TokenHashError, parse_hash
+
+    for key, other in (("certfile", "keyfile"), ("keyfile", "certfile")):
+        if getattr(admin, key) and not getattr(admin, other):
+            raise ConfigError(f"{where}: admin.{other}: expected a PEM file name (admin.{key} "
+                              "is set), got nothing")
+    if admin.cafile and not admin.certfile:
+        raise ConfigError(f"{where}: admin.certfile: expected a PEM file name (admin.cafile "
+                          "is set), got nothing")
+    names: set[str] = set()
+    for i, token in enumerate(admin.tokens):
+        prefix = f"admin.tokens[{i}]"
+        if not token.name:
+            raise ConfigError(f"{where}: {prefix}.name: expected a name, got nothing")
+        if token.name in names:
+            raise ConfigError(f'{where}: {prefix}.name: "{token.name}" names another token '
+                              "already")
+        names.add(token.name)
+        try:
+            parse_hash(token.hash)
+        except TokenHashError as exc:
+            raise ConfigError(f"{where}: {prefix}.hash: {exc}") from None
+    if not admin.enabled:
+        return
+    if admin.metrics_auth and not admin.tokens:
+        raise ConfigError(f"{where}: admin.tokens: expected at least one token "
+                          "(admin.metrics_auth is true), got none")
+    if not admin.certfile and not admin.allow_insecure and not is_loopback(admin.host):
+        raise ConfigError(f'{where}: admin.host: "{admin.host}" is not a loopback address: '
+                          "the admin listener needs admin.certfile and admin.keyfile (HTTPS) "
+                          "there, or admin.allow_insecure = true")
 
 
 REDACTED = "<redacted>"

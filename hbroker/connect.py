@@ -50,6 +50,7 @@ from hbroker.reason_codes import ReasonCode, connack_code_for, reason_name
 from hbroker.session import NEVER, Message
 
 if TYPE_CHECKING:
+    from hbroker.broker import Broker
     from hbroker.connection import Connection
 
 # The connection's logger: CONNECT is one step of the connection's life.
@@ -93,6 +94,11 @@ def refuse_connect(conn: Connection, reason_code: int, why: str) -> None:
     conn._close(f"CONNECT refused: {why}", publish_will=True, linger=True)
 
 
+def count_auth_failure(broker: Broker, reason_code: int) -> None:
+    """For the admin listener's metrics (`hbroker_auth_failures_total`)."""
+    broker.auth_failures[reason_code] = broker.auth_failures.get(reason_code, 0) + 1
+
+
 def refuse_auth(conn: Connection, reason_code: int, why: str) -> None:
     """A CONNECT refused for its credentials: logged, audited (on_auth_failed) and, when
     its address failed before, answered only after a delay that doubles with each failure
@@ -100,6 +106,7 @@ def refuse_auth(conn: Connection, reason_code: int, why: str) -> None:
     broker = conn.broker
     info = conn.client_info
     assert info is not None  # set by handle_connect before anything is refused here
+    count_auth_failure(broker, reason_code)
     for hook in broker.hooks.on_auth_failed:
         hook(info, reason_code, why)
     delay = 0.0
@@ -495,6 +502,7 @@ def handle_auth(conn: Connection, p: Any) -> None:
         return
     if result.reason_code != ReasonCode.SUCCESS:
         if conn.connected:
+            count_auth_failure(conn.broker, result.reason_code)
             for hook_failed in conn.broker.hooks.on_auth_failed:
                 hook_failed(conn.client_info, result.reason_code,
                             f"{method} re-authentication failed")

@@ -11,6 +11,7 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from hbroker import auth
 from hbroker import log as hlog
@@ -23,6 +24,9 @@ from hbroker.storage import StorageError, open_backend
 from hbroker.storage.journal import Journal
 from hbroker.storage.restore import restore
 from hbroker.transports import Listener, ListenerError, describe
+
+if TYPE_CHECKING:
+    from hbroker.admin.server import AdminServer
 
 log = logging.getLogger("hbroker.server")
 
@@ -51,6 +55,7 @@ class Server:
         self.stopping: asyncio.Event | None = None
         self.started = False
         self.reload_pending = False
+        self.admin: AdminServer | None = None  # [admin] enabled: hbroker.admin.server
 
     async def open_storage(self) -> None:
         """Open the storage backend and restore the state it holds, before any listener
@@ -78,6 +83,12 @@ class Server:
         # TLS files are read before storage is opened: a wrong path fails fast.
         listeners = [Listener(lc, f"{source}: listeners[{i}]")
                      for i, lc in enumerate(self.config.listeners)]
+        if self.config.admin.enabled:
+            # First: health and metrics answer while storage is restored (/readyz: not yet).
+            from hbroker.admin.server import AdminServer
+
+            self.admin = AdminServer(self)
+            await self.admin.start()
         await self.open_storage()
         if self.cluster is not None:
             try:
@@ -114,6 +125,8 @@ class Server:
             log.error("cannot start: %s", exc)
             for listener in self.listeners:
                 listener.close()
+            if self.admin is not None:
+                await self.admin.stop()
             return 1
         self.started = True
         gc.freeze()
@@ -150,6 +163,8 @@ class Server:
             await self.cluster.leave()
         if self.broker.journal is not None:
             await self.broker.journal.close()
+        if self.admin is not None:
+            await self.admin.stop()
         log.info("hbroker stopped")
 
     def reload(self) -> None:

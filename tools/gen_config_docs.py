@@ -18,6 +18,7 @@ from hbroker.config import (  # noqa: E402
     OPTIONAL_SECTIONS,
     SECTION_DOCS,
     SECTIONS,
+    AdminToken,
     ListenerConfig,
     _toml_value,
 )
@@ -70,6 +71,8 @@ def _allowed(f: dataclasses.Field) -> str:
         return f"≥ {num(lo)}"
     if hi is not None:
         return f"≤ {num(hi)}"
+    if str(f.type).startswith("tuple[AdminToken"):
+        return "list of tables"
     if str(f.type).startswith("tuple[int"):
         return "list of integers"
     if str(f.type).startswith("tuple[str"):
@@ -93,6 +96,10 @@ def render_doc() -> str:
     for name, cls in (*SECTIONS.items(), *OPTIONAL_SECTIONS.items()):
         out += ["", f"## `[{name}]`", "", SECTION_DOCS[name], ""]
         out += _table(cls)
+        if name == "admin":
+            out += ["", "### `[[admin.tokens]]`", "", "One table per token, e.g. as "
+                    "`hbroker token --name prometheus` prints it:", ""]
+            out += _table(AdminToken)
     return "\n".join(out) + "\n"
 
 

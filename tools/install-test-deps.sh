@@ -16,6 +16,9 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 # MQTT.js, which comes from npm into build/browser (see below).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# The Prometheus test (tests/integration/test_admin_prometheus.py): a real Prometheus server
+# scraping the admin listener's /metrics, queried through its HTTP API.
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 bash "$(dirname "$0")/apt-install.sh" "${missing[@]}"
 BROWSER_DEPS="$(dirname "$0")/../build/browser"
 if [ ! -f "$BROWSER_DEPS/node_modules/mqtt/dist/mqtt.min.js" ]; then

@@ -88,6 +88,10 @@ def reload_hooks(broker: Any, config: Config) -> bool:
         return False
     old: Hooks = broker.hooks
     kept = [h for h in old.hooks if not isinstance(h, AuthHook)]
+    denied = next((h.denied for h in old.hooks if isinstance(h, AclHook)), None)
+    for h in new:
+        if isinstance(h, AclHook) and denied is not None:
+            h.denied = denied  # counters keep counting across reloads
     broker.hooks = Hooks([*new, *kept])
     for h in old.hooks:
         if isinstance(h, AuthHook):

@@ -182,6 +182,9 @@ class AclHook(AuthHook):
         self._second = 0
         self._in_second = 0
         self._suppressed = 0
+        # Denials by action (publish, subscribe), for the admin listener's metrics; carried
+        # over to the hook a SIGHUP reload builds (hbroker.auth.reload_hooks).
+        self.denied: dict[str, int] = {}
 
     def check_acl(self, client: ClientInfo, topic: str, action: str) -> bool:
         if action == SUBSCRIBE:
@@ -195,6 +198,7 @@ class AclHook(AuthHook):
         return False
 
     def _denied(self, client: ClientInfo, topic: str, action: str) -> None:
+        self.denied[action] = self.denied.get(action, 0) + 1
         log.info("%s denied by the ACL", action, extra={
             "client_id": client.client_id, "username": client.username, "peer": client.peer,
             "topic": topic})

@@ -58,6 +58,7 @@ import msgpack
 from hbroker_ext.codec import USER_PROPERTY
 
 from hbroker.acknowledgement import grouped
+from hbroker.histogram import Histogram
 from hbroker.reason_codes import ReasonCode
 from hbroker.storage.base import Batch, Storage, StorageError
 
@@ -212,6 +213,7 @@ class Journal:
         self._retry_handle: asyncio.TimerHandle | None = None
         self._lazy_handle: asyncio.TimerHandle | None = None
         self.rows = 0  # rows written or deleted by the commits done (for the shutdown log)
+        self.commit_seconds = Histogram()  # how long each successful commit took
         self._periodic_handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
 
@@ -438,6 +440,7 @@ class Journal:
         return True
 
     async def _commit(self, pending: Pending, batch: Batch) -> None:
+        started = time.perf_counter()
         try:
             await self.backend.commit(batch)
         except StorageError as exc:
@@ -448,6 +451,7 @@ class Journal:
             self.committing = None
             self._failed(pending, StorageError(str(exc)))
         else:
+            self.commit_seconds.observe(time.perf_counter() - started)
             self.committing = None
             self.commits += 1
             self.rows += len(batch)

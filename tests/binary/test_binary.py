@@ -226,6 +226,32 @@ def test_binary_starts_and_stops_cleanly_again_and_again(tmp_path: Path) -> None
           f"binary {os.path.getsize(BINARY)} bytes")
 
 
+def test_binary_serves_metrics_and_health_on_the_admin_listener(tmp_path: Path) -> None:
+    """aiohttp and prometheus-client are in the bundle: the admin listener answers."""
+    import urllib.request
+
+    broker = GatewayBroker(tmp_path)
+    admin_port = tool.free_port()
+    text, enabled = re.subn(r"^enabled = false$", "enabled = true", broker.config.read_text(),
+                            flags=re.M)  # [admin] of examples/gateway.toml
+    text, ported = re.subn(r"^port = 9883$", f"port = {admin_port}", text, flags=re.M)
+    assert (enabled, ported) == (1, 1)
+    broker.config.write_text(text)
+    broker.start()
+    try:
+        broker.pub("-V", "5", "-t", "gw/metrics", "-m", "counted")
+        base = f"http://127.0.0.1:{admin_port}"
+        for path in ("/healthz", "/readyz"):
+            with urllib.request.urlopen(base + path, timeout=10) as response:
+                assert (response.status, response.read()) == (200, b"ok\n")
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+            page = response.read().decode()
+        assert re.search(r"^hbroker_messages_received_total [1-9]", page, re.M), page
+        assert re.search(r"^process_resident_memory_bytes ", page, re.M), page
+    finally:
+        assert broker.stop() == 0, broker.log()
+
+
 def test_bundle_check_names_a_missing_module(tmp_path: Path) -> None:
     """The build's check is not vacuous: a module missing from the bundle fails it."""
     listing = tmp_path / "modules.txt"

@@ -194,7 +194,7 @@ BAD_SNIPPETS: list[tuple[str, str, str, str]] = [
     ("unknown-top-level", "bogus = 1\n", "bogus",
      "unknown key 'bogus' (expected one of: listeners, limits, quotas, sessions, sys, "
      "logging, "
-     "storage, auth, acl, audit, cluster)"),
+     "storage, auth, acl, audit, admin, cluster)"),
     ("scram-without-password-file", "[auth]\nscram = true\n", "auth.password_file",
      "auth.password_file: expected the password file holding the SCRAM keys (auth.scram is "
      "true), got nothing"),

@@ -15,8 +15,9 @@ import pytest
 LAYERS: tuple[tuple[str, ...], ...] = (
     # Command line and tools.
     ("hbroker.__main__", "hbroker.cli", "hbroker.control"),
-    # Wiring: configuration, listeners, broker, storage and hooks put together.
-    ("hbroker.server",),
+    # Wiring: configuration, listeners, broker, storage and hooks put together; the admin
+    # listener, started and stopped by the server, which it reads when asked.
+    ("hbroker.server", "hbroker.admin"),
     # Extensions built on the hooks and the in-process client: the cluster layer.
     ("hbroker.cluster",),
     # Listeners: the transports a connection comes through, and the in-process client (a
@@ -33,7 +34,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hbroker.session", "hbroker.subscription", "hbroker.acknowledgement", "hbroker.quotas",
      "hbroker.stats", "hbroker.storage", "hbroker.hooks", "hbroker.auth"),
     # What every layer may use: configuration, reason codes, logging.
-    ("hbroker.config", "hbroker.reason_codes", "hbroker.log", "hbroker"),
+    # The admin tokens' hashes are checked by the configuration.
+    ("hbroker.config", "hbroker.reason_codes", "hbroker.log", "hbroker.admin.tokens",
+     "hbroker"),
 )
 
 
