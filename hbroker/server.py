@@ -88,6 +88,8 @@ class Server:
             from hbroker.admin.server import AdminServer
 
             self.admin = AdminServer(self)
+            if self.cluster is not None:
+                self.admin.readiness.add("cluster", self.cluster.unready)
             await self.admin.start()
         await self.open_storage()
         if self.cluster is not None:

@@ -271,6 +271,15 @@ class ClusterRouting(Hook):
             return
         self._queue_incoming(topic, m.data, qos, True, props)
 
+    def unready(self) -> str | None:
+        """Why this instance is not ready to serve as part of the cluster (`/readyz`), or
+        None: joined, and connected to NATS."""
+        if self.client is None:
+            return "not joined yet"
+        if not self.connected:
+            return "no NATS connection: QoS 1/2 publishes are refused"
+        return None
+
     async def _ensure_stream(self, stream: Any) -> Any:
         from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 

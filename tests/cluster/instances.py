@@ -10,8 +10,10 @@ from broker_process import BrokerProcess  # tests/integration, put on the path b
 
 
 def start_instances(directory: Path, nats_urls: list[str], count: int = 3,
+                    sections: dict[str, dict[str, Any]] | None = None,
                     **cluster: Any) -> list[BrokerProcess]:
-    """`count` instances with memory storage; `cluster`: more [cluster] options."""
+    """`count` instances with memory storage; `sections`: more tables of each instance's
+    configuration; `cluster`: more [cluster] options."""
     started: list[BrokerProcess] = []
     try:
         for i, url in enumerate(nats_urls[:count]):
@@ -20,7 +22,8 @@ def start_instances(directory: Path, nats_urls: list[str], count: int = 3,
             started.append(BrokerProcess(workdir, {
                 "storage": {"backend": "memory"},
                 "cluster": {"backend": "nats", "servers": [url], "name": f"hb{i + 1}",
-                            "stream_replicas": 3, "publish_timeout": 2.0, **cluster}}))
+                            "stream_replicas": 3, "publish_timeout": 2.0, **cluster},
+                **(sections or {})}))
     except BaseException:
         stop_instances(started)
         raise
