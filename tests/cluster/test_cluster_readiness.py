@@ -11,7 +11,6 @@ from pathlib import Path
 
 from broker_process import free_port
 from instances import start_instances, stop_instances
-from nats_cluster import NatsCluster
 
 
 def readyz(port: int) -> tuple[int, str]:
@@ -32,15 +31,16 @@ def until(port: int, status: int, timeout: float = 30) -> str:
         time.sleep(0.1)
 
 
-def test_readyz_follows_the_nats_connection(tmp_path: Path, nats_cluster: NatsCluster) -> None:
+def test_readyz_follows_the_nats_connection(tmp_path: Path, nats_server_with) -> None:
+    nats = nats_server_with()  # one server: nowhere else to reconnect to
     port = free_port()
-    (hb,) = start_instances(tmp_path, nats_cluster.urls, 1,
+    (hb,) = start_instances(tmp_path, nats.urls, 1, stream_replicas=1,
                             sections={"admin": {"enabled": True, "port": port}})
     try:
         assert readyz(port)[0] == 200
-        nats_cluster.kill(0)  # hb1's only NATS server
+        nats.kill(0)
         assert "cluster" in until(port, 503)
-        nats_cluster.heal()
+        nats.start(0)
         until(port, 200)
     finally:
         stop_instances([hb])
