@@ -51,6 +51,7 @@ from hbroker.cluster.subjects import (
     subject_to_topic,
     topic_to_subject,
 )
+from hbroker.config import default_node_name
 from hbroker.hooks import REFUSED, Hook
 from hbroker.inprocess import InProcessClient
 from hbroker.reason_codes import ReasonCode
@@ -156,7 +157,7 @@ class ClusterRouting(Hook):
 
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
-        self.node = config.name
+        self.node = config.name or default_node_name()
         self.prefix = config.subject_prefix
         self.stream = stream_name(self.prefix)
         self.retained_stream = retained.stream_name(self.prefix)
@@ -210,6 +211,11 @@ class ClusterRouting(Hook):
         await self._ensure_stream(messages)
         kept = await self._ensure_stream(retained.stream_config(
             self.prefix, self.config.stream_replicas))
+        # The sessions storage restored hold their filters without a SUBSCRIBE: their
+        # interest is taken now, before any client connects.
+        for client_id, session in list(broker.sessions.items()):
+            for topic_filter in session.subscriptions:
+                self._subscribed(client_id, topic_filter)
         self.client = InProcessClient(broker, self.client_id)
         await self.client.connect()
         await self._follow_retained(kept.state.messages)
@@ -441,9 +447,12 @@ class ClusterRouting(Hook):
 
     def on_subscribed(self, client: ClientInfo, topic_filter: str, options: Any,
                       new: bool) -> None:
-        if client.client_id == self.client_id or topic_filter.startswith("$"):
+        self._subscribed(client.client_id, topic_filter)
+
+    def _subscribed(self, client_id: str, topic_filter: str) -> None:
+        if client_id == self.client_id or topic_filter.startswith("$"):
             return  # $SYS, and $share (live groups are per instance for now)
-        filters = self._filters.setdefault(client.client_id, set())
+        filters = self._filters.setdefault(client_id, set())
         if topic_filter in filters:
             return
         filters.add(topic_filter)
