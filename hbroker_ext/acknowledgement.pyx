@@ -76,17 +76,7 @@ cdef HeldAck _new_held_ack(ConnectionCore conn, Message msg, int packet_id, bint
     """A HeldAck with one hold (the inbound handler's), in its place on the connection
     unless `deciding`."""
     cdef HeldAck ack = HeldAck.__new__(HeldAck)
-    ack.conn = conn
-    ack.msg = msg
-    ack.packet_id = packet_id
-    ack.code = 0
-    ack.holders = 1
-    ack.state = H_HELD
-    ack.session = conn.session
-    ack.deciding = deciding
-    if not deciding:
-        _ack_queue(conn).append(ack)
-        conn.deferred += 1
+    ack._start(conn, msg, packet_id, deciding)
     return ack
 
 
@@ -102,6 +92,10 @@ cdef class HeldAck:
     only records its code)."""
 
     def __init__(self, ConnectionCore conn, Message msg, int packet_id, bint deciding=False):
+        self._start(conn, msg, packet_id, deciding)
+
+    cdef void _start(self, ConnectionCore conn, Message msg, int packet_id,
+                     bint deciding) except *:
         self.conn = conn
         self.msg = msg
         self.packet_id = packet_id

@@ -311,6 +311,8 @@ cdef class HeldAck:
     cdef readonly Session session
     cdef public bint deciding
 
+    cdef void _start(self, ConnectionCore conn, Message msg, int packet_id,
+                     bint deciding) except *
     cpdef hold(self)
     cpdef routed(self, long reached)
     cpdef release(self)
