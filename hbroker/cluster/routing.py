@@ -130,8 +130,8 @@ class _Seen:
 class _Outgoing:
     """A message on its way to NATS: stored first when `ack` (QoS 1/2), then live."""
 
-    __slots__ = ("subject", "payload", "headers", "ack", "stores", "pending", "stored",
-                 "failed", "deadline")
+    __slots__ = ("subject", "payload", "headers", "ack", "stores", "pending", "failed",
+                 "deadline")
 
     def __init__(self, subject: str, payload: bytes, headers: dict[str, str],
                  ack: HeldAck | None) -> None:
@@ -142,8 +142,7 @@ class _Outgoing:
         # (subject, stream, headers) of each JetStream store to make before it goes live:
         # the message (QoS 1/2), the topic's retained record (RETAIN)
         self.stores: list[tuple[str, str, dict[str, str]]] = []
-        self.pending = 0  # stores not acknowledged yet
-        self.stored = True  # every store acknowledged (none to make: QoS 0)
+        self.pending = 0  # stores not acknowledged yet: live once none is left
         self.failed = False
         self.deadline = 0.0
 
@@ -362,7 +361,6 @@ class ClusterRouting(Hook):
         self._outgoing.append(out)
         if out.stores:
             out.pending = len(out.stores)
-            out.stored = False
             self._unstarted.append(out)
         if not self._sending:
             self._sending = True
@@ -376,7 +374,7 @@ class ClusterRouting(Hook):
             while queue:
                 while unstarted:  # start every store not started yet
                     await self._store(unstarted.popleft())
-                while queue and (queue[0].stored or queue[0].failed):
+                while queue and (not queue[0].pending or queue[0].failed):
                     out = queue.popleft()
                     if out.failed:
                         continue
@@ -417,23 +415,22 @@ class ClusterRouting(Hook):
             self._refuse(out, ReasonCode.UNSPECIFIED_ERROR,
                          "cancelled" if future.cancelled() else str(future.exception()))
             return
-        if out.failed or out.stored:
+        if out.failed or not out.pending:
             return
         out.pending -= 1
         if out.pending:
             return
-        out.stored = True
         if out.ack is not None:
             out.ack.release()
         self._progress.set()
 
     def _refuse(self, out: _Outgoing, code: int, why: str) -> None:
-        if out.failed or out.stored:
+        if out.failed or not out.pending:
             return
         if out.ack is None:  # QoS 0 retained: its record is lost, the message goes on
             log.warning("cluster: retained message not stored in JetStream: %s", why,
                         extra={"node": self.node, "subject": out.subject})
-            out.stored = True
+            out.pending = 0
             self._progress.set()
             return
         out.failed = True

@@ -194,15 +194,22 @@ def test_a_held_pubrec_records_the_qos2_packet_id() -> None:
     assert acks(pub_t) == [(PUBREC, 7, 0x10)]
 
 
-def test_a_resent_qos2_publish_is_acknowledged_behind_held_acknowledgements() -> None:
-    """The PUBREC of a duplicate (its packet id awaits PUBREL) does not overtake earlier
-    acknowledgements still held [MQTT-4.6.0-2]; it says success, and nothing is routed."""
+def one_held_puback() -> tuple:
+    """A broker whose hook held the PUBACK of the publisher's first PUBLISH (packet id 1)
+    and holds no more: (broker, publisher, its transport)."""
     b = broker()
     b.publish_hooks = True
     b.mode = "hold"
     pub, pub_t = connect(b, "pub")
     pub.data_received(publishes(1, range(1, 2)))
     b.mode = None
+    return b, pub, pub_t
+
+
+def test_a_resent_qos2_publish_is_acknowledged_behind_held_acknowledgements() -> None:
+    """The PUBREC of a duplicate (its packet id awaits PUBREL) does not overtake earlier
+    acknowledgements still held [MQTT-4.6.0-2]; it says success, and nothing is routed."""
+    b, pub, pub_t = one_held_puback()
     pub.data_received(publishes(2, range(2, 3)))
     pub.data_received(publishes(2, range(2, 3)))  # re-sent
     b.flush()
@@ -222,12 +229,7 @@ def test_a_resent_qos2_publish_is_acknowledged_behind_held_acknowledgements() ->
 def test_a_refused_publish_is_answered_behind_held_acknowledgements() -> None:
     """A refusal's PUBACK/PUBREC (here a $SYS topic, 0x87) does not overtake earlier
     acknowledgements still held either [MQTT-4.6.0-2], and the refusal is counted once."""
-    b = broker()
-    b.publish_hooks = True
-    b.mode = "hold"
-    pub, pub_t = connect(b, "pub")
-    pub.data_received(publishes(1, range(1, 2)))
-    b.mode = None
+    b, pub, pub_t = one_held_puback()
     pub.data_received(publishes(1, range(2, 3), topic="$SYS/x"))
     pub.data_received(publishes(2, range(3, 4), topic="$SYS/x"))
     b.flush()
