@@ -306,12 +306,58 @@ def _authenticated(conn: Connection, p: Any, index: int, future: asyncio.Future,
 
 
 def _admit(conn: Connection, p: Any, auth_data: bytes | None = None) -> None:
-    """The CONNECT passed authentication: accept it (accept_connect) and let the framer
-    read on at the normal packet size limit; what the client sent after the CONNECT is
-    handled next (by the packet loop, or `_authenticated` after a hook that waited)."""
+    """The CONNECT passed authentication: let the claim_session hooks make the client id
+    this broker's (they may wait: `_claimed`), then accept it (accept_connect) and let the
+    framer read on at the normal packet size limit; what the client sent after the CONNECT
+    is handled next (by the packet loop, or `_authenticated` / `_claimed` after a hook that
+    waited)."""
+    claims = conn.broker.hooks.claim_session
+    if claims and p.client_id:
+        waits = [w for w in (claim(conn.client_info, p.clean_start) for claim in claims)
+                 if w is not None]
+        if waits:
+            try:
+                conn.framer.check_held()
+            except MQTTError as error:
+                for w in waits:
+                    asyncio.ensure_future(w).cancel()
+                conn.codec_error(error)
+                return
+            if conn.transport is not None:
+                conn.transport.pause_reading()
+            future = asyncio.gather(*waits)
+            future.add_done_callback(lambda f: _claimed(conn, p, auth_data, f))
+            return
+    _accept(conn, p, auth_data)
+
+
+def _accept(conn: Connection, p: Any, auth_data: bytes | None) -> None:
     accept_connect(conn, p, auth_data)
     if conn.connected:
         conn.framer.accept(conn.broker.limits.max_packet_size)
+
+
+def _claimed(conn: Connection, p: Any, auth_data: bytes | None,
+             future: asyncio.Future) -> None:
+    """The claim_session hooks answered: refuse with the first code one gave, or accept."""
+    if conn.closing:
+        if not future.cancelled():
+            future.exception()
+        return  # the client left meanwhile
+    try:
+        code = next((c for c in future.result() if c), None)
+    except Exception:
+        log.exception("claim_session hook failed", extra={
+            "client_id": conn.client_id, "peer": conn.peer})
+        code = ReasonCode.UNSPECIFIED_ERROR
+    if code:
+        refuse_connect(conn, code, "the session could not be claimed")
+        return
+    if conn.transport is not None:
+        conn.transport.resume_reading()
+    _accept(conn, p, auth_data)
+    if not conn.closing and not conn.framer.held:
+        conn.data_received(b"")  # what the client sent after its CONNECT [MQTT-3.1.4-5]
 
 
 def accept_authenticated(conn: Connection, p: Any, result: AuthResult) -> None:

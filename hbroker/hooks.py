@@ -62,6 +62,7 @@ DROP_REASONS = (QUEUE_FULL, EXPIRED, TOO_LARGE, SLOW_SUBSCRIBER, QUOTA, NOT_AUTH
 SESSION_CLEAN_START = "clean_start"  # a CONNECT with Clean Start 1 discarded it
 SESSION_DISCONNECTED = "disconnected"  # its connection closed and it had no expiry
 SESSION_EXPIRED = "expired"  # its Session Expiry Interval elapsed while disconnected
+SESSION_MOVED = "moved"  # handed over to another instance of the cluster (hbroker.cluster)
 
 # Why a retained message went: the `reason` of on_retained_cleared.
 RETAINED_EMPTY_PAYLOAD = "empty_payload"  # a retained PUBLISH with no payload [MQTT-3.3.1-6]
@@ -162,6 +163,17 @@ class Hook:
 
     # -- sessions (section 4.1) ----------------------------------------------------------
 
+    def claim_session(self, client: ClientInfo,
+                      clean_start: bool) -> None | Awaitable[int | None]:
+        """A CONNECT passed authentication and its session is about to be opened (not called
+        for a client id the broker assigns: it is new everywhere). A hook that must first
+        make the client id its own (the cluster layer takes the session over from the
+        instance that held it, and may install it in the broker) returns an awaitable: the
+        CONNECT waits for it, reading nothing more from the client meanwhile. Its answer is
+        None to go on, or a CONNACK reason code (>= 0x80) to refuse the CONNECT. Returning
+        None keeps the synchronous path."""
+        return None
+
     def on_session_created(self, client: ClientInfo) -> None:
         """A CONNECT was accepted with a new session (none existed for the client id, or
         Clean Start discarded it): before the CONNACK and `on_connected`."""
@@ -176,7 +188,8 @@ class Hook:
         newcomer; `on_session_created` or `on_session_resumed` follows."""
 
     def on_session_ended(self, client_id: str, reason: str) -> None:
-        """A session ended (`SESSION_CLEAN_START`, `SESSION_DISCONNECTED`, `SESSION_EXPIRED`):
+        """A session ended (`SESSION_CLEAN_START`, `SESSION_DISCONNECTED`, `SESSION_EXPIRED`,
+        `SESSION_MOVED`):
         its subscriptions went with it (no `on_unsubscribed` for them)."""
 
     # -- subscriptions ---------------------------------------------------------------------
@@ -218,8 +231,9 @@ class Hook:
         `RETAINED_EXPIRED`)."""
 
 
-EVENTS = ("on_start", "on_stop", "authenticate", "enhanced_auth", "check_acl", "on_connected",
-          "on_disconnected", "on_auth_failed", "on_session_created", "on_session_resumed",
+EVENTS = ("on_start", "on_stop", "authenticate", "enhanced_auth", "check_acl", "claim_session",
+          "on_connected", "on_disconnected", "on_auth_failed", "on_session_created",
+          "on_session_resumed",
           "on_session_taken_over", "on_session_ended", "on_subscribed", "on_unsubscribed",
           "on_message_published", "on_message_dropped", "on_retained_set",
           "on_retained_cleared")

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from hbroker.cluster import headers as hdr
 from hbroker.cluster import retained
+from hbroker.cluster.sessions import ClusterSessions
 from hbroker.cluster.subjects import (
     SubjectError,
     filter_to_subjects,
@@ -170,7 +171,8 @@ class ClusterRouting(Hook):
         self.client: InProcessClient | None = None
         self.connected = False
         self.leaving = False
-        # subject -> (NATS subscription or None while subscribing, sessions holding it)
+        # subject -> [NATS subscription or None while subscribing, sessions holding it,
+        # the task subscribing]
         self._interest: dict[str, list[Any]] = {}
         self._filters: dict[str, set[str]] = {}  # client id -> its non-$share filters
         self._outgoing: deque[_Outgoing] = deque()  # in PUBLISH order
@@ -180,13 +182,20 @@ class ClusterRouting(Hook):
         self._ids = itertools.count(1)
         self._run = f"{self.node}-{int(time.time() * 1000):x}"  # unique per process
         self._seen: dict[str, _Seen] = {}  # sender's run -> the numbers seen lately
-        self._incoming: deque[tuple[str, bytes, int, bool, dict | None]] = deque()
+        # (topic, payload, QoS, RETAIN, properties, Hb-Id) from NATS, to publish in order
+        self._incoming: deque[tuple[str, bytes, int, bool, dict | None, str | None]] = deque()
         self._delivering = False
         self._tasks: set[asyncio.Task] = set()
         self._retained_sub: Any = None
         self.forwarded = 0  # messages sent to NATS
         self.received = 0  # messages from NATS published locally
         self.refused = 0  # QoS 1/2 publishes JetStream did not store
+        self.sessions = ClusterSessions(self)
+
+    @property
+    def run(self) -> str:
+        """This process's run of the instance: its node name and start time."""
+        return self._run
 
     # -- joining -----------------------------------------------------------------------
 
@@ -210,6 +219,7 @@ class ClusterRouting(Hook):
         await self._ensure_stream(messages)
         kept = await self._ensure_stream(retained.stream_config(
             self.prefix, self.config.stream_replicas))
+        await self.sessions.start()
         # The sessions storage restored hold their filters without a SUBSCRIBE: their
         # interest is taken now, before any client connects.
         for client_id, session in list(broker.sessions.items()):
@@ -274,7 +284,7 @@ class ClusterRouting(Hook):
         except (hdr.HeaderError, SubjectError, ValueError) as exc:
             log.warning("cluster: retained record on %r dropped: %s", m.subject, exc)
             return
-        self._queue_incoming(topic, m.data, qos, True, props)
+        self._queue_incoming(topic, m.data, qos, True, props, None)
 
     def unready(self) -> str | None:
         """Why this instance is not ready to serve as part of the cluster (`/readyz`), or
@@ -286,24 +296,33 @@ class ClusterRouting(Hook):
         return None
 
     async def _ensure_stream(self, stream: Any) -> Any:
-        from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+        from nats.js.errors import BadRequestError, NotFoundError
+
+        async def ensure() -> Any:
+            try:
+                return await self.js.add_stream(stream)
+            except BadRequestError as refused:
+                try:
+                    return await self.js.update_stream(stream)
+                except NotFoundError:  # not there, and refused: e.g. subjects overlap
+                    raise ClusterError(f"stream {stream.name} {stream.subjects}: "
+                                       f"{refused.description}") from refused
+
+        return await self.retry_jetstream(ensure)
+
+    async def retry_jetstream(self, call: Any) -> Any:
+        """`await call()` until JetStream answers, within JOIN_TIMEOUT: a new NATS cluster
+        may need a few seconds to elect the leader of a stream it just made."""
+        from nats.js.errors import ServiceUnavailableError
 
         deadline = time.monotonic() + JOIN_TIMEOUT
-        while True:  # a new NATS cluster may need a few seconds to elect its stream leader
+        while True:
             try:
-                try:
-                    return await self.js.add_stream(stream)
-                except BadRequestError as refused:
-                    try:
-                        return await self.js.update_stream(stream)
-                    except NotFoundError:  # not there, and refused: e.g. subjects overlap
-                        raise ClusterError(f"stream {stream.name} {stream.subjects}: "
-                                           f"{refused.description}") from refused
+                return await call()
             except (TimeoutError, ServiceUnavailableError):
                 if time.monotonic() >= deadline:
                     raise
-                log.info("cluster: waiting for JetStream to answer", extra={
-                    "node": self.node, "stream": stream.name})
+                log.info("cluster: waiting for JetStream to answer", extra={"node": self.node})
 
     async def leave(self) -> None:
         self.leaving = True
@@ -334,9 +353,12 @@ class ClusterRouting(Hook):
     def on_message_published(self, client: ClientInfo, msg: Message,
                              ack: HeldAck | None) -> int | None:
         topic = msg.topic
-        if topic.startswith("$") or (client is not None
-                                     and client.client_id == self.client_id):
-            return None  # $SYS stays on its instance; a message from NATS goes no further
+        if client is not None and client.client_id == self.client_id:
+            if self.sessions.recording:
+                self.sessions.tag_incoming(msg)
+            return None  # a message from NATS goes no further
+        if topic.startswith("$"):
+            return None  # $SYS stays on its instance
         try:
             base = topic_to_subject(topic)
         except SubjectError:
@@ -351,6 +373,8 @@ class ClusterRouting(Hook):
                                       expires_in)
         message_id = f"{self._run}.{next(self._ids)}"
         headers[hdr.MESSAGE_ID] = message_id
+        if self.sessions.recording:
+            self.sessions.tag(msg, message_id)
         out = _Outgoing(self.live_ns + base, msg.payload, headers, ack)
         if ack is not None:
             ack.hold()
@@ -442,9 +466,30 @@ class ClusterRouting(Hook):
 
     # -- interest ------------------------------------------------------------------------
 
+    # -- sessions (hbroker.cluster.sessions) --------------------------------------------
+
+    def claim_session(self, client: ClientInfo, clean_start: bool) -> Any:
+        return self.sessions.claim(client, clean_start)
+
+    def on_session_created(self, client: ClientInfo) -> None:
+        self.sessions.opened(client.client_id)
+
+    def on_session_resumed(self, client: ClientInfo) -> None:
+        self.sessions.opened(client.client_id)
+
+    def on_session_ended(self, client_id: str, reason: str) -> None:
+        for topic_filter in self._filters.pop(client_id, ()):
+            self._drop_interest(topic_filter)
+        self.sessions.ended(client_id, reason)
+
     def on_subscribed(self, client: ClientInfo, topic_filter: str, options: Any,
                       new: bool) -> None:
         self._subscribed(client.client_id, topic_filter)
+
+    def hold_filter(self, client_id: str, topic_filter: str) -> None:
+        """A session made here without a SUBSCRIBE (moved from another instance) holds the
+        filter: NATS interest is taken for it."""
+        self._subscribed(client_id, topic_filter)
 
     def _subscribed(self, client_id: str, topic_filter: str) -> None:
         if client_id == self.client_id or topic_filter.startswith("$"):
@@ -464,10 +509,6 @@ class ClusterRouting(Hook):
             del self._filters[client.client_id]
         self._drop_interest(topic_filter)
 
-    def on_session_ended(self, client_id: str, reason: str) -> None:
-        for topic_filter in self._filters.pop(client_id, ()):
-            self._drop_interest(topic_filter)
-
     def _subjects(self, topic_filter: str) -> tuple[str, ...]:
         try:
             return filter_to_subjects(topic_filter, self.prefix)
@@ -481,8 +522,8 @@ class ClusterRouting(Hook):
             if entry is not None:
                 entry[1] += 1
                 continue
-            self._interest[subject] = [None, 1]
-            self._spawn(self._subscribe(subject))
+            entry = self._interest[subject] = [None, 1, None]
+            entry[2] = self._spawn(self._subscribe(subject))
 
     def _drop_interest(self, topic_filter: str) -> None:
         for subject in self._subjects(topic_filter):
@@ -506,6 +547,26 @@ class ClusterRouting(Hook):
             return
         entry[0] = sub
 
+    async def interest_ready(self, filters: Any) -> None:
+        """Return once NATS has this instance's subscriptions for `filters` (the server it
+        is connected to has them: a flush answered after they were sent)."""
+        tasks = [entry[2] for f in filters for subject in self._subjects(f)
+                 if (entry := self._interest.get(subject)) is not None and entry[0] is None
+                 and entry[2] is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.nc.flush(timeout=self.config.publish_timeout)
+
+    async def let_incoming_in(self) -> None:
+        """Return once what NATS sent this instance so far is in the broker (a session
+        about to leave has everything that came for it), or after `publish_timeout`."""
+        await self.nc.flush(timeout=self.config.publish_timeout)
+        deadline = time.monotonic() + self.config.publish_timeout
+        while (self._incoming or self._delivering or any(
+                e[0] is not None and e[0].pending_msgs for e in self._interest.values())) \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+
     def subscribed(self) -> dict[str, int]:
         """NATS subject -> sessions holding it (for status and tests)."""
         return {s: e[1] for s, e in self._interest.items()}
@@ -528,13 +589,14 @@ class ClusterRouting(Hook):
         except (hdr.HeaderError, SubjectError) as exc:
             log.warning("cluster: message on %r dropped: %s", m.subject, exc)
             return
-        if retain and m.headers and hdr.MESSAGE_ID in m.headers:
+        message_id = m.headers.get(hdr.MESSAGE_ID) if m.headers else None
+        if retain and message_id is not None:
             return  # an instance's retained PUBLISH: every instance takes it from the stream
-        self._queue_incoming(topic, m.data, qos, retain, props)
+        self._queue_incoming(topic, m.data, qos, retain, props, message_id)
 
     def _queue_incoming(self, topic: str, payload: bytes, qos: int, retain: bool,
-                        props: dict | None) -> None:
-        self._incoming.append((topic, payload, qos, retain, props))
+                        props: dict | None, message_id: str | None) -> None:
+        self._incoming.append((topic, payload, qos, retain, props, message_id))
         if not self._delivering:
             self._delivering = True
             self._spawn(self._deliver())
@@ -549,7 +611,7 @@ class ClusterRouting(Hook):
         first of the subscriptions it matches, in subject order."""
         message_id = m.headers.get(hdr.MESSAGE_ID) if m.headers else None
         if message_id is None:
-            first = min((s for s, (sub, _) in self._interest.items()
+            first = min((s for s, (sub, _, _) in self._interest.items()
                          if sub is not None and subject_matches(s, m.subject)), default=None)
             return first is None or first == through
         run, _, number = message_id.rpartition(".")
@@ -565,8 +627,10 @@ class ClusterRouting(Hook):
         incoming = self._incoming
         try:
             while incoming and client is not None and not client.closed:
-                topic, payload, qos, retain, props = incoming.popleft()
+                topic, payload, qos, retain, props, message_id = incoming.popleft()
                 self.received += 1
+                if message_id is not None and self.sessions.recording:
+                    self.sessions.expect(topic, message_id)
                 # In arrival order; the broker's Receive Maximum bounds those unacknowledged.
                 acknowledged = await client.send(topic, payload, qos, retain, props)
                 if acknowledged is not None:
@@ -574,7 +638,11 @@ class ClusterRouting(Hook):
         finally:
             self._delivering = False
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> asyncio.Future:
+        """Run `coro` in a task the instance keeps until it is done."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    _spawn = spawn

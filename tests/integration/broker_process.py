@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -129,6 +130,17 @@ class BrokerProcess:
         if not self._log.closed:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 15.0) -> re.Match:
+        """The first match of the regular expression `pattern` in the log, once it is there
+        (the log is read again as it grows); AssertionError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.search(pattern, self.log())
+            if found is not None:
+                return found
+            assert time.monotonic() < deadline, f"no {pattern!r} in the log:\n{self.log()}"
+            time.sleep(0.05)
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

@@ -25,8 +25,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hbroker.transports", "hbroker.inprocess"),
     # One client's connection: the MQTT state machine, CONNECT/CONNACK and AUTH.
     ("hbroker.connection", "hbroker.connect"),
-    # Routing decisions: sessions, subscriptions, retained messages, wills, expiry.
-    ("hbroker.broker",),
+    # Routing decisions: sessions, subscriptions, retained messages, wills, expiry; a
+    # session's state exported from one broker and imported into another.
+    ("hbroker.broker", "hbroker.session_state"),
     # $SYS topics: an extension of the broker, which reads it through a Protocol.
     ("hbroker.sys_topics",),
     # Session state and flow, subscriptions, quotas, storage, and the hooks and auth checks
