@@ -13,7 +13,9 @@ its own local subscribers as usual, so an instance never waits for NATS to deliv
   error when JetStream answered with an error or not within `[cluster] publish_timeout`): an
   acknowledged message is in JetStream. Then it is published on the live subject, so that a
   QoS 2 message refused by JetStream (and so sent again by its publisher as a new message)
-  was never delivered elsewhere.
+  was never delivered elsewhere; and the PUBACK/PUBREC goes once the NATS server answered a
+  PING sent after that live copy, so that an instance killed right after acknowledging has
+  handed the message to NATS for the other instances' subscribers too.
 - Order: what a connection publishes leaves for the live subjects in PUBLISH order, whatever
   its QoS: the outgoing queue is one FIFO and a message waits behind an earlier one whose
   JetStream store is not acknowledged yet.
@@ -392,12 +394,14 @@ class ClusterRouting(Hook):
         return None
 
     async def _send(self) -> None:
-        """Store what must be stored (pipelined), then publish live in order."""
+        """Store what must be stored (pipelined), then publish live in order; acknowledge
+        the stored ones once the NATS server has their live copies too."""
         queue, unstarted = self._outgoing, self._unstarted
         try:
             while queue:
                 while unstarted:  # start every store not started yet
                     await self._store(unstarted.popleft())
+                sent: list[_Outgoing] = []
                 while queue and (not queue[0].pending or queue[0].failed):
                     out = queue.popleft()
                     if out.failed:
@@ -407,6 +411,10 @@ class ClusterRouting(Hook):
                         self.forwarded += 1
                     except Exception as exc:  # no connection: a QoS 0 message is lost
                         log.debug("cluster: live publish failed: %s", exc)
+                    if out.ack is not None:
+                        sent.append(out)
+                if sent:
+                    await self._acknowledge(sent)
                 if not queue or unstarted:
                     continue
                 head = queue[0]
@@ -434,6 +442,27 @@ class ClusterRouting(Hook):
                 return
             future.add_done_callback(lambda f, out=out: self._stored(out, f))
 
+    async def _acknowledge(self, sent: list[_Outgoing]) -> None:
+        """The publishers' acknowledgements of stored messages just published live, once
+        the NATS server answered a PING sent after them: an instance killed after the
+        PUBACK has handed the live copy over (the other instances' subscribers get it)."""
+        try:
+            await self.nc.flush(timeout=self.config.publish_timeout)
+        except Exception as exc:
+            for out in sent:
+                out.pending = 1  # as if its store had not answered: refused
+                self._refuse(out, ReasonCode.UNSPECIFIED_ERROR
+                             if self.connected else ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR,
+                             f"live copy not confirmed by NATS: {exc or type(exc).__name__}")
+            return
+        for out in sent:
+            ack = out.ack
+            if ack.code == ReasonCode.NO_MATCHING_SUBSCRIBERS:
+                # None here, but it went to the other instances, whose subscribers this
+                # one does not know of: a success, never 0x10 No matching subscribers.
+                ack.code = ReasonCode.SUCCESS
+            ack.release()
+
     def _stored(self, out: _Outgoing, future: asyncio.Future) -> None:
         if future.cancelled() or future.exception() is not None:
             self._refuse(out, ReasonCode.UNSPECIFIED_ERROR,
@@ -444,9 +473,7 @@ class ClusterRouting(Hook):
         out.pending -= 1
         if out.pending:
             return
-        if out.ack is not None:
-            out.ack.release()
-        self._progress.set()
+        self._progress.set()  # live, then acknowledged (`_send`)
 
     def _refuse(self, out: _Outgoing, code: int, why: str) -> None:
         if out.failed or not out.pending:

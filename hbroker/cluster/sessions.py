@@ -185,8 +185,8 @@ class ClusterSessions:
         loop = asyncio.get_running_loop()
         try:
             try:
-                claim.rev, previous = await asyncio.wait_for(
-                    self._swap(client_id), routing.config.publish_timeout)
+                claim.rev, previous = await asyncio.wait_for(self._swap(client_id),
+                                                             CLAIM_DEADLINE)
             except Exception as exc:
                 log.warning("cluster: CONNECT refused: the client id could not be claimed: "
                             "%s", exc or type(exc).__name__,
@@ -223,16 +223,20 @@ class ClusterSessions:
                             "since": time.time()}).encode()
         while True:
             try:
-                entry = await self.kv.get(key)
-            except KeyNotFoundError:
-                entry = None
-            try:
+                try:
+                    entry = await self.kv.get(key)
+                except KeyNotFoundError:
+                    entry = None
                 if entry is None:
                     return await self.kv.create(key, value), None
                 return (await self.kv.update(key, value, last=entry.revision),
                         json.loads(entry.value))
             except KeyWrongLastSequenceError:
                 continue  # another claim swapped first: claim after it
+            except TimeoutError:
+                if not self.routing.connected:
+                    raise
+                continue  # JetStream slow (a leader election, many claims at once)
 
     async def _settle_before(self, client_id: str, rev: int, own: _Claim | None,
                              deadline: float) -> bool:
@@ -286,10 +290,10 @@ class ClusterSessions:
                             extra={"node": self.node, "client_id": client_id})
                 return None
             except TimeoutError:
-                reply = {"state": "timeout"}
+                reply = {"state": "timeout"}  # slow, or cut off from NATS: ask again
             if reply.get("state") not in ("busy", "timeout"):
                 break
-            if time.monotonic() >= deadline or reply["state"] == "timeout":
+            if time.monotonic() >= deadline:
                 log.warning("cluster: CONNECT refused: instance %s, which holds the session, "
                             "does not hand it over (%s)", owner, reply["state"],
                             extra={"node": self.node, "client_id": client_id})

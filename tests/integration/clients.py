@@ -171,7 +171,8 @@ class PahoClient:
         self.connack: tuple[Any, Any] | None = None
         self.disconnect_reason: Any = None
         self.subacks: dict[int, list[Any]] = {}
-        self.acks: set[int] = set()
+        self.acks: set[int] = set()  # completed publishes (acknowledged or refused)
+        self.ack_codes: dict[int, int] = {}  # their reason codes (>= 0x80: refused)
         self._cond = threading.Condition()
         c = self.client
         c.on_connect = self._on_connect
@@ -211,6 +212,7 @@ class PahoClient:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._cond:
+            self.ack_codes[mid] = getattr(reason_code, "value", reason_code)
             self.acks.add(mid)
             self._cond.notify_all()
 
