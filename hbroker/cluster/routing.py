@@ -13,9 +13,10 @@ its own local subscribers as usual, so an instance never waits for NATS to deliv
   error when JetStream answered with an error or not within `[cluster] publish_timeout`): an
   acknowledged message is in JetStream. Then it is published on the live subject, so that a
   QoS 2 message refused by JetStream (and so sent again by its publisher as a new message)
-  was never delivered elsewhere; and the PUBACK/PUBREC goes once the NATS server answered a
-  PING sent after that live copy, so that an instance killed right after acknowledging has
-  handed the message to NATS for the other instances' subscribers too.
+  was never delivered elsewhere. The other instances take it from the stream, not from the
+  live subject (`hbroker.cluster.consumer`: one durable consumer per instance), so a message
+  acknowledged to its publisher reaches them even if the publisher's instance or its NATS
+  server dies right after; NATS-native clients read the live copy.
 - Order: what a connection publishes leaves for the live subjects in PUBLISH order, whatever
   its QoS: the outgoing queue is one FIFO and a message waits behind an earlier one whose
   JetStream store is not acknowledged yet.
@@ -47,7 +48,8 @@ from typing import TYPE_CHECKING, Any
 
 from hbroker.cluster import headers as hdr
 from hbroker.cluster import retained
-from hbroker.cluster.sessions import ClusterSessions
+from hbroker.cluster.consumer import InstanceConsumer, consumer_name
+from hbroker.cluster.sessions import ClusterSessions, node_token
 from hbroker.cluster.subjects import (
     SubjectError,
     filter_to_subjects,
@@ -95,6 +97,17 @@ def _settled(future: asyncio.Future) -> None:
     """A local delivery's acknowledgement: nothing waits for it (a closing client fails it)."""
     if not future.cancelled():
         future.exception()
+
+
+def _chain(acknowledged: asyncio.Future, done: asyncio.Future) -> None:
+    if done.done():
+        return
+    if acknowledged.cancelled():
+        done.cancel()
+    elif acknowledged.exception() is not None:
+        done.set_exception(acknowledged.exception())
+    else:
+        done.set_result(acknowledged.result())
 
 
 class ClusterError(Exception):
@@ -193,6 +206,7 @@ class ClusterRouting(Hook):
         self.received = 0  # messages from NATS published locally
         self.refused = 0  # QoS 1/2 publishes JetStream did not store
         self.sessions = ClusterSessions(self)
+        self.consumer = InstanceConsumer(self, consumer_name(node_token(self.node)))
 
     @property
     def run(self) -> str:
@@ -227,6 +241,7 @@ class ClusterRouting(Hook):
         for client_id, session in list(broker.sessions.items()):
             for topic_filter in session.subscriptions:
                 self._subscribed(client_id, topic_filter)
+        await self.consumer.start()
         self.client = InProcessClient(broker, self.client_id)
         await self.client.connect()
         await self._follow_retained(kept.state.messages)
@@ -286,7 +301,7 @@ class ClusterRouting(Hook):
         except (hdr.HeaderError, SubjectError, ValueError) as exc:
             log.warning("cluster: retained record on %r dropped: %s", m.subject, exc)
             return
-        self._queue_incoming(topic, m.data, qos, True, props, None)
+        self._queue_incoming(topic, m.data, qos, True, props, None, None)
 
     def unready(self) -> str | None:
         """Why this instance is not ready to serve as part of the cluster (`/readyz`), or
@@ -328,6 +343,7 @@ class ClusterRouting(Hook):
 
     async def leave(self) -> None:
         self.leaving = True
+        await self.consumer.stop()
         if self.client is not None:
             await self.client.close()
         if self.nc is not None:
@@ -378,8 +394,9 @@ class ClusterRouting(Hook):
         if self.sessions.recording:
             self.sessions.tag(msg, message_id)
         out = _Outgoing(self.live_ns + base, msg.payload, headers, ack)
-        if ack is not None:
-            ack.hold()
+        if msg.qos:  # stored whether or not a publisher waits (a will has no ack)
+            if ack is not None:
+                ack.hold()
             out.stores.append((self.stored_ns + base, self.stream,
                                {**headers, "Nats-Msg-Id": message_id}))
         if msg.retain:  # the topic's retained message (or its clearing) for every instance
@@ -401,7 +418,6 @@ class ClusterRouting(Hook):
             while queue:
                 while unstarted:  # start every store not started yet
                     await self._store(unstarted.popleft())
-                sent: list[_Outgoing] = []
                 while queue and (not queue[0].pending or queue[0].failed):
                     out = queue.popleft()
                     if out.failed:
@@ -411,10 +427,6 @@ class ClusterRouting(Hook):
                         self.forwarded += 1
                     except Exception as exc:  # no connection: a QoS 0 message is lost
                         log.debug("cluster: live publish failed: %s", exc)
-                    if out.ack is not None:
-                        sent.append(out)
-                if sent:
-                    await self._acknowledge(sent)
                 if not queue or unstarted:
                     continue
                 head = queue[0]
@@ -442,27 +454,6 @@ class ClusterRouting(Hook):
                 return
             future.add_done_callback(lambda f, out=out: self._stored(out, f))
 
-    async def _acknowledge(self, sent: list[_Outgoing]) -> None:
-        """The publishers' acknowledgements of stored messages just published live, once
-        the NATS server answered a PING sent after them: an instance killed after the
-        PUBACK has handed the live copy over (the other instances' subscribers get it)."""
-        try:
-            await self.nc.flush(timeout=self.config.publish_timeout)
-        except Exception as exc:
-            for out in sent:
-                out.pending = 1  # as if its store had not answered: refused
-                self._refuse(out, ReasonCode.UNSPECIFIED_ERROR
-                             if self.connected else ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR,
-                             f"live copy not confirmed by NATS: {exc or type(exc).__name__}")
-            return
-        for out in sent:
-            ack = out.ack
-            if ack.code == ReasonCode.NO_MATCHING_SUBSCRIBERS:
-                # None here, but it went to the other instances, whose subscribers this
-                # one does not know of: a success, never 0x10 No matching subscribers.
-                ack.code = ReasonCode.SUCCESS
-            ack.release()
-
     def _stored(self, out: _Outgoing, future: asyncio.Future) -> None:
         if future.cancelled() or future.exception() is not None:
             self._refuse(out, ReasonCode.UNSPECIFIED_ERROR,
@@ -473,13 +464,21 @@ class ClusterRouting(Hook):
         out.pending -= 1
         if out.pending:
             return
-        self._progress.set()  # live, then acknowledged (`_send`)
+        ack = out.ack
+        if ack is not None:
+            if ack.code == ReasonCode.NO_MATCHING_SUBSCRIBERS:
+                # None here, but it went to the other instances, whose subscribers this
+                # one does not know of: a success, never 0x10 No matching subscribers.
+                ack.code = ReasonCode.SUCCESS
+            ack.release()
+        self._progress.set()
 
     def _refuse(self, out: _Outgoing, code: int, why: str) -> None:
         if out.failed or not out.pending:
             return
-        if out.ack is None:  # QoS 0 retained: its record is lost, the message goes on
-            log.warning("cluster: retained message not stored in JetStream: %s", why,
+        if out.ack is None:  # a will, or QoS 0 retained: nobody to refuse; it goes on live
+            log.warning("cluster: message without a publisher's acknowledgement (a will, "
+                        "or QoS 0 retained) not stored in JetStream: %s", why,
                         extra={"node": self.node, "subject": out.subject})
             out.pending = 0
             self._progress.set()
@@ -551,6 +550,7 @@ class ClusterRouting(Hook):
                 continue
             entry = self._interest[subject] = [None, 1, None]
             entry[2] = self._spawn(self._subscribe(subject))
+            self.consumer.changed()
 
     def _drop_interest(self, topic_filter: str) -> None:
         for subject in self._subjects(topic_filter):
@@ -560,6 +560,7 @@ class ClusterRouting(Hook):
             entry[1] -= 1
             if entry[1] == 0:
                 del self._interest[subject]
+                self.consumer.changed()
                 if entry[0] is not None:
                     self._spawn(entry[0].unsubscribe())
 
@@ -574,19 +575,33 @@ class ClusterRouting(Hook):
             return
         entry[0] = sub
 
+    def stored_subjects(self) -> frozenset[str]:
+        """The subjects (without prefix) of every filter this instance's sessions hold:
+        what its consumer of the message stream takes."""
+        cut = len(self.live_ns)
+        return frozenset(s[cut:] for s in self._interest)
+
     async def interest_ready(self, filters: Any) -> None:
-        """Return once NATS has this instance's subscriptions for `filters` (the server it
-        is connected to has them: a flush answered after they were sent)."""
-        tasks = [entry[2] for f in filters for subject in self._subjects(f)
+        """Return once NATS has this instance's subscriptions for `filters`: the stream's
+        consumer filters on them (QoS 1/2), and the server it is connected to has the live
+        ones (QoS 0; a flush answered after they were sent)."""
+        subjects = [subject for f in filters for subject in self._subjects(f)]
+        tasks = [entry[2] for subject in subjects
                  if (entry := self._interest.get(subject)) is not None and entry[0] is None
                  and entry[2] is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        cut = len(self.live_ns)
+        await asyncio.wait_for(self.consumer.ready({s[cut:] for s in subjects}),
+                               self.config.publish_timeout)
         await self.nc.flush(timeout=self.config.publish_timeout)
 
     async def let_incoming_in(self) -> None:
         """Return once what NATS sent this instance so far is in the broker (a session
-        about to leave has everything that came for it), or after `publish_timeout`."""
+        about to leave has everything that came for it), or after `publish_timeout`: every
+        QoS 1/2 message stored so far that the consumer's filter takes, and the live
+        messages the server has sent."""
+        await self.consumer.caught_up(self.config.publish_timeout)
         await self.nc.flush(timeout=self.config.publish_timeout)
         deadline = time.monotonic() + self.config.publish_timeout
         while (self._incoming or self._delivering or any(
@@ -610,20 +625,68 @@ class ClusterRouting(Hook):
             origin, qos, retain, props = hdr.message_flags(m.headers)
             if origin == self.node:
                 return  # its own echo: routed locally when it was published
+            message_id = m.headers.get(hdr.MESSAGE_ID) if m.headers else None
+            if message_id is not None and (retain or (
+                    qos and self.consumer.covers(through[len(self.live_ns):]))):
+                # an instance's QoS 1/2 or retained PUBLISH: taken from the streams instead
+                # (a QoS 1/2 one from the live subject until the consumer's filter has it:
+                # a new subscription gets what is published after its SUBACK)
+                return
             if not self._first_copy(m, through):
                 return
             topic = subject_to_topic(m.subject, self.prefix)
         except (hdr.HeaderError, SubjectError) as exc:
             log.warning("cluster: message on %r dropped: %s", m.subject, exc)
             return
-        message_id = m.headers.get(hdr.MESSAGE_ID) if m.headers else None
-        if retain and message_id is not None:
-            return  # an instance's retained PUBLISH: every instance takes it from the stream
-        self._queue_incoming(topic, m.data, qos, retain, props, message_id)
+        self._queue_incoming(topic, m.data, qos, retain, props, message_id, None)
+
+    def take_stored(self, m: Any) -> asyncio.Future | None:
+        """A QoS 1/2 message from the instance's consumer of the message stream: into the
+        broker, unless it is this instance's own or a copy already taken. Returns the
+        future of the broker's acknowledgement, or None when there is nothing to wait for."""
+        try:
+            origin, qos, retain, props = hdr.message_flags(m.headers)
+            if origin == self.node:
+                return None
+            message_id = m.headers.get(hdr.MESSAGE_ID) if m.headers else None
+            if message_id is None or retain:
+                return None  # a retained PUBLISH comes from the retained stream
+            if m.metadata.num_delivered > 1:  # again: taken unless it was taken before
+                run, _, number = message_id.rpartition(".")
+                seen = self._seen.setdefault(run, _Seen())
+                if int(number) in seen.numbers:
+                    return None
+                seen.numbers.add(int(number))
+            elif not self._first_copy(m, ""):
+                return None
+            base = m.subject[len(self.stored_ns):]
+            meta = m.metadata
+            if self.consumer.before(base, meta.sequence.stream, meta.num_delivered > 1):
+                return None  # published before this instance subscribed to its topic
+            topic = subject_to_topic(base)
+        except (hdr.HeaderError, SubjectError, ValueError) as exc:
+            log.warning("cluster: stored message on %r dropped: %s", m.subject, exc)
+            return None
+        done = asyncio.get_running_loop().create_future()
+        done.add_done_callback(lambda f, mid=message_id: self._taken(mid, f))
+        self._queue_incoming(topic, m.data, qos, retain, props, message_id, done)
+        return done
+
+    def _taken(self, message_id: str, done: asyncio.Future) -> None:
+        """A stored message the broker did not take is delivered again by JetStream: not
+        a copy already seen then."""
+        from hbroker.cluster.consumer import AGAIN
+
+        if done.cancelled() or done.exception() is not None or done.result() in AGAIN:
+            run, _, number = message_id.rpartition(".")
+            seen = self._seen.get(run)
+            if seen is not None:
+                seen.numbers.discard(int(number))
 
     def _queue_incoming(self, topic: str, payload: bytes, qos: int, retain: bool,
-                        props: dict | None, message_id: str | None) -> None:
-        self._incoming.append((topic, payload, qos, retain, props, message_id))
+                        props: dict | None, message_id: str | None,
+                        done: asyncio.Future | None) -> None:
+        self._incoming.append((topic, payload, qos, retain, props, message_id, done))
         if not self._delivering:
             self._delivering = True
             self._spawn(self._deliver())
@@ -654,13 +717,23 @@ class ClusterRouting(Hook):
         incoming = self._incoming
         try:
             while incoming and client is not None and not client.closed:
-                topic, payload, qos, retain, props, message_id = incoming.popleft()
+                topic, payload, qos, retain, props, message_id, done = incoming.popleft()
                 self.received += 1
                 if message_id is not None and self.sessions.recording:
                     self.sessions.expect(topic, message_id)
                 # In arrival order; the broker's Receive Maximum bounds those unacknowledged.
-                acknowledged = await client.send(topic, payload, qos, retain, props)
-                if acknowledged is not None:
+                try:
+                    acknowledged = await client.send(topic, payload, qos, retain, props)
+                except Exception as exc:  # the client closed: the instance is leaving
+                    if done is not None and not done.done():
+                        done.set_exception(exc)
+                    raise
+                if acknowledged is None:
+                    if done is not None:
+                        done.set_result(0)
+                elif done is not None:
+                    acknowledged.add_done_callback(lambda f, d=done: _chain(f, d))
+                else:
                     acknowledged.add_done_callback(_settled)
         finally:
             self._delivering = False

@@ -221,6 +221,9 @@ class ClusterSessions:
         key = record_key(client_id)
         value = json.dumps({"node": self.node, "run": self.routing.run,
                             "since": time.time()}).encode()
+        # JetStream not answering (no quorum): refused soon; claims that swapped first:
+        # claim after them, however many
+        answer_by = time.monotonic() + 2 * self.routing.config.publish_timeout
         while True:
             try:
                 try:
@@ -234,7 +237,7 @@ class ClusterSessions:
             except KeyWrongLastSequenceError:
                 continue  # another claim swapped first: claim after it
             except TimeoutError:
-                if not self.routing.connected:
+                if not self.routing.connected or time.monotonic() > answer_by:
                     raise
                 continue  # JetStream slow (a leader election, many claims at once)
 

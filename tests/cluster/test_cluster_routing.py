@@ -241,15 +241,19 @@ def test_without_a_jetstream_quorum_nothing_is_falsely_acknowledged(
     hb1 = instances[0]  # on n1, which stays
     raw = RawClient(hb1.host, hb1.port)
     raw.connect(f"quorum-{next(_ids)}")
-    assert raw.publish("quorum/t", b"before", 1, packet_id=1).reason_code in (0x00, 0x10)
+    assert raw.publish("quorum/t", b"before", 1, packet_id=1).reason_code == 0x00
+    old = RawClient(hb1.host, hb1.port, version=4)
+    old.connect(f"quorum-311-{next(_ids)}")
     nats_cluster.kill(1)
     nats_cluster.kill(2)
     try:
         for pid, qos in ((2, 1), (3, 2)):
             ack = raw.publish("quorum/t", b"during", qos, packet_id=pid)
             assert ack.packet_id == pid and ack.reason_code in (0x80, 0x83), ack
-        old = RawClient(hb1.host, hb1.port, version=4)
-        old.connect(f"quorum-311-{next(_ids)}")
+        # nor a client id made the instance's: a CONNECT is refused (0x88)
+        late = RawClient(hb1.host, hb1.port)
+        assert late.connect(f"quorum-late-{next(_ids)}").reason_code == 0x88
+        late.close()
         old.send(Publish("quorum/t", b"during", 1, False, False, 7, None))
         assert not [p for p in old.closed_by_broker() if p.packet_type == PUBACK]
     finally:
