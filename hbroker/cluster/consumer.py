@@ -58,6 +58,7 @@ class InstanceConsumer:
         self._applied = asyncio.Event()
         self._sub: Any = None
         self._task: asyncio.Task | None = None
+        self.high = 0  # the highest stream sequence taken (or delivered before it started)
         self.delivered = 0  # messages taken from the stream
         self.redelivered = 0
 
@@ -74,8 +75,10 @@ class InstanceConsumer:
     async def start(self) -> None:
         routing = self.routing
         subjects = routing.stored_subjects()
-        await routing.retry_jetstream(
+        info = await routing.retry_jetstream(
             lambda: routing.js.add_consumer(routing.stream, self._config(subjects)))
+        # what the consumer delivered before this process (a restarted instance's)
+        self.high = info.delivered.stream_seq or 0
         self.applied = subjects
         self._applied.set()
         self._sub = await routing.js.pull_subscribe_bind(durable=self.name,
@@ -161,22 +164,34 @@ class InstanceConsumer:
             self._applied.clear()
             await self._applied.wait()
 
-    async def caught_up(self, timeout: float) -> None:
-        """Return once the consumer has taken, and the broker has, every message of its
-        filter stored so far (or after `timeout` seconds)."""
+    async def caught_up(self, timeout: float) -> int:
+        """Return, once the consumer has taken every message of its filter stored so far
+        (or after `timeout` seconds), the stream sequence up to which it has."""
+        return await self.reached(0, timeout)
+
+    async def reached(self, seq: int, timeout: float) -> int:
+        """Return once the consumer has taken every message of its filter up to stream
+        sequence `seq` (0: up to the stream's last now), or after `timeout` seconds: the
+        sequence up to which it has taken them all."""
         routing = self.routing
         deadline = time.monotonic() + timeout
         try:
-            last = (await routing.js.stream_info(routing.stream)).state.last_seq
+            if not seq:
+                seq = (await routing.js.stream_info(routing.stream)).state.last_seq
             while time.monotonic() < deadline:
+                if self.high >= seq:
+                    break
                 info = await routing.js.consumer_info(routing.stream, self.name)
-                if (not info.num_pending and not info.num_ack_pending) or \
-                        info.ack_floor.stream_seq >= last:
-                    return
+                if not info.num_pending and info.delivered.stream_seq <= self.high:
+                    break  # nothing more of the filter stored, all of it taken
                 await asyncio.sleep(0.005)
+            else:
+                log.warning("cluster: the consumer did not catch up within %.1f s", timeout,
+                            extra={"node": routing.node})
         except Exception as exc:
             log.warning("cluster: could not wait for the consumer: %s", exc,
                         extra={"node": routing.node})
+        return max(seq, self.high)
 
     # -- taking messages -------------------------------------------------------------------
 
@@ -200,6 +215,7 @@ class InstanceConsumer:
             pending: list[asyncio.Future] = []
             for m in batch:
                 self.delivered += 1
+                self.high = max(self.high, m.metadata.sequence.stream)
                 if m.metadata.num_delivered > 1:
                     self.redelivered += 1
                 done = routing.take_stored(m)

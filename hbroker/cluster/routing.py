@@ -206,6 +206,7 @@ class ClusterRouting(Hook):
         self.received = 0  # messages from NATS published locally
         self.refused = 0  # QoS 1/2 publishes JetStream did not store
         self.sessions = ClusterSessions(self)
+        self.moving_in: dict[str, int] = {}  # live subjects of sessions moving in -> count
         self.consumer = InstanceConsumer(self, consumer_name(node_token(self.node)))
 
     @property
@@ -517,6 +518,16 @@ class ClusterRouting(Hook):
         filter: NATS interest is taken for it."""
         self._subscribed(client_id, topic_filter)
 
+    def moving(self, filters: Any, starts: bool) -> None:
+        """A session with these filters starts (or ends) moving in: meanwhile its QoS 1/2
+        messages come from the stream only."""
+        for subject in (s for f in filters for s in self._subjects(f)):
+            count = self.moving_in.get(subject, 0) + (1 if starts else -1)
+            if count > 0:
+                self.moving_in[subject] = count
+            else:
+                self.moving_in.pop(subject, None)
+
     def _subscribed(self, client_id: str, topic_filter: str) -> None:
         if client_id == self.client_id or topic_filter.startswith("$"):
             return  # $SYS, and $share (live groups are per instance for now)
@@ -596,18 +607,21 @@ class ClusterRouting(Hook):
                                self.config.publish_timeout)
         await self.nc.flush(timeout=self.config.publish_timeout)
 
-    async def let_incoming_in(self) -> None:
+    async def let_incoming_in(self, seq: int = 0) -> int:
         """Return once what NATS sent this instance so far is in the broker (a session
-        about to leave has everything that came for it), or after `publish_timeout`: every
-        QoS 1/2 message stored so far that the consumer's filter takes, and the live
-        messages the server has sent."""
-        await self.consumer.caught_up(self.config.publish_timeout)
+        about to leave has everything that came for it; one moving in, everything the old
+        owner did not have), or after `publish_timeout`: every QoS 1/2 message of the
+        consumer's filter stored up to stream sequence `seq` (0: so far), and the live
+        messages the server has sent. Returns the sequence up to which the broker has
+        them."""
+        seq = await self.consumer.reached(seq, self.config.publish_timeout)
         await self.nc.flush(timeout=self.config.publish_timeout)
         deadline = time.monotonic() + self.config.publish_timeout
         while (self._incoming or self._delivering or any(
                 e[0] is not None and e[0].pending_msgs for e in self._interest.values())) \
                 and time.monotonic() < deadline:
             await asyncio.sleep(0.001)
+        return seq
 
     def subscribed(self) -> dict[str, int]:
         """NATS subject -> sessions holding it (for status and tests)."""
@@ -626,11 +640,14 @@ class ClusterRouting(Hook):
             if origin == self.node:
                 return  # its own echo: routed locally when it was published
             message_id = m.headers.get(hdr.MESSAGE_ID) if m.headers else None
-            if message_id is not None and (retain or (
-                    qos and self.consumer.covers(through[len(self.live_ns):]))):
+            if message_id is not None and (retain or (qos and (
+                    self.consumer.covers(through[len(self.live_ns):])
+                    or through in self.moving_in))):
                 # an instance's QoS 1/2 or retained PUBLISH: taken from the streams instead
                 # (a QoS 1/2 one from the live subject until the consumer's filter has it:
-                # a new subscription gets what is published after its SUBACK)
+                # a new subscription gets what is published after its SUBACK; not for a
+                # session moving in, which takes exactly what the old owner did not have
+                # from the stream)
                 return
             if not self._first_copy(m, through):
                 return

@@ -315,8 +315,9 @@ class ClusterSessions:
                                    reason=SESSION_MOVED)
         # The session, with its subscriptions, before its state: what arrives from now on
         # queues here, and the state put before it.
-        session = import_session(broker, reply, now)
         subscriptions = subscriptions_of(reply)
+        routing.moving(subscriptions, True)
+        session = import_session(broker, reply, now)
         for topic_filter in subscriptions:
             routing.hold_filter(client_id, topic_filter)
         self._record(True)
@@ -331,6 +332,10 @@ class ClusterSessions:
                             extra={"node": self.node, "client_id": client_id})
                 return None
             if moved.get("state") == "moved" and broker.sessions.get(client_id) is session:
+                # Everything the old owner had is in what it sent, up to a stream sequence:
+                # what came here up to it is queued (and recognised) before the import.
+                if moved.get("through"):
+                    await routing.let_incoming_in(moved["through"])
                 import_session(broker, moved["session"], time.monotonic(), session,
                                self.tag_of)
                 self.taken_over += 1
@@ -339,6 +344,7 @@ class ClusterSessions:
                     "inflight": len(session.inflight), "queued": len(session.queue)})
         finally:
             self._record(False)
+            routing.moving(subscriptions, False)
         return None
 
     async def _ask(self, owner: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -413,7 +419,10 @@ class ClusterSessions:
         if client_id not in self._moving:
             return {"state": "none"}
         try:
-            await self.routing.let_incoming_in()
+            session = broker.sessions.get(client_id)
+            # what NATS brought for its subscriptions is in it first
+            through = await self.routing.let_incoming_in() \
+                if session is not None and session.subscriptions else 0
             session = broker.sessions.get(client_id)
             if session is None or session.connection is not None:
                 return {"state": "none"}  # expired meanwhile
@@ -424,7 +433,7 @@ class ClusterSessions:
             log.info("cluster: session handed over", extra={
                 "node": self.node, "client_id": client_id,
                 "inflight": len(state["inflight"]), "queued": len(state["queue"])})
-            return {"state": "moved", "session": state}
+            return {"state": "moved", "session": state, "through": through}
         finally:
             if self._moving.pop(client_id, None) is not None:
                 self._record(False)

@@ -49,10 +49,11 @@ class RawClient:
         self.sock.sendall(data)
 
     def connect(self, client_id: str, clean_start: bool = True, keepalive: int = 60,
-                properties: dict | None = None, will: Any = None, **kw: Any) -> Any:
+                properties: dict | None = None, will: Any = None, timeout: float = WAIT,
+                **kw: Any) -> Any:
         self.send(Connect(client_id, self.version, "MQTT" if self.version > 3 else "MQIsdp",
                           clean_start, keepalive, will=will, properties=properties, **kw))
-        connack = self.recv()
+        connack = self.recv(timeout)
         assert connack.packet_type == 2, connack
         return connack
 
