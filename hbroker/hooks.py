@@ -63,6 +63,7 @@ SESSION_CLEAN_START = "clean_start"  # a CONNECT with Clean Start 1 discarded it
 SESSION_DISCONNECTED = "disconnected"  # its connection closed and it had no expiry
 SESSION_EXPIRED = "expired"  # its Session Expiry Interval elapsed while disconnected
 SESSION_MOVED = "moved"  # handed over to another instance of the cluster (hbroker.cluster)
+SESSION_DISCARDED = "discarded"  # an operator discarded it (the admin API, hbroker ctl)
 
 # Why a retained message went: the `reason` of on_retained_cleared.
 RETAINED_EMPTY_PAYLOAD = "empty_payload"  # a retained PUBLISH with no payload [MQTT-3.3.1-6]
@@ -189,7 +190,7 @@ class Hook:
 
     def on_session_ended(self, client_id: str, reason: str) -> None:
         """A session ended (`SESSION_CLEAN_START`, `SESSION_DISCONNECTED`, `SESSION_EXPIRED`,
-        `SESSION_MOVED`):
+        `SESSION_MOVED`, `SESSION_DISCARDED`):
         its subscriptions went with it (no `on_unsubscribed` for them)."""
 
     # -- subscriptions ---------------------------------------------------------------------
