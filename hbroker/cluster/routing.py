@@ -242,9 +242,14 @@ class ClusterRouting(Hook):
         for client_id, session in list(broker.sessions.items()):
             for topic_filter in session.subscriptions:
                 self._subscribed(client_id, topic_filter)
+        # The in-process client first: what the consumer takes goes through it.
+        client = InProcessClient(broker, self.client_id)
+        await client.connect()
+        self.client = client
+        if self._incoming and not self._delivering:  # live messages that came meanwhile
+            self._delivering = True
+            self._spawn(self._deliver())
         await self.consumer.start()
-        self.client = InProcessClient(broker, self.client_id)
-        await self.client.connect()
         await self._follow_retained(kept.state.messages)
         log.info("cluster joined", extra={"node": self.node, "stream": self.stream,
                                           "servers": self.nc.connected_url.netloc
