@@ -86,6 +86,15 @@ def drops_by_reason(stats: Any) -> dict[str, int]:
     }
 
 
+def storage_pending(journal: Any) -> int:
+    """Changes waiting for a storage commit, the one under way included."""
+    pending = sum(len(getattr(journal.current, name)) for name in (
+        "sessions", "subscriptions", "deliveries", "messages", "retained", "qos2"))
+    if journal.committing is not None:
+        pending += len(journal.committing.deliveries) + len(journal.committing.messages)
+    return pending
+
+
 def reason_label(code: int) -> str:
     try:
         return ReasonCode(code).name.lower()
@@ -218,10 +227,7 @@ class BrokerCollector:
         buckets: list[tuple[float, int]] = [(float("inf"), 0)]
         total = 0.0
         if journal is not None:
-            pending = sum(len(getattr(journal.current, name)) for name in (
-                "sessions", "subscriptions", "deliveries", "messages", "retained", "qos2"))
-            if journal.committing is not None:
-                pending += len(journal.committing.deliveries) + len(journal.committing.messages)
+            pending = storage_pending(journal)
             commits, failures = journal.commits, journal.failures
             degraded, full = journal.degraded, journal.full
             buckets = journal.commit_seconds.cumulative()

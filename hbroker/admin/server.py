@@ -1,10 +1,11 @@
 """The admin listener: one aiohttp application, started and stopped with the broker's Server.
 
-Each module of this package adds its routes with `AdminServer.add_route(method, path,
-handler, access)`, where `access` is who may call it: `PUBLIC` (no token), `READ` (any
-token) or `ADMIN` (a token of role `admin`). One middleware checks the `Authorization:
-Bearer TOKEN` header against `[[admin.tokens]]` (401 without a valid token, 403 with a token
-whose role is too low); the application refuses bodies over `admin.max_body_size` (413).
+Each module of this package adds its routes (the REST API's through `api.py`) with
+`AdminServer.add_route(method, path, handler, access)`, where `access` is who may call it:
+`PUBLIC` (no token), `READ` (any token) or `ADMIN` (a token of role `admin`). One middleware
+checks the `Authorization: Bearer TOKEN` header against `[[admin.tokens]]` (401 without a
+valid token, 403 with a token whose role is too low; JSON under /api/); the application
+refuses bodies over `admin.max_body_size` (413).
 
 It runs on the broker's event loop but on its own socket, and reads the broker only when asked:
 it is part of the process, not of the path of a message.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
@@ -61,6 +63,16 @@ class Tokens:
         return None
 
 
+def _refusal(request: web.Request, cls: type[web.HTTPException], message: str,
+             headers: dict[str, str] | None = None) -> web.HTTPException:
+    """A 401/403: JSON (`{"error": ...}`) under /api/, as every answer of the API is; a line
+    of text elsewhere (/metrics)."""
+    if request.path.startswith("/api/"):
+        return cls(text=json.dumps({"error": message}) + "\n",
+                   content_type="application/json", headers=headers)
+    return cls(text=message + "\n", headers=headers)
+
+
 class AdminServer:
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -77,10 +89,11 @@ class AdminServer:
         # TLS files are read now, with the MQTT listeners' helper: a wrong path fails the start
         # with the key that names it.
         self.tls = self._tls_context()
-        from hbroker.admin import health, metrics
+        from hbroker.admin import api, health, metrics
 
         health.setup(self)
         metrics.setup(self)
+        api.setup(self)
 
     def add_route(self, method: str, path: str, handler: Handler, access: str) -> None:
         route = self.app.router.add_route(method, path, handler)
@@ -110,12 +123,13 @@ class AdminServer:
         if who is None:
             log.info("admin request refused: no valid token", extra={
                 "peer": request.remote, "path": request.path})
-            raise web.HTTPUnauthorized(text="a valid token is needed: Authorization: Bearer "
-                                       "TOKEN\n", headers={"WWW-Authenticate": "Bearer"})
+            raise _refusal(request, web.HTTPUnauthorized, "a valid token is needed: "
+                           "Authorization: Bearer TOKEN", {"WWW-Authenticate": "Bearer"})
         name, role = who
         if _RANK[role] < _RANK[needed]:
-            raise web.HTTPForbidden(text=f"token {name!r} has role {role!r}; this needs "
-                                    f"{needed!r}\n")
+            request["token_name"] = name  # for the audit line of a refused call
+            raise _refusal(request, web.HTTPForbidden, f"token {name!r} has role {role!r}; "
+                           f"this needs {needed!r}")
         request["token_name"] = name
         return await handler(request)
 
