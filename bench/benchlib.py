@@ -25,7 +25,7 @@ RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 # (a hand-written one) is dropped when a script rewrites the file: every figure in it comes
 # from a run.
 SECTIONS = ("## hbroker vs Mosquitto", "## Durable storage: QoS 1 throughput",
-            "## Micro-benchmarks")
+            "## Micro-benchmarks", "## Clustered over NATS JetStream")
 
 RESULTS_HEADER = """\
 # Benchmark results

@@ -62,6 +62,7 @@ static const char *const SUB_MODE_NAMES[] = {"exact", "wildcard", "all"};
 static struct {
     const char *host;
     const char *port;
+    const char *sub_port;  /* --sub-port: where the subscribers connect (NULL: --port) */
     int mode;
     u32 pubs, subs, qos, payload, topics, window;
     int sub_mode;
@@ -325,6 +326,7 @@ static struct {
     u64 now;
     int phase;
     struct addrinfo *addr;
+    struct addrinfo *sub_addr; /* the subscribers' address: --sub-port, else addr */
     conn_t **conns;
     u32 nconns, next_connect, connecting, ready;
     conn_t **pending;
@@ -569,10 +571,17 @@ static void send_connect(conn_t *c)
     conn_flush(c); /* one packet: the same in both write styles */
 }
 
+/* Where connection c connects: the subscribers to --sub-port when it is given (publisher and
+ * subscriber on two brokers of a cluster), everyone else to --port. */
+static const struct addrinfo *conn_addr(const conn_t *c)
+{
+    return c->kind == K_SUB ? g.sub_addr : g.addr;
+}
+
 static void connect_failed(conn_t *c, const char *why)
 {
     record_error(&g.connect_failures, "%s: connect to %s:%s failed: %s", conn_name(c), o.host,
-                 o.port, why);
+                 c->kind == K_SUB && o.sub_port ? o.sub_port : o.port, why);
     conn_close(c);
     if (c->counted_connecting) {
         c->counted_connecting = 0;
@@ -587,7 +596,8 @@ static void conn_start(conn_t *c)
     c->started_ns = g.now;
     c->counted_connecting = 1;
     g.connecting++;
-    int fd = socket(g.addr->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    const struct addrinfo *addr = conn_addr(c);
+    int fd = socket(addr->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         connect_failed(c, strerror(errno));
         return;
@@ -600,7 +610,7 @@ static void conn_start(conn_t *c)
     if (epoll_ctl(g.ep, EPOLL_CTL_ADD, fd, &ev) < 0)
         die("epoll_ctl: %s", strerror(errno));
     c->epout = 1;
-    if (connect(fd, g.addr->ai_addr, g.addr->ai_addrlen) < 0 && errno != EINPROGRESS) {
+    if (connect(fd, addr->ai_addr, addr->ai_addrlen) < 0 && errno != EINPROGRESS) {
         connect_failed(c, strerror(errno));
         return;
     }
@@ -1846,14 +1856,15 @@ static int read_connack(int fd)
  * the new session ends with the connection), then DISCONNECT. */
 static int end_session_by_reconnect(const conn_t *c)
 {
-    int fd = socket(g.addr->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const struct addrinfo *addr = conn_addr(c);
+    int fd = socket(addr->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     set_blocking(fd);
     u8 d[CONNECT_MAX];
     size_t n = encode_connect(d, c, 1);
     static const u8 disconnect[] = {DISCONNECT, 0};
-    int ok = connect(fd, g.addr->ai_addr, g.addr->ai_addrlen) == 0 &&
+    int ok = connect(fd, addr->ai_addr, addr->ai_addrlen) == 0 &&
              write_all(fd, d, n) == 0 && read_connack(fd) == 0 &&
              write_all(fd, disconnect, sizeof disconnect) == 0 && wait_closed(fd) == 0;
     close(fd);
@@ -1948,6 +1959,8 @@ static void report_params(void)
            SUB_MODE_NAMES[o.sub_mode], o.window, o.write_single ? "single" : "batch", o.rate,
            o.tick_us, o.duration, o.warmup, o.drain, o.stall_timeout, o.keepalive, o.idle,
            o.connect_parallel, o.retained, o.retained_clear ? "true" : "false");
+    printf("\"sub_port\": %u, ",
+           (unsigned)strtoul(o.sub_port ? o.sub_port : o.port, NULL, 10));
     if (o.persistent)
         printf("\"session_expiry\": %u, ", o.session_expiry);
     else
@@ -2136,6 +2149,8 @@ static void usage(FILE *f)
 "connection:\n"
 "  --host H               broker address (127.0.0.1)\n"
 "  --port P               broker port (1883)\n"
+"  --sub-port P           the subscribers connect to port P instead (publisher and\n"
+"                         subscribers on two brokers of a cluster; load mode)\n"
 "  --v5                   speak MQTT 5.0 (default 3.1.1); the window must not exceed the\n"
 "                         CONNACK's Receive Maximum at QoS 1/2\n"
 "  --keepalive K          keep alive in seconds (60); idle mode pings every K seconds\n"
@@ -2220,11 +2235,12 @@ static void parse_args(int argc, char **argv)
         O_HOST = 1, O_PORT, O_PUBS, O_SUBS, O_QOS, O_PAYLOAD, O_TOPICS, O_SUB_MODE, O_WINDOW,
         O_WRITE, O_RATE, O_TICK, O_DURATION, O_WARMUP, O_DRAIN, O_STALL, O_TIMEOUT, O_IDLE,
         O_KEEPALIVE, O_PARALLEL, O_RETAINED, O_RCLEAR, O_PREFIX, O_V5, O_EXPIRY, O_KEEP,
-        O_HELP,
+        O_SUB_PORT, O_HELP,
     };
     static const struct option longopts[] = {
         {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT},
+        {"sub-port", required_argument, 0, O_SUB_PORT},
         {"pubs", required_argument, 0, O_PUBS},
         {"subs", required_argument, 0, O_SUBS},
         {"qos", required_argument, 0, O_QOS},
@@ -2257,6 +2273,7 @@ static void parse_args(int argc, char **argv)
         switch (opt) {
         case O_HOST: o.host = optarg; break;
         case O_PORT: parse_u32("port", optarg, 1, 65535); o.port = optarg; break;
+        case O_SUB_PORT: parse_u32("sub-port", optarg, 1, 65535); o.sub_port = optarg; break;
         case O_PUBS: o.pubs = parse_u32("pubs", optarg, 0, 100000); break;
         case O_SUBS: o.subs = parse_u32("subs", optarg, 0, 100000); break;
         case O_QOS: o.qos = parse_u32("qos", optarg, 0, 2); break;
@@ -2357,6 +2374,12 @@ int main(int argc, char **argv)
     int rc = getaddrinfo(o.host, o.port, &hints, &g.addr);
     if (rc)
         die("cannot resolve %s:%s: %s", o.host, o.port, gai_strerror(rc));
+    g.sub_addr = g.addr;
+    if (o.sub_port) {
+        rc = getaddrinfo(o.host, o.sub_port, &hints, &g.sub_addr);
+        if (rc)
+            die("cannot resolve %s:%s: %s", o.host, o.sub_port, gai_strerror(rc));
+    }
 
     g.nonce = (u32)(now_ns() ^ ((u64)getpid() << 16));
     g.filler = xmalloc(o.payload);

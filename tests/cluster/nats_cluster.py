@@ -6,8 +6,11 @@ with JetStream on loopback ports, routed to each other.
         cluster.kill(0)                          # SIGKILL n1
         cluster.start(0)                         # n1 again: same ports and store, rejoined
 
-Each node has its own client, route and monitoring port and its own JetStream store under the
-cluster's directory. Readiness is read from the monitoring endpoints: every running node
+Each node has its own client, route and monitoring port (free ones, or `client_ports` given,
+route and monitoring ports 2000 and 4000 above them as NATS's defaults 4222/6222/8222 are) and
+its own JetStream store under the cluster's directory; with `mqtt=True` also nats-server's own
+MQTT listener on a free port (`node.mqtt_port`), which the cluster benchmark compares with.
+Readiness is read from the monitoring endpoints: every running node
 answers `/healthz` (JetStream current, streams caught up) and names the same meta leader in
 `/jsz`, with all of its peers current.
 """
@@ -64,14 +67,16 @@ def _conf(value: Any) -> str:
 class NatsNode:
     """One nats-server of the cluster: its ports, store, configuration file and process."""
 
-    def __init__(self, binary: Path, directory: Path, name: str) -> None:
+    def __init__(self, binary: Path, directory: Path, name: str, port: int | None = None,
+                 mqtt: bool = False) -> None:
         self.binary = binary
         self.name = name
         self.directory = directory
         self.store = directory / "jetstream"
-        self.port = free_port()
-        self.route_port = free_port()
-        self.monitor_port = free_port()
+        self.port = port or free_port()
+        self.route_port = port + 2000 if port else free_port()
+        self.monitor_port = port + 4000 if port else free_port()
+        self.mqtt_port = free_port() if mqtt else None
         self.config_path = directory / "nats.conf"
         self.log_path = directory / "nats.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -89,6 +94,8 @@ class NatsNode:
             lines.append("cluster: " + _conf({
                 "name": CLUSTER_NAME, "listen": f"127.0.0.1:{self.route_port}",
                 "routes": [f"nats-route://127.0.0.1:{p}" for p in routes]}))
+        if self.mqtt_port:
+            lines.append("mqtt: " + _conf({"listen": f"127.0.0.1:{self.mqtt_port}"}))
         lines += [f"{key}: {_conf(value)}" for key, value in extra.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
 
@@ -125,10 +132,11 @@ class NatsNode:
 class NatsCluster:
     """`size` nats-servers named n1..nN with JetStream, routed to each other (one server:
     no cluster block). `extra`: more top-level configuration of every server, e.g.
-    `{"authorization": {"token": "s3cret"}}` or a `tls` block."""
+    `{"authorization": {"token": "s3cret"}}` or a `tls` block. `client_ports`: fixed client
+    ports (`make cluster-demo`); `mqtt`: each server's MQTT listener too."""
 
-    def __init__(self, directory: Path, size: int = 3, extra: dict[str, Any] | None = None
-                 ) -> None:
+    def __init__(self, directory: Path, size: int = 3, extra: dict[str, Any] | None = None,
+                 client_ports: list[int] | None = None, mqtt: bool = False) -> None:
         binary = find_nats_server()
         if binary is None:
             raise RuntimeError(INSTALL_HINT)
@@ -139,7 +147,8 @@ class NatsCluster:
         for i in range(size):
             node_dir = directory / f"n{i + 1}"
             node_dir.mkdir(parents=True, exist_ok=True)
-            self.nodes.append(NatsNode(binary, node_dir, f"n{i + 1}"))
+            self.nodes.append(NatsNode(binary, node_dir, f"n{i + 1}",
+                                       client_ports[i] if client_ports else None, mqtt))
         routes = [n.route_port for n in self.nodes]
         for node in self.nodes:
             node.write_config(routes, size, self.extra)

@@ -151,6 +151,27 @@ def test_many_to_many_wildcard_routes_each_topic_to_its_subscriber(
     assert report["totals"]["out_of_order"] == 0
 
 
+def test_subscribers_connect_to_the_sub_port(programs: None, tmp_path: Path) -> None:
+    """--sub-port (bench/cluster.py: publisher and subscriber on two instances of a cluster):
+    here two listeners of one broker, the subscriber on the second; and a --sub-port where
+    nothing listens fails the subscriber's connection, not the publisher's."""
+    b = BrokerProcess(tmp_path, {"logging": {"level": "warning"},
+                                 "storage": {"backend": "memory"}},
+                      listeners=[{"type": "tcp"}, {"type": "tcp"}])
+    try:
+        second = b.listeners[1]["port"]
+        report = loadgen(b.port, "--sub-port", str(second), "--qos", "1", *SHORT)
+        assert report["params"]["port"] == b.port
+        assert report["params"]["sub_port"] == second
+        assert_every_message_delivered(report)
+        nobody = free_port()
+        report = loadgen(b.port, "--sub-port", str(nobody), *SHORT, expect_status=1)
+        assert report["errors"]["messages"][0].startswith(
+            f"subscriber 0: connect to 127.0.0.1:{nobody} failed"), report["errors"]
+    finally:
+        assert b.stop() == 0, b.log()
+
+
 def test_idle_connections_all_connect_and_answer_pings(hbroker: BrokerProcess) -> None:
     report = loadgen(hbroker.port, "--idle", "200", "--keepalive", "1", "--duration", "1.2")
     idle = report["idle"]
