@@ -370,14 +370,30 @@ class Broker(BrokerCore):
 
     def _publish_shared(self, msg: Message, shared: tuple | list, now: float,
                         skip: set[str] | None) -> int:
-        """One member of each shared subscription group that matches the topic gets it."""
+        """One member of each shared subscription group that matches the topic gets it. A
+        group whose member a hook chooses (`Hook.delivers_shared`: the cluster's, one member
+        cluster-wide) counts as reached and gets it from that hook (`deliver_shared`)."""
         reached = 0
+        delivers = self.hooks.delivers_shared
         for group_key, members in shared:
             if skip is not None and any(member[0] in skip for member in members):
+                continue
+            if delivers and any(chooses(group_key) for chooses in delivers):
+                reached += 1
                 continue
             if self._deliver_shared(msg, group_key, members, now):
                 reached += 1
         return reached
+
+    def deliver_shared(self, msg: Message, group_key: str, now: float) -> bool:
+        """Give `msg` to one local member of shared group `group_key` (`$share/<name>/<filter>`)
+        and to nobody else, as routing would give it to that group: for a hook that chooses
+        the group's member itself (`Hook.delivers_shared`). The read ACL applies, as in the
+        match cache. Returns False when no local member can take it."""
+        for key, members in self._targets(msg.topic).shared:
+            if key == group_key:
+                return self._deliver_shared(msg, group_key, members, now)
+        return False
 
     # _targets(topic) -> Targets: compiled, BrokerCore._targets (the match cache).
 

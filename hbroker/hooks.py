@@ -203,6 +203,15 @@ class Hook:
     def on_unsubscribed(self, client: ClientInfo, topic_filter: str) -> None:
         """An UNSUBSCRIBE removed a subscription that existed."""
 
+    def delivers_shared(self, group: str) -> bool:
+        """Whether this hook chooses the member of shared subscription group `group` (its
+        filter, `$share/<name>/<filter>`) itself, among members beyond this broker too (the
+        cluster layer: one member cluster-wide). The broker then gives the group's messages
+        to no local member when it routes them; the hook hands a message to a local member
+        with `Broker.deliver_shared`. Asked for each matching group of each message routed,
+        when some hook provides it."""
+        return False
+
     # -- messages --------------------------------------------------------------------------
 
     def on_message_published(self, client: ClientInfo, msg: Message,
@@ -236,6 +245,7 @@ EVENTS = ("on_start", "on_stop", "authenticate", "enhanced_auth", "check_acl", "
           "on_connected", "on_disconnected", "on_auth_failed", "on_session_created",
           "on_session_resumed",
           "on_session_taken_over", "on_session_ended", "on_subscribed", "on_unsubscribed",
+          "delivers_shared",
           "on_message_published", "on_message_dropped", "on_retained_set",
           "on_retained_cleared")
 
