@@ -131,33 +131,24 @@ async def json_object(request: web.Request) -> dict[str, Any]:
 # -- pages -------------------------------------------------------------------------------------
 
 def page(request: web.Request, items: Iterable[Any], key: Callable[[Any], str],
-         render: Callable[[Any], dict[str, Any]], opaque: bool = False) -> web.Response:
+         render: Callable[[Any], dict[str, Any]]) -> web.Response:
     """One page of `items` in the order of `key` (a string), after the request's `after`.
-    `opaque`: cursors are base64url (for keys that are not one printable string, e.g. a
-    subscription's client id and topic filter joined by a NUL)."""
+    A key made of several strings joins them with NUL (`key_of`), which no MQTT string
+    holds [MQTT-1.5.4-2], so it sorts as the tuple would."""
     limit = query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    after = _decode_cursor(request) if opaque else request.query.get("after")
+    after = request.query.get("after")
     ordered = sorted(((key(item), item) for item in items), key=lambda pair: pair[0])
     total = len(ordered)
     if after is not None:
         ordered = [pair for pair in ordered if pair[0] > after]
     chosen = ordered[:limit]
-    following = None
-    if len(ordered) > limit and chosen:
-        last = chosen[-1][0]
-        following = base64.urlsafe_b64encode(last.encode()).decode() if opaque else last
+    following = chosen[-1][0] if len(ordered) > limit and chosen else None
     return json_response({"items": [render(item) for _, item in chosen], "total": total,
                           "next": following})
 
 
-def _decode_cursor(request: web.Request) -> str | None:
-    text = request.query.get("after")
-    if text is None:
-        return None
-    try:
-        return base64.urlsafe_b64decode(text.encode()).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise bad_request("after", "expected the `next` of the previous page") from None
+def key_of(*parts: str) -> str:
+    return "\x00".join(parts)
 
 
 # -- payloads and times ------------------------------------------------------------------------
@@ -198,33 +189,50 @@ def _audit_file(admin: AdminServer) -> Any:
     return None
 
 
-def audit_middleware(admin: AdminServer) -> Any:
+def api_middleware(admin: AdminServer) -> Any:
+    """Under /api/: every error as JSON (aiohttp's own too: 404 for an unknown path, 405,
+    413), and the audit line of every mutating call (see the module docstring)."""
+
     @web.middleware
-    async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method in READ_METHODS or not request.path.startswith(PREFIX + "/"):
+    async def api(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith(PREFIX + "/"):
             return await handler(request)
-        status, result = 500, "internal error"
         try:
             response = await handler(request)
-            status, result = response.status, "ok"
-            return response
         except web.HTTPException as exc:
-            status = exc.status
-            result = _error_text(exc)
-            raise
-        finally:
-            fields = {"token": request.get("token_name", ""), "method": request.method,
-                      "path": request.path, "status": status, "result": result,
-                      "peer": request.remote, **request.get("audit", {})}
-            audit_log.info("admin call", extra=fields)
-            audit = _audit_file(admin)
-            if audit is not None:
-                audit.record("admin_call", **fields)
-    return audited
+            if exc.status < 400 or exc.content_type == "application/json":
+                _audit(admin, request, exc.status, exc)
+                raise
+            response = _as_json(exc)
+        _audit(admin, request, response.status, response)
+        return response
+    return api
 
 
-def _error_text(exc: web.HTTPException) -> str:
-    text = exc.text or exc.reason
+def _audit(admin: AdminServer, request: web.Request, status: int, answer: Any) -> None:
+    if request.method in READ_METHODS:
+        return
+    fields = {"token": request.get("token_name", ""), "method": request.method,
+              "path": request.path, "status": status,
+              "result": "ok" if status < 400 else _error_text(answer),
+              "peer": request.remote, **request.get("audit", {})}
+    audit_log.info("admin call", extra=fields)
+    audit = _audit_file(admin)
+    if audit is not None:
+        audit.record("admin_call", **fields)
+
+
+def _as_json(exc: web.HTTPException) -> web.Response:
+    """An HTTP error of aiohttp's (plain text), as the JSON response to send."""
+    response = json_response({"error": _error_text(exc)}, exc.status)
+    for header in ("Allow", "WWW-Authenticate"):
+        if header in exc.headers:
+            response.headers[header] = exc.headers[header]
+    return response
+
+
+def _error_text(answer: Any) -> str:
+    text = answer.text or answer.reason
     try:
         return str(json.loads(text)["error"])
     except (ValueError, KeyError, TypeError):
@@ -281,7 +289,7 @@ MODULES: Sequence[str] = ("api_broker", "api_config", "api_clients", "api_sessio
 def setup(admin: AdminServer) -> None:
     import importlib
 
-    admin.app.middlewares.insert(0, audit_middleware(admin))
+    admin.app.middlewares.insert(0, api_middleware(admin))
     api = Api(admin)
     for name in MODULES:
         importlib.import_module(f"hbroker.admin.{name}").setup(api)

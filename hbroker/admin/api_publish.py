@@ -35,6 +35,11 @@ def parse_publish(body: dict[str, Any]) -> tuple[str, bytes, int, bool, dict[int
     for key in body:
         if key not in FIELDS:
             raise bad_request(key, f"unknown field (expected {', '.join(FIELDS)})")
+    for key, value in body.items():
+        if value is None:
+            raise bad_request(key, "expected a value, got null (leave the field out instead)")
+        if isinstance(value, str) and not _well_formed(value):
+            raise bad_request(key, "expected UTF-8 text (it holds a lone surrogate)")
     topic = body.get("topic")
     if not isinstance(topic, str) or not topic:
         raise bad_request("topic", "expected a topic name (a non-empty string)")
@@ -73,6 +78,14 @@ def parse_publish(body: dict[str, Any]) -> tuple[str, bytes, int, bool, dict[int
             raise bad_request("content_type", "expected a string")
         properties[CONTENT_TYPE] = content_type
     return topic, payload, qos, retain, properties
+
+
+def _well_formed(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def setup(api: Api) -> None:

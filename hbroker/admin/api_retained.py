@@ -81,5 +81,5 @@ def setup(api: Api) -> None:
         return json_response({"cleared": msg.topic})
 
     api.route("GET", "/retained", retained, READ)
-    api.route("GET", "/retained/{topic:.+}", retained_message, READ)
-    api.route("DELETE", "/retained/{topic:.+}", clear, ADMIN)
+    api.route("GET", "/retained/{topic:[\\s\\S]+}", retained_message, READ)
+    api.route("DELETE", "/retained/{topic:[\\s\\S]+}", clear, ADMIN)

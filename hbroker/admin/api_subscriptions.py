@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from hbroker_ext.topics import parse_shared
 
-from hbroker.admin.api import Api, bad_request, page
+from hbroker.admin.api import Api, key_of, page
 from hbroker.admin.server import READ
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def setup(api: Api) -> None:
         def render(row: tuple[str, str, Any]) -> dict[str, Any]:
             return {"client_id": row[0], **subscription_fields(row[1], row[2])}
 
-        return page(request, rows, lambda row: f"{row[0]}\x00{row[1]}", render, opaque=True)
+        return page(request, rows, lambda row: key_of(row[0], row[1]), render)
 
     async def shared(request: web.Request) -> web.Response:
         groups: dict[str, list[str]] = {}
@@ -60,8 +60,6 @@ def setup(api: Api) -> None:
                 if topic_filter.startswith("$share/"):
                     groups.setdefault(topic_filter, []).append(session.client_id)
         name = request.query.get("shared_group")
-        if name is not None and not name:
-            raise bad_request("shared_group", "expected a group name, got nothing")
 
         def render(key: str) -> dict[str, Any]:
             group, inner = parse_shared(key)

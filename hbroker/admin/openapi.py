@@ -44,6 +44,32 @@ PROTOCOL = {"type": "string", "enum": ["3.1", "3.1.1", "5.0", "unknown"]}
 QOS = {"type": "integer", "minimum": 0, "maximum": 2}
 
 
+# A topic name: no wildcard, no NUL [MQTT-4.7.3-1, MQTT-4.7.3-2]; a topic filter: `+` and `#`
+# only as whole levels, `#` last [MQTT-4.7.1-1, MQTT-4.7.1-2]; a shared one is not a filter
+# of retained messages.
+TOPIC_NAME = {"type": "string", "minLength": 1, "pattern": "^[^+#\\u0000]*$"}
+TOPIC_FILTER = {"type": "string", "minLength": 1, "default": "#",
+                "pattern": "^(?!\\$share/)(?:(?:\\+|[^/+#\\u0000]*)/)*"
+                           "(?:\\+|#|[^/+#\\u0000]*)$"}
+BASE64 = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
+def _publish_request(encoding: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The publish body with `encoding` (utf-8 may be left out, as the default)."""
+    return {
+        "type": "object", "additionalProperties": False,
+        "required": ["topic"] if encoding == "utf-8" else ["topic", "encoding"],
+        "properties": {
+            "topic": {**TOPIC_NAME, "description": "A topic name (no wildcards)."},
+            "payload": {**payload, "default": ""},
+            "encoding": {"type": "string", "enum": [encoding]},
+            "qos": {**QOS, "default": 0},
+            "retain": {"type": "boolean", "default": False},
+            "message_expiry_interval": {"type": "integer", "minimum": 0,
+                                        "maximum": 0xFFFFFFFF},
+            "content_type": STRING}}
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -100,18 +126,9 @@ SCHEMAS: dict[str, Any] = {
         "truncated": BOOLEAN},
         ["topic", "qos", "size", "expires_in", "content_type", "payload",
          "payload_encoding"]),
-    "PublishRequest": {
-        "type": "object", "required": ["topic"], "additionalProperties": False,
-        "properties": {
-            "topic": {"type": "string", "minLength": 1,
-                      "description": "A topic name (no wildcards)."},
-            "payload": {"type": "string", "default": ""},
-            "encoding": {"type": "string", "enum": ["utf-8", "base64"], "default": "utf-8"},
-            "qos": {**QOS, "default": 0},
-            "retain": {"type": "boolean", "default": False},
-            "message_expiry_interval": {"type": "integer", "minimum": 0,
-                                        "maximum": 0xFFFFFFFF},
-            "content_type": STRING}},
+    "PublishRequest": {"oneOf": [_publish_request("utf-8", {"type": "string"}),
+                                 _publish_request("base64", {"type": "string",
+                                                             "pattern": BASE64})]},
     "PublishResult": _object({"reason_code": INTEGER, "reason": STRING}),
     "Broker": _object({
         "version": STRING, "node": STRING, "clustered": BOOLEAN, "started_at": STRING,
@@ -238,7 +255,7 @@ PATHS: dict[str, Any] = {
                               "(payloads cut to 64 bytes: `truncated`).",
                               _page("RetainedMessage"), [
         *_PAGING, _query("filter", "An MQTT topic filter (default `#`, which, as in MQTT, "
-                         "does not match `$SYS/...`).")])},
+                         "does not match `$SYS/...`).", TOPIC_FILTER)])},
     "/retained/{topic}": {
         "get": _get("One retained message, whole payload.", _ref("RetainedMessage"),
                     _TOPIC, not_found=True),
@@ -249,7 +266,31 @@ PATHS: dict[str, Any] = {
                           "requestBody": {"required": True, "content": {
                               "application/json": {"schema": _ref("PublishRequest")}}}}},
 }
-PATHS["/publish"]["post"]["responses"]["503"] = _error("The API's client cannot connect.")
+PATHS["/publish"]["post"]["responses"].update({
+    "413": _error("The body is over `admin.max_body_size`."),
+    "503": _error("The API's client cannot connect.")})
+
+
+def _link(source: tuple[str, str], target: tuple[str, str], name: str, parameter: str,
+          expression: str) -> None:
+    """An OpenAPI link: an id an answer gives, to the operation it names (for clients that
+    follow links, and for schemathesis's stateful tests)."""
+    path, method = target
+    op_id = f"{method}{path.replace('/', '_').replace('{', '').replace('}', '')}"
+    PATHS[path][method]["operationId"] = op_id
+    response = PATHS[source[0]][source[1]]["responses"]["200"]
+    response.setdefault("links", {})[name] = {
+        "operationId": op_id, "parameters": {parameter: expression}}
+
+
+for _list, _item, _param, _field in (("/clients", "/clients/{client_id}", "client_id",
+                                      "client_id"),
+                                     ("/sessions", "/sessions/{client_id}", "client_id",
+                                      "client_id"),
+                                     ("/retained", "/retained/{topic}", "topic", "topic")):
+    for _method in ("get", "delete"):
+        _link((_list, "get"), (_item, _method), f"{_method}_{_item.split('/')[1]}_item",
+              _param, f"$response.body#/items/0/{_field}")
 
 
 def _secured(paths: dict[str, Any]) -> dict[str, Any]:
