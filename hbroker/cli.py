@@ -1,4 +1,4 @@
-"""The `hbroker` command: serve, check-config, storage inspect, token, --version."""
+"""The `hbroker` command: serve, check-config, storage inspect, token, ctl, --version."""
 
 from __future__ import annotations
 
@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hbroker.control.cli import add_parsers as add_control_parsers
 
     add_control_parsers(sub)  # keys, device (HARCP, docs/harcp.md)
+    from hbroker.admin.ctl import add_parser as add_ctl_parser
+
+    add_ctl_parser(sub)  # ctl: the admin API from the command line (docs/admin-api.md)
     return parser
 
 
@@ -162,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         from hbroker.auth.passwd import run as passwd_run
 
         return passwd_run(args)
+    if args.command == "ctl":
+        from hbroker.admin.ctl import run as ctl_run
+
+        return ctl_run(args)
     if args.command in ("keys", "device"):
         from hbroker.control.cli import run as control_run
 
