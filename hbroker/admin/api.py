@@ -153,12 +153,19 @@ def key_of(*parts: str) -> str:
 
 # -- payloads and times ------------------------------------------------------------------------
 
+_CONTROL = frozenset(chr(c) for c in range(32)) - {"\t", "\n", "\r"} | {"\x7f"}
+
+
 def payload_fields(payload: bytes) -> dict[str, Any]:
-    """A payload as JSON: its UTF-8 text when it is some, else base64."""
+    """A payload as JSON: its text when it is UTF-8 without control characters (other than
+    tab and line breaks), else base64 (binary data a screen cannot show)."""
     try:
-        return {"payload": payload.decode("utf-8"), "payload_encoding": "utf-8"}
+        text = payload.decode("utf-8")
     except UnicodeDecodeError:
-        return {"payload": base64.b64encode(payload).decode(), "payload_encoding": "base64"}
+        text = None
+    if text is not None and not _CONTROL.intersection(text):
+        return {"payload": text, "payload_encoding": "utf-8"}
+    return {"payload": base64.b64encode(payload).decode(), "payload_encoding": "base64"}
 
 
 def wall_clock(broker: Broker, monotonic: float) -> float:

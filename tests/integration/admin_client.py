@@ -1,12 +1,15 @@
-"""HTTP(S) requests to the admin listener, and its /metrics parsed into samples."""
+"""HTTP(S) requests to the admin listener (its API calls with JSON), and its /metrics parsed
+into samples."""
 
 from __future__ import annotations
 
+import json
 import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,6 +27,41 @@ def get(url: str, token: str | None = None, context: ssl.SSLContext | None = Non
             return response.status, response.read().decode(), dict(response.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(), dict(exc.headers)
+
+
+def call(method: str, url: str, token: str | None = None, body: Any = None,
+         data: bytes | None = None) -> tuple[int, Any]:
+    """(status, body) of an API call: the body parsed as JSON when it is JSON, else text.
+    `body` is sent as JSON; `data` as it is."""
+    if body is not None:
+        data = json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT) as response:
+            status, raw, kind = response.status, response.read(), response.headers
+    except urllib.error.HTTPError as exc:
+        status, raw, kind = exc.code, exc.read(), exc.headers
+    text = raw.decode()
+    if kind.get("Content-Type", "").startswith("application/json"):
+        return status, json.loads(text)
+    return status, text
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """`check()` again until it is truthy (returned); AssertionError naming `what` after
+    `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)  # between two polls: the condition is polled, not waited out
 
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
