@@ -1,7 +1,8 @@
 """The audit log: one JSON object per line in its own file (`[audit] file`).
 
 Records: `auth_failure`, `acl_denied` (publish and subscribe), `session_taken_over`,
-`reload` and the password-file changes of `hbroker passwd`. Each line has `ts` (UTC, ISO 8601
+`reload`, the password-file changes of `hbroker passwd` and the admin API's mutating calls
+(`admin_call`, written by `hbroker.admin.api`). Each line has `ts` (UTC, ISO 8601
 with milliseconds) and `event`; the rest depends on the event. The file is opened for appending
 and each record is flushed as it is written, so `tail -F` and log shippers see it at once.
 """
