@@ -377,3 +377,28 @@ def test_configuration_secrets_are_redacted() -> None:
     assert shown["storage"]["dsn"] == "postgresql://hb:<redacted>@db:5432/hb"
     assert shown["auth"]["webhook_url"] == "https://bot:<redacted>@auth.example/check"
     assert shown["cluster"]["user"] == "hb" and shown["cluster"]["password"] == "<redacted>"
+
+
+def test_mutating_calls_go_to_the_audit_file_too(tmp_path: Path) -> None:
+    port = free_port()
+    broker = BrokerProcess(tmp_path, {
+        "audit": {"file": "audit.log"},
+        "admin": {"enabled": True, "port": port, "tokens": [
+            {"name": "operator", "hash": ADMIN_HASH, "role": "admin"},
+            {"name": "dashboard", "hash": READ_HASH}]}})
+    try:
+        api = Api(broker, f"http://127.0.0.1:{port}/api/v1")
+        assert api.post("/publish", {"topic": "audited", "payload": "x"})[0] == 200
+        assert api.delete("/clients/nobody")[0] == 404
+        assert api.ok("/broker")["ready"] is True  # a read: not audited
+        path = tmp_path / "audit.log"
+        records = wait_for(lambda: path.exists() and [
+            json.loads(line) for line in path.read_text().splitlines()
+            if '"admin_call"' in line] or None, "two admin_call records")
+        assert [(r["token"], r["method"], r["path"], r["status"]) for r in records] == [
+            ("operator", "POST", "/api/v1/publish", 200),
+            ("operator", "DELETE", "/api/v1/clients/nobody", 404)]
+        assert records[0]["topic"] == "audited" and records[0]["result"] == "ok"
+        assert "nobody" in records[1]["result"]
+    finally:
+        assert broker.stop() == 0, broker.log()
