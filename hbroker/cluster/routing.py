@@ -35,6 +35,10 @@ NATS whose `Hb-Origin` is this instance is its own echo and is dropped; any othe
 published into the broker by the cluster's in-process client, whose own publishes are not
 sent back to NATS. The broker then routes it as any message: ACL, No Local, Retain As
 Published, subscription identifiers, the sessions' queues.
+
+`$share` groups are not part of that: the broker gives their messages to no local member
+(`delivers_shared`), and `hbroker.cluster.shared` hands each one to one member cluster-wide
+(a NATS queue for QoS 0, one durable consumer per group for QoS 1/2).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from hbroker.cluster import headers as hdr
 from hbroker.cluster import retained
 from hbroker.cluster.consumer import InstanceConsumer, consumer_name
 from hbroker.cluster.sessions import ClusterSessions, node_token
+from hbroker.cluster.shared import SharedGroups
 from hbroker.cluster.subjects import (
     SubjectError,
     filter_to_subjects,
@@ -208,6 +213,7 @@ class ClusterRouting(Hook):
         self.sessions = ClusterSessions(self)
         self.moving_in: dict[str, int] = {}  # live subjects of sessions moving in -> count
         self.consumer = InstanceConsumer(self, consumer_name(node_token(self.node)))
+        self.groups = SharedGroups(self)  # $share groups cluster-wide (hbroker.cluster.shared)
 
     @property
     def run(self) -> str:
@@ -250,6 +256,7 @@ class ClusterRouting(Hook):
             self._delivering = True
             self._spawn(self._deliver())
         await self.consumer.start()
+        self.groups.start()
         await self._follow_retained(kept.state.messages)
         log.info("cluster joined", extra={"node": self.node, "stream": self.stream,
                                           "servers": self.nc.connected_url.netloc
@@ -350,6 +357,7 @@ class ClusterRouting(Hook):
     async def leave(self) -> None:
         self.leaving = True
         await self.consumer.stop()
+        await self.groups.stop()
         if self.client is not None:
             await self.client.close()
         if self.nc is not None:
@@ -512,6 +520,7 @@ class ClusterRouting(Hook):
     def on_session_ended(self, client_id: str, reason: str) -> None:
         for topic_filter in self._filters.pop(client_id, ()):
             self._drop_interest(topic_filter)
+        self.groups.ended(client_id)
         self.sessions.ended(client_id, reason)
 
     def on_subscribed(self, client: ClientInfo, topic_filter: str, options: Any,
@@ -534,8 +543,13 @@ class ClusterRouting(Hook):
                 self.moving_in.pop(subject, None)
 
     def _subscribed(self, client_id: str, topic_filter: str) -> None:
-        if client_id == self.client_id or topic_filter.startswith("$"):
-            return  # $SYS, and $share (live groups are per instance for now)
+        if client_id == self.client_id:
+            return
+        if topic_filter.startswith(_SHARE):  # a group's messages: hbroker.cluster.shared
+            self.groups.joined(client_id, topic_filter)
+            return
+        if topic_filter.startswith("$"):
+            return  # $SYS stays on its instance
         filters = self._filters.setdefault(client_id, set())
         if topic_filter in filters:
             return
@@ -543,6 +557,9 @@ class ClusterRouting(Hook):
         self._hold_interest(topic_filter)
 
     def on_unsubscribed(self, client: ClientInfo, topic_filter: str) -> None:
+        if topic_filter.startswith(_SHARE):
+            self.groups.left(client.client_id, topic_filter)
+            return
         filters = self._filters.get(client.client_id)
         if filters is None or topic_filter not in filters:
             return
@@ -550,6 +567,11 @@ class ClusterRouting(Hook):
         if not filters:
             del self._filters[client.client_id]
         self._drop_interest(topic_filter)
+
+    def delivers_shared(self, group: str) -> bool:
+        """The cluster chooses the member of every group NATS carries, cluster-wide: the
+        broker gives their messages to no local member (hbroker.cluster.shared does)."""
+        return self.groups.delivers(group)
 
     def _subjects(self, topic_filter: str) -> tuple[str, ...]:
         try:
