@@ -2,11 +2,11 @@
 name the field, paging, and the audit line of every mutating call.
 
 Each resource is a module of its own (`api_clients`, `api_sessions`, `api_subscriptions`,
-`api_retained`, `api_publish`, `api_broker`, `api_config`, `openapi`) with a `setup(api)` that
-adds its routes; `setup(admin)` here wires them all. The resources read the broker only through
-what it offers to extensions (its sessions, trees, connections and counters, `end_session`,
-a connection's `disconnect`) and act through the in-process client (`hbroker.inprocess`), so a
-message the API publishes passes the checks a client's would.
+`api_retained`, `api_publish`, `api_broker`, `api_stats`, `api_config`, `openapi`) with a
+`setup(api)` that adds its routes; `setup(admin)` here wires them all. The resources read the
+broker only through what it offers to extensions (its sessions, trees, connections and
+counters, `end_session`, a connection's `disconnect`) and act through the in-process client
+(`hbroker.inprocess`), so a message the API publishes passes the checks a client's would.
 
 Errors are JSON objects `{"error": "what is wrong", "field": "the field"}` (`field` only when
 one input is at fault): 400 for bad input, 404 for an unknown id, 409 when the broker refused
@@ -289,7 +289,7 @@ class Api:
         raise AssertionError("unreachable")
 
 
-MODULES: Sequence[str] = ("api_broker", "api_config", "api_clients", "api_sessions",
+MODULES: Sequence[str] = ("api_broker", "api_stats", "api_config", "api_clients", "api_sessions",
                           "api_subscriptions", "api_retained", "api_publish", "openapi")
 
 

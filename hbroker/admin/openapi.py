@@ -142,6 +142,19 @@ SCHEMAS: dict[str, Any] = {
                      "description": "The broker's counters (as /metrics exports them)."},
         "dropped": {"type": "object", "additionalProperties": INTEGER,
                     "description": "Dropped messages by reason."}}),
+    "Stats": _object({
+        "time": {**NUMBER, "description": "Unix time of the sample."},
+        "uptime_seconds": NUMBER, "ready": BOOLEAN,
+        "messages_received": {**INTEGER, "description": "PUBLISH packets received, total."},
+        "messages_sent": {**INTEGER, "description": "PUBLISH packets sent, total."},
+        "messages_dropped": {**INTEGER, "description": "Messages dropped, every reason."},
+        "bytes_received": INTEGER, "bytes_sent": INTEGER, "clients_connected": INTEGER,
+        "sessions": INTEGER, "subscriptions": INTEGER, "retained_messages": INTEGER,
+        "cpu_seconds": {**NUMBER, "description": "CPU time of the process, total."},
+        "memory_rss_bytes": _nullable(INTEGER),
+        "storage": _object({"backend": STRING, "durable": BOOLEAN, "healthy": BOOLEAN}),
+        "cluster_instances": _nullable({"type": "array", "items": _object({
+            "name": STRING, "alive": BOOLEAN}), "description": "null: not clustered."})}),
     "Storage": _object({
         "backend": {"type": "string", "enum": ["sqlite", "postgres", "memory"]},
         "durable": BOOLEAN, "mode": _nullable(STRING), "location": STRING,
@@ -218,6 +231,8 @@ PATHS: dict[str, Any] = {
     "/broker": {"get": _get("Broker status: version, uptime, readiness, counts, counters.",
                             _ref("Broker"))},
     "/storage": {"get": _get("Storage status.", _ref("Storage"))},
+    "/stats": {"get": _get("Totals and counts for a dashboard to poll (rates from the "
+                           "differences of two samples).", _ref("Stats"))},
     "/listeners": {"get": _get("The MQTT listeners.", _object({
         "items": {"type": "array", "items": _ref("Listener")}}))},
     "/config": {"get": _get("The effective configuration, secrets redacted.",

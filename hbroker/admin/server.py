@@ -1,11 +1,11 @@
 """The admin listener: one aiohttp application, started and stopped with the broker's Server.
 
-Each module of this package adds its routes (the REST API's through `api.py`) with
-`AdminServer.add_route(method, path, handler, access)`, where `access` is who may call it:
-`PUBLIC` (no token), `READ` (any token) or `ADMIN` (a token of role `admin`). One middleware
-checks the `Authorization: Bearer TOKEN` header against `[[admin.tokens]]` (401 without a
-valid token, 403 with a token whose role is too low; JSON under /api/); the application
-refuses bodies over `admin.max_body_size` (413).
+Each module of this package adds its routes (the REST API's through `api.py`, the web
+dashboard's through `ui.py`) with `AdminServer.add_route(method, path, handler, access)`,
+where `access` is who may call it: `PUBLIC` (no token), `READ` (any token) or `ADMIN` (a
+token of role `admin`). One middleware checks the `Authorization: Bearer TOKEN` header
+against `[[admin.tokens]]` (401 without a valid token, 403 with a token whose role is too
+low; JSON under /api/); the application refuses bodies over `admin.max_body_size` (413).
 
 It runs on the broker's event loop but on its own socket, and reads the broker only when asked:
 it is part of the process, not of the path of a message.
@@ -89,11 +89,12 @@ class AdminServer:
         # TLS files are read now, with the MQTT listeners' helper: a wrong path fails the start
         # with the key that names it.
         self.tls = self._tls_context()
-        from hbroker.admin import api, health, metrics
+        from hbroker.admin import api, health, metrics, ui
 
         health.setup(self)
         metrics.setup(self)
         api.setup(self)
+        ui.setup(self)
 
     def add_route(self, method: str, path: str, handler: Handler, access: str) -> None:
         route = self.app.router.add_route(method, path, handler)
