@@ -227,7 +227,8 @@ def test_binary_starts_and_stops_cleanly_again_and_again(tmp_path: Path) -> None
 
 
 def test_binary_serves_metrics_and_health_on_the_admin_listener(tmp_path: Path) -> None:
-    """aiohttp and prometheus-client are in the bundle: the admin listener answers."""
+    """aiohttp and prometheus-client are in the bundle: the admin listener answers, and
+    serves the web dashboard."""
     import urllib.request
 
     broker = GatewayBroker(tmp_path)
@@ -248,6 +249,13 @@ def test_binary_serves_metrics_and_health_on_the_admin_listener(tmp_path: Path) 
             page = response.read().decode()
         assert re.search(r"^hbroker_messages_received_total [1-9]", page, re.M), page
         assert re.search(r"^process_resident_memory_bytes ", page, re.M), page
+        # the web dashboard's files are in the bundle (packaging/hbroker.spec: datas)
+        with urllib.request.urlopen(base + "/", timeout=10) as response:
+            index = response.read().decode()
+        assert response.status == 200 and "<title>hbroker dashboard</title>" in index, index
+        for asset in ("/ui/app.js", "/ui/app.css", "/ui/vendor/mqtt.min.js"):
+            with urllib.request.urlopen(base + asset, timeout=10) as response:
+                assert response.status == 200 and response.read(), asset
     finally:
         assert broker.stop() == 0, broker.log()
 
