@@ -12,8 +12,10 @@ fi
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 [ -f /usr/include/sodium.h ] || missing+=(libsodium-dev)
-# The browser test (tests/integration/test_listeners_browser.py): headless Chromium running
-# MQTT.js, which comes from npm into build/browser (see below).
+# The browser tests (tests/integration/test_listeners_browser.py): headless Chromium running
+# MQTT.js, which comes from npm into build/browser (see below); the dashboard's test
+# (tests/integration/test_dashboard.py) drives the same chromium with Playwright (a Python
+# test dependency, pointed at this executable: it downloads no browser).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 # The Prometheus test (tests/integration/test_admin_prometheus.py): a real Prometheus server

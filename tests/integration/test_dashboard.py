@@ -4,8 +4,8 @@ an admin listener and a WebSocket listener, with real MQTT clients (paho, mosqui
 
 Each page is also saved as a screenshot (laptop size, 1366x768, and the Overview at tablet
 size, 768x1024) into a temporary directory, or into $HBROKER_SCREENSHOTS when it is set:
-`HBROKER_SCREENSHOTS=docs/images make test-dashboard` (or the pytest line below) refreshes
-the images in docs/observability.md.
+`HBROKER_SCREENSHOTS=docs/images .venv/bin/python -m pytest tests/integration/test_dashboard.py`
+refreshes the images of docs/observability.md.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ from certs import PKI
 from clients import WAIT
 from listener_clients import Paho
 
+# One Chromium at a time on a 2-core machine: the dashboard's test (test_dashboard.py) is in
+# the same xdist group.
+pytestmark = pytest.mark.xdist_group("browser")
+
 MQTT_JS = ROOT / "build" / "browser" / "node_modules" / "mqtt" / "dist" / "mqtt.min.js"
 BROWSER_WAIT = 30.0  # seconds: Chromium's first start on a loaded machine is slow
 
