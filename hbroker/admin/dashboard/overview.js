@@ -132,10 +132,10 @@ export function renderOverview(main) {
     try {
       const { items } = await call("/listeners");
       listenerBox.replaceChildren(table([
-        ["Name", (l) => l.name], ["Type", (l) => l.type], ["Address", (l) => l.address],
-        ["Clients", (l) => l.clients],
-        ["", (l) => h("span", { class: l.serving ? "pill on" : "pill off" },
-          l.serving ? "serving" : "down")]], items, "No listener."));
+        ["Name", (l) => [`${l.name} `, h("span", { class: l.serving ? "pill on" : "pill off" },
+          l.serving ? "serving" : "down")]],
+        ["Type", (l) => l.type], ["Address", (l) => l.address],
+        ["Clients", (l) => l.clients]], items, "No listener."));
     } catch (err) {
       listenerBox.replaceChildren(h("p", { class: "error" }, err.message));
     }
