@@ -37,18 +37,23 @@ def memory_rss_bytes() -> int | None:
 
 
 def cluster_instances(server: Any) -> list[dict[str, Any]] | None:
-    """The cluster's instances as this one last read them (name, alive), when clustered and
-    the cluster layer tells; None when not clustered."""
+    """The cluster's instances as this one last read them (name, alive, clients), from the
+    cluster layer's leases; only this one while it has none to tell; None when not
+    clustered."""
     if server.config.cluster is None:
         return None
     cluster = getattr(server, "cluster", None)
     leases = getattr(cluster, "leases", None)
     if leases is None or not hasattr(leases, "instances"):
-        return []
+        node = getattr(cluster, "node", None) or server.config.cluster.name or "this instance"
+        return [{"name": str(node), "alive": True,
+                 "clients": server.broker.stats.clients_connected}]
     items = []
     for token, record in leases.instances().items():
-        name = record.get("node") or record.get("name") or token
-        items.append({"name": str(name), "alive": bool(record.get("alive"))})
+        clients = record.get("clients")
+        items.append({"name": str(record.get("node") or token),
+                      "alive": bool(record.get("alive")),
+                      "clients": clients if isinstance(clients, int) else None})
     return sorted(items, key=lambda item: item["name"])
 
 

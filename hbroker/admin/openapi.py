@@ -154,7 +154,8 @@ SCHEMAS: dict[str, Any] = {
         "memory_rss_bytes": _nullable(INTEGER),
         "storage": _object({"backend": STRING, "durable": BOOLEAN, "healthy": BOOLEAN}),
         "cluster_instances": _nullable({"type": "array", "items": _object({
-            "name": STRING, "alive": BOOLEAN}), "description": "null: not clustered."})}),
+            "name": STRING, "alive": BOOLEAN, "clients": _nullable(INTEGER)}),
+            "description": "null: not clustered."})}),
     "Storage": _object({
         "backend": {"type": "string", "enum": ["sqlite", "postgres", "memory"]},
         "durable": BOOLEAN, "mode": _nullable(STRING), "location": STRING,

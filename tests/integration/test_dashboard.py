@@ -207,6 +207,26 @@ def test_the_overview_counters_move_while_a_client_publishes(page: Any, browser:
     assert page.evaluate("document.documentElement.scrollWidth") <= LAPTOP["width"]
 
 
+def test_the_overview_shows_the_cluster_instances_when_clustered(page: Any,
+                                                                dashboard: Dashboard) -> None:
+    # A clustered broker needs NATS (tests/cluster has those); here the broker's real /stats
+    # answer gets the `cluster_instances` a clustered one sends, to see the page show them.
+    def clustered(route: Any) -> None:
+        response = route.fetch()
+        body = response.json()
+        assert body["cluster_instances"] is None  # this broker is not clustered
+        body["cluster_instances"] = [{"name": "edge-a", "alive": True, "clients": 12},
+                                     {"name": "edge-b", "alive": False, "clients": None}]
+        route.fulfill(response=response, json=body)
+
+    page.route("**/api/v1/stats", clustered)
+    log_in(page, dashboard, "#/overview")
+    page.wait_for_selector("#cluster", state="visible")
+    text = page.inner_text("#cluster")
+    assert "edge-a" in text and "alive" in text and "12" in text, text
+    assert "edge-b" in text and "gone" in text, text
+
+
 def test_a_client_is_found_in_the_table_and_kicked_after_confirmation(
         page: Any, dashboard: Dashboard, shots: Path) -> None:
     b = dashboard.broker

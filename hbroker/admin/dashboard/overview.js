@@ -123,7 +123,8 @@ export function renderOverview(main) {
       clusterCard.hidden = false;
       document.getElementById("cluster-list").replaceChildren(table(
         [["Instance", (i) => i.name], ["State", (i) => h("span",
-          { class: i.alive ? "pill on" : "pill off" }, i.alive ? "alive" : "gone")]],
+          { class: i.alive ? "pill on" : "pill off" }, i.alive ? "alive" : "gone")],
+         ["Clients", (i) => i.clients ?? "—"]],
         last.cluster_instances, "No instance seen yet."));
     }
   };
