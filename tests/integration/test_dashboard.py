@@ -30,6 +30,7 @@ playwright = pytest.importorskip("playwright.sync_api", reason="pip install play
 pytestmark = pytest.mark.xdist_group("browser")  # one Chromium at a time on a 2-core machine
 
 ADMIN_TOKEN = "admin-token-for-the-dashboard-tests"
+READ_TOKEN = "read-token-for-the-dashboard-tests"
 LAPTOP = {"width": 1366, "height": 768}
 TABLET = {"width": 768, "height": 1024}
 UI_WAIT = 30_000  # milliseconds: Chromium on a loaded machine is slow
@@ -56,7 +57,8 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     broker = BrokerProcess(workdir, {
         "storage": {"backend": "sqlite", "path": "data/hbroker.db"},
         "admin": {"enabled": True, "port": admin_port, "tokens": [
-            {"name": "operator", "hash": hash_token(ADMIN_TOKEN), "role": "admin"}]}},
+            {"name": "operator", "hash": hash_token(ADMIN_TOKEN), "role": "admin"},
+            {"name": "viewer", "hash": hash_token(READ_TOKEN)}]}},
         listeners=[{"type": "tcp", "name": "main"},
                    # the dashboard's origin (the admin listener's) may open a WebSocket here
                    {"type": "ws", "name": "web",
@@ -97,9 +99,9 @@ def page(browser: Any) -> Iterator[Any]:
     assert not errors, f"the page's scripts failed: {errors}"
 
 
-def log_in(page: Any, dashboard: Dashboard, hash_: str = "") -> None:
+def log_in(page: Any, dashboard: Dashboard, hash_: str = "", token: str = ADMIN_TOKEN) -> None:
     page.goto(dashboard.url + "/" + hash_)
-    page.fill("#token", ADMIN_TOKEN)
+    page.fill("#token", token)
     page.click("#login-button")
     page.wait_for_selector("#app", state="visible")
 
@@ -351,6 +353,29 @@ def test_the_try_it_page_publishes_over_websocket_to_mosquitto_sub(
         if sub.poll() is None:
             sub.kill()
             sub.wait()
+
+
+def test_sessions_and_subscriptions_are_listed_and_a_read_token_cannot_kick(
+        page: Any, dashboard: Dashboard) -> None:
+    b = dashboard.broker
+    online = PahoClient(b.host, b.port, "valve-ctl-4", version=5, session_expiry=3600)
+    online.subscribe("plant/valve-4/set", qos=1)
+    try:
+        log_in(page, dashboard, "#/sessions", token=READ_TOKEN)
+        page.wait_for_selector("text=valve-ctl-4")
+        assert "online" in page.inner_text("main")
+        page.click("#nav a[data-page=subscriptions]")
+        page.wait_for_selector("code:text('plant/valve-4/set')")
+
+        page.goto(dashboard.url + "/#/clients/valve-ctl-4")
+        page.click("#kick")
+        page.click("#confirm-ok")
+        refused = page.wait_for_selector("text=Kick failed")
+        assert "role 'read'" in refused.inner_text(), refused.inner_text()
+        assert not online.disconnected.is_set()
+        assert dashboard.get("/clients?prefix=valve-ctl-")["total"] == 1
+    finally:
+        close(online)
 
 
 def test_the_dashboard_files_are_served_without_a_token(dashboard: Dashboard) -> None:
