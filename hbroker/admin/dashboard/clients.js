@@ -91,7 +91,8 @@ export function renderClient(main, clientId) {
           ["Address", c.peer], ["Connected at", new Date(c.connected_at).toLocaleString()],
           ["Keep alive", `${c.keepalive} s`], ["Certificate", c.certificate_identity]])),
         h("div", { class: "card" }, h("h2", {}, "Session"), s ? fields([
-          ["Expiry", s.expiry_interval === null ? "never" : duration(s.expiry_interval)],
+          ["Expires", s.expiry_interval === null ? "never" : s.expiry_interval === 0
+            ? "at disconnect" : `${duration(s.expiry_interval)} after disconnect`],
           ["Inflight", `${s.inflight} of ${s.inflight_maximum}`],
           ["Awaiting PUBREL", s.awaiting_pubrel],
           ["Queued", `${s.queued} of ${s.queued_maximum} (${s.queued_bytes} bytes)`],

@@ -45,7 +45,8 @@ export function renderSessions(main) {
         s.connected ? "online" : "offline")],
       ["MQTT", (s) => s.protocol],
       ["Expires", (s) => (s.connected ? (s.expiry_interval === null ? "never"
-        : `${duration(s.expiry_interval)} after disconnect`) : (s.expires_in === null
+        : s.expiry_interval === 0 ? "at disconnect"
+          : `${duration(s.expiry_interval)} after disconnect`) : (s.expires_in === null
         ? "never" : `in ${duration(s.expires_in)}`))],
       ["Subs", (s) => s.subscriptions], ["Inflight", (s) => s.inflight],
       ["Queued", (s) => s.queued], ["Will", (s) => (s.will ? "yes" : "")],
