@@ -22,10 +22,9 @@ import pytest
 from admin_client import call, wait_for
 from broker_process import BrokerProcess, free_port
 from clients import PahoClient
+from playwright import sync_api as playwright  # a test dependency (pyproject.toml)
 
 from hbroker.admin.tokens import hash_token
-
-playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
 pytestmark = pytest.mark.xdist_group("browser")  # one Chromium at a time on a 2-core machine
 
