@@ -58,7 +58,8 @@ class InstanceConsumer:
         self._applied = asyncio.Event()
         self._sub: Any = None
         self._task: asyncio.Task | None = None
-        self.high = 0  # the highest stream sequence taken (or delivered before it started)
+        self.high = 0  # the highest stream sequence taken (or acknowledged before it started)
+        self._start_seq = 0  # where the consumer was made to start again (0: new messages)
         self.delivered = 0  # messages taken from the stream
         self.redelivered = 0
 
@@ -66,24 +67,53 @@ class InstanceConsumer:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         ns = self.routing.stored_ns
+        start = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE,
+                 "opt_start_seq": self._start_seq} if self._start_seq else {
+                 "deliver_policy": DeliverPolicy.NEW}
         return ConsumerConfig(
             durable_name=self.name, ack_policy=AckPolicy.ALL, ack_wait=ACK_WAIT,
-            deliver_policy=DeliverPolicy.NEW, max_ack_pending=MAX_ACK_PENDING,
+            max_ack_pending=MAX_ACK_PENDING, **start,
             filter_subjects=sorted(ns + s for s in subjects) or [ns + NOTHING],
             num_replicas=self.routing.config.stream_replicas)
 
     async def start(self) -> None:
         routing = self.routing
         subjects = routing.stored_subjects()
+        existing = await routing.retry_jetstream(self._existing)
+        if existing is not None and existing.config.opt_start_seq:
+            self._start_seq = existing.config.opt_start_seq  # made again by an earlier run
         info = await routing.retry_jetstream(
             lambda: routing.js.add_consumer(routing.stream, self._config(subjects)))
-        # what the consumer delivered before this process (a restarted instance's)
-        self.high = info.delivered.stream_seq or 0
+        if info.num_ack_pending:
+            # A restarted instance: what its previous run took and did not acknowledge
+            # (it was not in the broker's storage yet) JetStream would deliver again only
+            # after `ack_wait`, when a session that needed it may have moved on. The
+            # consumer is made again from its acknowledgement floor: those come first.
+            self._start_seq = (info.ack_floor.stream_seq or 0) + 1
+            log.info("cluster: the consumer starts again after the last message the "
+                     "previous run acknowledged", extra={
+                         "node": routing.node, "seq": self._start_seq,
+                         "pending": info.num_ack_pending})
+            await routing.retry_jetstream(
+                lambda: routing.js.delete_consumer(routing.stream, self.name))
+            info = await routing.retry_jetstream(
+                lambda: routing.js.add_consumer(routing.stream, self._config(subjects)))
+        # what the consumer had acknowledged before this process (a restarted instance's)
+        self.high = info.ack_floor.stream_seq or 0
         self.applied = subjects
         self._applied.set()
         self._sub = await routing.js.pull_subscribe_bind(durable=self.name,
                                                          stream=routing.stream)
         self._task = routing.spawn(self._consume())
+
+    async def _existing(self) -> Any:
+        """The consumer's info as JetStream has it, or None when there is none yet."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            return await self.routing.js.consumer_info(self.routing.stream, self.name)
+        except NotFoundError:
+            return None
 
     async def stop(self) -> None:
         """Stop taking messages (what was taken and not acknowledged is delivered again

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from hbroker.cluster import headers as hdr
 from hbroker.cluster import retained
 from hbroker.cluster.consumer import InstanceConsumer, consumer_name
+from hbroker.cluster.leases import InstanceLeases
 from hbroker.cluster.sessions import ClusterSessions, node_token
 from hbroker.cluster.shared import SharedGroups
 from hbroker.cluster.subjects import (
@@ -61,6 +62,8 @@ from hbroker.cluster.subjects import (
     subject_to_topic,
     topic_to_subject,
 )
+from hbroker.cluster.sys_topics import ClusterSysPublisher
+from hbroker.cluster.wills import ClusterWills
 from hbroker.config import default_node_name
 from hbroker.hooks import REFUSED, Hook
 from hbroker.inprocess import InProcessClient
@@ -152,7 +155,7 @@ class _Outgoing:
     """A message on its way to NATS: stored first when `ack` (QoS 1/2), then live."""
 
     __slots__ = ("subject", "payload", "headers", "ack", "stores", "pending", "failed",
-                 "deadline")
+                 "deadline", "done")
 
     def __init__(self, subject: str, payload: bytes, headers: dict[str, str],
                  ack: HeldAck | None) -> None:
@@ -166,6 +169,7 @@ class _Outgoing:
         self.pending = 0  # stores not acknowledged yet: live once none is left
         self.failed = False
         self.deadline = 0.0
+        self.done: asyncio.Future | None = None  # True once stored, False if not (wills)
 
 
 class ClusterRouting(Hook):
@@ -214,6 +218,12 @@ class ClusterRouting(Hook):
         self.moving_in: dict[str, int] = {}  # live subjects of sessions moving in -> count
         self.consumer = InstanceConsumer(self, consumer_name(node_token(self.node)))
         self.groups = SharedGroups(self)  # $share groups cluster-wide (hbroker.cluster.shared)
+        token = node_token(self.node)
+        self.wills = ClusterWills(self, token)  # wills cluster-wide (hbroker.cluster.wills)
+        self.leases = InstanceLeases(self, token, on_fence=self._fence,
+                                     on_dead=self.wills.instance_dead,
+                                     on_declared_dead=self._declared_dead)
+        self.sys: ClusterSysPublisher | None = None
 
     @property
     def run(self) -> str:
@@ -243,6 +253,12 @@ class ClusterRouting(Hook):
         kept = await self._ensure_stream(retained.stream_config(
             self.prefix, self.config.stream_replicas))
         await self.sessions.start()
+        await self.wills.start()
+        # The previous run's lease (an instance killed and started again within its lease:
+        # nobody declared it dead, so its clients' wills are its own to publish).
+        previous = await self.leases.start()
+        await self.sessions.reconcile()
+        await self.wills.previous_run(previous)
         # The sessions storage restored hold their filters without a SUBSCRIBE: their
         # interest is taken now, before any client connects.
         for client_id, session in list(broker.sessions.items()):
@@ -258,6 +274,9 @@ class ClusterRouting(Hook):
         await self.consumer.start()
         self.groups.start()
         await self._follow_retained(kept.state.messages)
+        if broker.config.sys.enabled:
+            self.sys = ClusterSysPublisher(broker, self)
+            self._spawn(self.sys.publishing())
         log.info("cluster joined", extra={"node": self.node, "stream": self.stream,
                                           "servers": self.nc.connected_url.netloc
                                           if self.nc.connected_url else None})
@@ -323,7 +342,47 @@ class ClusterRouting(Hook):
             return "not joined yet"
         if not self.connected:
             return "no NATS connection: QoS 1/2 publishes are refused"
+        if self.leases.fenced:
+            return "fenced: the instance's lease is not renewed (cut off from the cluster)"
         return None
+
+    @property
+    def state(self) -> str:
+        """`joining`, `joined`, `fenced` (lease not renewed: clients sent elsewhere) or
+        `disconnected` (no NATS connection)."""
+        if self.client is None:
+            return "joining"
+        if self.leases.fenced:
+            return "fenced"
+        return "joined" if self.connected else "disconnected"
+
+    def _fence(self, fenced: bool) -> None:
+        """The lease was not renewed for `FENCE` seconds (True): every client is sent
+        elsewhere (DISCONNECT 0x9C Use another server; 3.1.1: closed) without its will, which
+        stays in the cluster's bucket for whoever wins: a survivor that declares this
+        instance dead, or this instance if its lease is renewed again (False)."""
+        self.wills.fence(fenced)
+        if not fenced:
+            log.info("cluster: lease renewed again: clients are accepted", extra={
+                "node": self.node})
+            return
+        broker = self.broker
+        closed = 0
+        for conn in list(broker.connections):
+            if conn.client_id == self.client_id or conn.closing:
+                continue
+            conn.disconnect(ReasonCode.USE_ANOTHER_SERVER, "fenced: cut off from the cluster",
+                            publish_will=False)
+            closed += 1
+        log.warning("cluster: fenced: %d clients sent to another instance; new connections "
+                    "are refused (0x9C) until the lease is renewed", closed,
+                    extra={"node": self.node})
+
+    def _declared_dead(self) -> None:
+        """The others declared this instance dead while it was cut off: a survivor
+        publishes the wills it withheld; its sessions claimed elsewhere meanwhile end here."""
+        self.wills.declared_dead()
+        self._spawn(self.sessions.reconcile())
 
     async def _ensure_stream(self, stream: Any) -> Any:
         from nats.js.errors import BadRequestError, NotFoundError
@@ -356,6 +415,8 @@ class ClusterRouting(Hook):
 
     async def leave(self) -> None:
         self.leaving = True
+        await self.leases.stop()
+        self.wills.stop()
         await self.consumer.stop()
         await self.groups.stop()
         if self.client is not None:
@@ -401,13 +462,38 @@ class ClusterRouting(Hook):
         if ack is not None and not self.connected:
             self.refused += 1
             return ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR
+        message_id = self.wills.message_id(msg) or f"{self._run}.{next(self._ids)}"
+        self._send_out(base, msg, expires_in, message_id, ack)
+        return None
+
+    async def publish_for(self, msg: Message, message_id: str) -> bool:
+        """Publish `msg` (a will this instance publishes for a client of a dead instance,
+        or of its own fenced past) into the cluster under `message_id` and to the local
+        subscribers; True once JetStream stored it (QoS 1/2, retained; QoS 0: sent)."""
+        try:
+            base = topic_to_subject(msg.topic)
+        except SubjectError:
+            return True  # nothing NATS can carry: the will could never have been published
+        if self.client is None or not self.connected:
+            return False
+        run, _, number = message_id.rpartition(".")
+        if self._seen.setdefault(run, _Seen()).first(int(number)) and not self.client.closed:
+            # not seen here yet (its own instance may have sent it before it died)
+            await self.client.send(msg.topic, msg.payload, msg.qos, msg.retain,
+                                   msg.properties)
+        done = asyncio.get_running_loop().create_future()
+        self._send_out(base, msg, None, message_id, None, done)
+        return await done
+
+    def _send_out(self, base: str, msg: Message, expires_in: float | None, message_id: str,
+                  ack: HeldAck | None, done: asyncio.Future | None = None) -> None:
         headers = hdr.message_headers(self.node, msg.qos, msg.retain, msg.properties,
                                       expires_in)
-        message_id = f"{self._run}.{next(self._ids)}"
         headers[hdr.MESSAGE_ID] = message_id
         if self.sessions.recording:
             self.sessions.tag(msg, message_id)
         out = _Outgoing(self.live_ns + base, msg.payload, headers, ack)
+        out.done = done
         if msg.qos:  # stored whether or not a publisher waits (a will has no ack)
             if ack is not None:
                 ack.hold()
@@ -419,10 +505,11 @@ class ClusterRouting(Hook):
         if out.stores:
             out.pending = len(out.stores)
             self._unstarted.append(out)
+        elif done is not None:
+            done.set_result(True)
         if not self._sending:
             self._sending = True
             self._spawn(self._send())
-        return None
 
     async def _send(self) -> None:
         """Store what must be stored (pipelined), then publish live in order; acknowledge
@@ -479,6 +566,8 @@ class ClusterRouting(Hook):
         if out.pending:
             return
         ack = out.ack
+        if out.done is not None and not out.done.done():
+            out.done.set_result(True)
         if ack is not None:
             if ack.code == ReasonCode.NO_MATCHING_SUBSCRIBERS:
                 # None here, but it went to the other instances, whose subscribers this
@@ -490,6 +579,8 @@ class ClusterRouting(Hook):
     def _refuse(self, out: _Outgoing, code: int, why: str) -> None:
         if out.failed or not out.pending:
             return
+        if out.done is not None and not out.done.done():
+            out.done.set_result(False)
         if out.ack is None:  # a will, or QoS 0 retained: nobody to refuse; it goes on live
             log.warning("cluster: message without a publisher's acknowledgement (a will, "
                         "or QoS 0 retained) not stored in JetStream: %s", why,
@@ -507,6 +598,10 @@ class ClusterRouting(Hook):
     # -- interest ------------------------------------------------------------------------
 
     # -- sessions (hbroker.cluster.sessions) --------------------------------------------
+
+    def on_connected(self, client: ClientInfo) -> None:
+        if client.client_id != self.client_id:
+            self.wills.connected(client.client_id)
 
     def claim_session(self, client: ClientInfo, clean_start: bool) -> Any:
         return self.sessions.claim(client, clean_start)

@@ -121,6 +121,8 @@ class ClusterSessions:
         self._tags: dict[Message, str] = {}
         self._expected: list[tuple[str, str]] = []  # (topic, Hb-Id) sent by the cluster client
         self.taken_over = 0  # sessions this instance took from another one
+        self.durable = False  # whether its sessions outlive its process (storage)
+        self._checking: list[str] = []  # restored sessions whose records name another
         self.handed_over = 0  # sessions it gave to another one
 
     def requests_subject(self, node: str) -> str:
@@ -132,6 +134,7 @@ class ClusterSessions:
         from nats.js.api import KeyValueConfig, StorageType
 
         routing = self.routing
+        self.durable = routing.broker.config.storage.backend != "memory"
         config = KeyValueConfig(bucket=bucket_name(routing.prefix), history=1,
                                 replicas=routing.config.stream_replicas,
                                 storage=StorageType.FILE)
@@ -141,6 +144,51 @@ class ClusterSessions:
             routing.spawn(self._request(m))
 
         self._sub = await routing.nc.subscribe(self.requests_subject(self.node), cb=request)
+
+    async def reconcile(self, later: bool = False) -> None:
+        """The sessions the broker restored from storage at start: this instance's again
+        where their records still name it. One whose record names another instance is
+        either being claimed right now (that claim asks this instance for it: kept) or was
+        taken without it while this instance was not running: ended here (not moved: no
+        will) if its record still names another instance, or is gone, `CLAIM_DEADLINE`
+        seconds later."""
+        from nats.js.errors import KeyNotFoundError
+
+        broker = self.routing.broker
+        others: list[str] = []
+
+        async def check(client_id: str) -> None:
+            try:
+                entry = await self.kv.get(record_key(client_id))
+            except KeyNotFoundError:
+                entry = None
+            except Exception as exc:  # JetStream not answering: kept; a claim settles it
+                log.warning("cluster: restored session not checked: %s", exc or
+                            type(exc).__name__, extra={"node": self.node,
+                                                        "client_id": client_id})
+                return
+            if entry is not None and json.loads(entry.value).get("node") == self.node:
+                self._owned[client_id] = entry.revision
+                return
+            session = broker.sessions.get(client_id)
+            if session is None or session.connection is not None:
+                return
+            if not later:
+                others.append(client_id)
+                return
+            log.info("cluster: restored session ended: its client id is %s",
+                     "another instance's" if entry is not None else "nobody's",
+                     extra={"node": self.node, "client_id": client_id})
+            broker.end_session(session, publish_will=False, now=time.monotonic(),
+                               reason=SESSION_MOVED)
+
+        restored = self._checking if later else list(broker.sessions)
+        for i in range(0, len(restored), 256):
+            await asyncio.gather(*(check(c) for c in restored[i:i + 256]))
+        if others:
+            self._checking = others
+            asyncio.get_running_loop().call_later(
+                CLAIM_DEADLINE, lambda: self.routing.spawn(self.reconcile(later=True)))
 
     # -- tags ----------------------------------------------------------------------------
 
@@ -175,6 +223,10 @@ class ClusterSessions:
     async def claim(self, client: ClientInfo, clean_start: bool) -> int | None:
         routing = self.routing
         client_id = client.client_id
+        if routing.leases.fenced:
+            log.warning("cluster: CONNECT refused: this instance is fenced (its lease is not "
+                        "renewed)", extra={"node": self.node, "client_id": client_id})
+            return ReasonCode.USE_ANOTHER_SERVER
         if not routing.connected or self.kv is None:
             log.warning("cluster: CONNECT refused: no NATS connection to claim the client id",
                         extra={"node": self.node, "client_id": client_id})
@@ -205,8 +257,10 @@ class ClusterSessions:
                          extra={"node": self.node, "client_id": client_id})
                 await asyncio.sleep(wait)
             if previous is not None and previous.get("node") != self.node:
-                return await self._take_over(client_id, previous["node"], claim.rev,
-                                             clean_start)
+                refused = await self._take_over(client_id, previous, claim.rev, clean_start)
+                if refused is None:  # the old instance's stored will is not published
+                    routing.wills.reconnected(client_id, node_token(previous["node"]))
+                return refused
             return None
         finally:
             claim.finished = True
@@ -220,7 +274,7 @@ class ClusterSessions:
 
         key = record_key(client_id)
         value = json.dumps({"node": self.node, "run": self.routing.run,
-                            "since": time.time()}).encode()
+                            "since": time.time(), "durable": self.durable}).encode()
         # JetStream not answering (no quorum): refused soon; claims that swapped first:
         # claim after them, however many
         answer_by = time.monotonic() + 2 * self.routing.config.publish_timeout
@@ -274,25 +328,41 @@ class ClusterSessions:
             if not claims:
                 del self._claims[client_id]
 
-    async def _take_over(self, client_id: str, owner: str, rev: int,
+    async def _take_over(self, client_id: str, previous: dict[str, Any], rev: int,
                          clean_start: bool) -> int | None:
-        """Take the session over from `owner`; a CONNACK reason code if the CONNECT must be
-        refused: the owner is there but does not answer (it could still hold the client)."""
+        """Take the session over from its owner (the record `previous`); a CONNACK reason
+        code if the CONNECT must be refused: the owner is there but does not answer (it
+        could still hold the client), or it is not running but keeps the session in its
+        storage and may start again (its lease says so: `InstanceLeases.may_return`)."""
         from nats.errors import NoRespondersError
 
         routing = self.routing
         broker = routing.broker
+        owner = previous["node"]
         ask = {"client_id": client_id, "rev": rev, "by": self.node, "clean": clean_start}
         deadline = time.monotonic() + CLAIM_DEADLINE
         while True:
             try:
                 reply = await self._ask(owner, {**ask, "op": "prepare"})
             except NoRespondersError:
+                if previous.get("durable") and routing.leases.may_return(node_token(owner)):
+                    await self._give_back(client_id, rev, previous)
+                    log.warning("cluster: CONNECT refused: instance %s, which keeps the "
+                                "session in its storage, is not running (yet)", owner,
+                                extra={"node": self.node, "client_id": client_id})
+                    return ReasonCode.SERVER_UNAVAILABLE
                 log.warning("cluster: instance %s, which held the session, is gone: a new "
                             "session starts here", owner,
                             extra={"node": self.node, "client_id": client_id})
                 return None
             except TimeoutError:
+                if routing.leases.expired(node_token(owner)):
+                    # cut off from the cluster for longer than its lease: it fenced its
+                    # clients, and ends this session when it is back (declared dead)
+                    log.warning("cluster: instance %s, which held the session, does not "
+                                "answer and its lease has expired: a new session starts here",
+                                owner, extra={"node": self.node, "client_id": client_id})
+                    return None
                 reply = {"state": "timeout"}  # slow, or cut off from NATS: ask again
             if reply.get("state") not in ("busy", "timeout"):
                 break
@@ -346,6 +416,16 @@ class ClusterSessions:
             self._record(False)
             routing.moving(subscriptions, False)
         return None
+
+    async def _give_back(self, client_id: str, rev: int, previous: dict[str, Any]) -> None:
+        """Put the owner's record back (a claim refused because its owner may return)."""
+        if self._owned.get(client_id) == rev:
+            del self._owned[client_id]
+        try:
+            await self.kv.update(record_key(client_id), json.dumps(previous).encode(),
+                                 last=rev)
+        except Exception as exc:  # claimed again meanwhile: that claim asks this instance
+            log.debug("cluster: session record not given back: %s", exc)
 
     async def _ask(self, owner: str, request: dict[str, Any]) -> dict[str, Any]:
         reply = await self.routing.nc.request(

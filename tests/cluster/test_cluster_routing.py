@@ -18,7 +18,7 @@ import nats
 import pytest
 from broker_process import BrokerProcess
 from clients import PahoClient, RawClient
-from hbroker_ext.codec import PUBACK, Publish
+from hbroker_ext.codec import DISCONNECT, PUBACK, PUBREC, Publish
 from instances import start_instances, stop_instances
 from nats_cluster import NatsCluster
 from paho.mqtt.packettypes import PacketTypes
@@ -236,35 +236,50 @@ def test_without_a_jetstream_quorum_nothing_is_falsely_acknowledged(
         instances: list[BrokerProcess], nats_cluster: NatsCluster) -> None:
     """Two of three NATS nodes killed: the replicated stream has no quorum, so a QoS 1/2
     PUBLISH is refused (5.0: 0x80 or 0x83 in its PUBACK/PUBREC; 3.1.1: the connection is
-    closed), never acknowledged as a success; once the nodes are back, it is acknowledged
-    again without restarting anything."""
+    closed), never acknowledged as a success; the instance, unable to renew its lease, then
+    fences its clients (DISCONNECT 0x9C). Once the nodes are back, a client connects and its
+    QoS 1 PUBLISH is acknowledged again without restarting anything."""
     hb1 = instances[0]  # on n1, which stays
     raw = RawClient(hb1.host, hb1.port)
     raw.connect(f"quorum-{next(_ids)}")
     assert raw.publish("quorum/t", b"before", 1, packet_id=1).reason_code == 0x00
+    raw2 = RawClient(hb1.host, hb1.port)
+    raw2.connect(f"quorum2-{next(_ids)}")
     old = RawClient(hb1.host, hb1.port, version=4)
     old.connect(f"quorum-311-{next(_ids)}")
     nats_cluster.kill(1)
     nats_cluster.kill(2)
     try:
-        for pid, qos in ((2, 1), (3, 2)):
-            ack = raw.publish("quorum/t", b"during", qos, packet_id=pid)
-            assert ack.packet_id == pid and ack.reason_code in (0x80, 0x83), ack
-        # nor a client id made the instance's: a CONNECT is refused (0x88)
-        late = RawClient(hb1.host, hb1.port)
-        assert late.connect(f"quorum-late-{next(_ids)}").reason_code == 0x88
-        late.close()
+        # at once: each is refused within publish_timeout, or its connection fenced first
+        raw.send(Publish("quorum/t", b"during", 1, False, False, 2, None))
+        raw2.send(Publish("quorum/t", b"during", 2, False, False, 3, None))
         old.send(Publish("quorum/t", b"during", 1, False, False, 7, None))
+        for client, pid in ((raw, 2), (raw2, 3)):
+            answer = client.recv(30)
+            if answer.packet_type == DISCONNECT:
+                assert answer.reason_code == 0x9C, answer
+                continue
+            assert answer.packet_type in (PUBACK, PUBREC) and answer.packet_id == pid, answer
+            assert answer.reason_code in (0x80, 0x83), answer
+            # then the fence: the instance cannot renew its lease either
+            fenced = client.closed_by_broker(timeout=30)
+            assert [(p.packet_type, p.reason_code) for p in fenced] == [(DISCONNECT, 0x9C)]
         assert not [p for p in old.closed_by_broker() if p.packet_type == PUBACK]
+        # nor a client id made the instance's: a CONNECT is refused (0x9C: fenced)
+        late = RawClient(hb1.host, hb1.port)
+        assert late.connect(f"quorum-late-{next(_ids)}").reason_code == 0x9C
+        late.close()
     finally:
         nats_cluster.heal()
-    deadline = time.monotonic() + 30
-    pid = 10
-    while True:  # the stream regains its quorum; the instance never left NATS
-        pid += 1
-        ack = raw.publish("quorum/t", b"after", 1, packet_id=pid)
-        if ack.reason_code < 0x80:
-            break
-        assert time.monotonic() < deadline, f"still refused: {ack.reason_code:#x}"
+    deadline = time.monotonic() + 60
+    while True:  # the stream regains its quorum, the instance its lease
+        raw = RawClient(hb1.host, hb1.port)
+        code = raw.connect(f"quorum-back-{next(_ids)}").reason_code
+        if code == 0:
+            ack = raw.publish("quorum/t", b"after", 1, packet_id=11)
+            if ack.reason_code < 0x80:
+                break
+        raw.close()
+        assert time.monotonic() < deadline, f"still refused: {code:#x}"
     raw.close()
     assert "message not stored in JetStream, refused" in hb1.log()
