@@ -15,6 +15,14 @@ run: build
 	mkdir -p data
 	$(PY) -m hbroker serve $(if $(CONFIG),-c $(CONFIG))
 
+# A three-instance cluster on this machine to try clustering (docs/clustering.md, "Try it"):
+# 3 NATS nodes with JetStream on loopback (state in data/cluster-demo) and the 3 hbroker
+# instances of examples/cluster/node-{1,2,3}.toml; Ctrl-C stops them all.
+.PHONY: cluster-demo
+cluster-demo: build
+	mkdir -p data
+	$(PY) examples/cluster/demo.py --data data/cluster-demo
+
 test: build test-deps c-agent
 	bash tools/run-tests.sh $(PYTEST_ARGS)
 

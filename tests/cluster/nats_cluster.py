@@ -68,8 +68,9 @@ class NatsNode:
     """One nats-server of the cluster: its ports, store, configuration file and process."""
 
     def __init__(self, binary: Path, directory: Path, name: str, port: int | None = None,
-                 mqtt: bool = False) -> None:
+                 mqtt: bool = False, own_session: bool = False) -> None:
         self.binary = binary
+        self.own_session = own_session
         self.name = name
         self.directory = directory
         self.store = directory / "jetstream"
@@ -105,7 +106,8 @@ class NatsNode:
         try:
             self.proc = subprocess.Popen([str(self.binary), "-c", str(self.config_path)],
                                          cwd=self.directory, stdout=log,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT,
+                                         start_new_session=self.own_session)
         finally:
             log.close()
 
@@ -133,10 +135,13 @@ class NatsCluster:
     """`size` nats-servers named n1..nN with JetStream, routed to each other (one server:
     no cluster block). `extra`: more top-level configuration of every server, e.g.
     `{"authorization": {"token": "s3cret"}}` or a `tls` block. `client_ports`: fixed client
-    ports (`make cluster-demo`); `mqtt`: each server's MQTT listener too."""
+    ports (`make cluster-demo`); `mqtt`: each server's MQTT listener too; `own_session`: each
+    server in a session (process group) of its own, so that a Ctrl-C in a terminal reaches only
+    the program that started them, which stops them itself."""
 
     def __init__(self, directory: Path, size: int = 3, extra: dict[str, Any] | None = None,
-                 client_ports: list[int] | None = None, mqtt: bool = False) -> None:
+                 client_ports: list[int] | None = None, mqtt: bool = False,
+                 own_session: bool = False) -> None:
         binary = find_nats_server()
         if binary is None:
             raise RuntimeError(INSTALL_HINT)
@@ -148,7 +153,8 @@ class NatsCluster:
             node_dir = directory / f"n{i + 1}"
             node_dir.mkdir(parents=True, exist_ok=True)
             self.nodes.append(NatsNode(binary, node_dir, f"n{i + 1}",
-                                       client_ports[i] if client_ports else None, mqtt))
+                                       client_ports[i] if client_ports else None, mqtt,
+                                       own_session))
         routes = [n.route_port for n in self.nodes]
         for node in self.nodes:
             node.write_config(routes, size, self.extra)
