@@ -1,4 +1,5 @@
-"""The `hbroker` command: serve, check-config, storage inspect, token, ctl, --version."""
+"""The `hbroker` command: serve, check-config, storage inspect, token, ctl, cluster status,
+--version."""
 
 from __future__ import annotations
 
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hbroker.admin.ctl import add_parser as add_ctl_parser
 
     add_ctl_parser(sub)  # ctl: the admin API from the command line (docs/admin-api.md)
+    from hbroker.cluster.status import add_parser as add_cluster_parser
+
+    add_cluster_parser(sub)  # cluster status: the cluster as NATS holds it (clustering.md)
     return parser
 
 
@@ -169,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         from hbroker.admin.ctl import run as ctl_run
 
         return ctl_run(args)
+    if args.command == "cluster":
+        from hbroker.cluster.status import run as cluster_run
+
+        return cluster_run(args)
     if args.command in ("keys", "device"):
         from hbroker.control.cli import run as control_run
 
