@@ -192,18 +192,26 @@ class Cluster:
         return bad
 
 
-def consumers(urls: list[str]) -> dict[str, int]:
-    """Stream name -> its JetStream consumers, from the JetStream API (nats-py)."""
+def consumers(urls: list[str], tries: int = 4) -> dict[str, int]:
+    """Stream name -> its JetStream consumers, from the JetStream API (nats-py). The API can
+    be slow to answer right after thousands of sessions were made: tried again."""
     import nats
 
     async def query() -> dict[str, int]:
         nc = await nats.connect(urls, connect_timeout=5)
         try:
-            js = nc.jetstream(timeout=20)
+            js = nc.jetstream(timeout=30)
             return {si.config.name: si.state.consumer_count for si in await js.streams_info()}
         finally:
             await nc.close()
-    return asyncio.run(query())
+    for attempt in range(tries):
+        try:
+            return asyncio.run(query())
+        except Exception as exc:  # nats-py's timeouts and connection errors
+            if attempt == tries - 1:
+                raise BenchError(f"the JetStream API did not list the streams: {exc!r}"
+                                 ) from exc
+    raise AssertionError("unreachable")
 
 
 def loadgen(args: list[str], limit: float) -> tuple[dict[str, Any] | None, int, str]:
@@ -298,6 +306,15 @@ def nats_errors(cluster: NatsCluster) -> dict[str, int]:
 
 
 def run_sessions(side: str, plan: Plan) -> dict[str, Any]:
+    """run_sessions_once, or a failed run saying why."""
+    try:
+        return run_sessions_once(side, plan)
+    except (BenchError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        return {"kind": "sessions", "side": side, "ok": False, "sessions": plan.sessions,
+                "error": str(exc)[:1500], "consumers_total": None, "took_s": None}
+
+
+def run_sessions_once(side: str, plan: Plan) -> dict[str, Any]:
     """`plan.sessions` persistent sessions with a QoS 1 subscription each, spread over the
     three servers of a fresh cluster (hbroker instances, or nats-server's MQTT listeners), left
     on the servers disconnected; consumers and RSS before and after."""
