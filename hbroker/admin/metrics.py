@@ -6,6 +6,8 @@ Prometheus scrapes, so exporting metrics adds nothing to the path of a message. 
 only bounded values (listener names from the configuration, protocol versions, drop reasons,
 reason codes, ACL actions): never a client id or a topic. Process CPU and memory are
 prometheus-client's standard `process_*` metrics, which every exporter and dashboard uses.
+A clustered instance adds the cluster's and its NATS connection's (`hbroker_cluster_*`,
+`hbroker.cluster.metrics.ClusterCollector`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
     from hbroker.admin.server import AdminServer
     from hbroker.broker import Broker
+    from hbroker.cluster.routing import ClusterRouting
 
 PROTOCOL_NAMES = {3: "3.1", 4: "3.1.1", 5: "5.0"}
 # The classic text format, which every Prometheus server reads: every name here is a legacy
@@ -261,11 +264,16 @@ def _now() -> float:
     return time.monotonic()
 
 
-def registry_for(broker: Broker, listener_names: Callable[[], Iterable[str]] = tuple
-                 ) -> CollectorRegistry:
-    """The broker's collector and the process collector, in a registry of their own."""
+def registry_for(broker: Broker, listener_names: Callable[[], Iterable[str]] = tuple,
+                 cluster: ClusterRouting | None = None) -> CollectorRegistry:
+    """The broker's collector and the process collector, in a registry of their own; with
+    `cluster` (the instance's `ClusterRouting`, when clustered), the cluster's collector too."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BrokerCollector(broker, listener_names))
+    if cluster is not None:
+        from hbroker.cluster.metrics import ClusterCollector
+
+        registry.register(ClusterCollector(cluster))
     ProcessCollector(registry=registry)
     return registry
 
@@ -276,7 +284,7 @@ def setup(admin: AdminServer) -> None:
 
     from hbroker.admin.server import PUBLIC, READ
 
-    registry = registry_for(admin.broker, admin.listener_names)
+    registry = registry_for(admin.broker, admin.listener_names, admin.server.cluster)
 
     async def metrics(request: web.Request) -> web.Response:
         body = generate_latest(registry)

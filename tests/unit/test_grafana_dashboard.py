@@ -1,6 +1,7 @@
 """packaging/grafana/hbroker-dashboard.json uses only metrics the broker exports: every metric
 name of every PromQL expression (panels and template variables) is a sample name that the
-admin listener's collector yields for a broker built in-process."""
+admin listener's collectors yield for a clustered broker built in-process (its ClusterRouting
+not joined: the cluster's metrics are there, at 0)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 
 from hbroker.admin.metrics import registry_for
 from hbroker.broker import Broker
-from hbroker.config import Config
+from hbroker.cluster.routing import ClusterRouting
+from hbroker.config import ClusterConfig, Config
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "packaging" / "grafana" / "hbroker-dashboard.json"
@@ -58,7 +60,9 @@ def dashboard_expressions() -> Iterator[tuple[str, str]]:
 
 
 def exported_names() -> set[str]:
-    registry = registry_for(Broker(Config()), lambda: ["main"])
+    cluster = ClusterRouting(ClusterConfig(backend="nats", servers=("nats://127.0.0.1:4222",),
+                                           name="hb1"))
+    registry = registry_for(Broker(Config()), lambda: ["main"], cluster)
     return {sample.name for family in registry.collect() for sample in family.samples}
 
 

@@ -1,4 +1,6 @@
-"""docs/observability.md lists every metric the admin listener exports, and only those."""
+"""docs/observability.md lists every metric the admin listener exports, and only those: a
+clustered instance's (the broker's, the process's and the cluster's, from a ClusterRouting
+that has not joined)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from pathlib import Path
 
 from hbroker.admin.metrics import registry_for
 from hbroker.broker import Broker
-from hbroker.config import Config
+from hbroker.cluster.routing import ClusterRouting
+from hbroker.config import ClusterConfig, Config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "observability.md"
@@ -17,7 +20,9 @@ def exported() -> set[str]:
     """Metric names as a user queries them: counters with `_total`, histograms by their base
     name (`_bucket`, `_count` and `_sum` follow from it)."""
     names = set()
-    for family in registry_for(Broker(Config()), lambda: ["main"]).collect():
+    cluster = ClusterRouting(ClusterConfig(backend="nats", servers=("nats://127.0.0.1:4222",),
+                                           name="hb1"))
+    for family in registry_for(Broker(Config()), lambda: ["main"], cluster).collect():
         if family.type == "histogram":
             names.add(family.name)
         else:
