@@ -199,10 +199,11 @@ class InstanceConsumer:
         (or after `timeout` seconds), the stream sequence up to which it has."""
         return await self.reached(0, timeout)
 
-    async def reached(self, seq: int, timeout: float) -> int:
+    async def reached(self, seq: int, timeout: float, must: bool = False) -> int:
         """Return once the consumer has taken every message of its filter up to stream
         sequence `seq` (0: up to the stream's last now), or after `timeout` seconds: the
-        sequence up to which it has taken them all."""
+        sequence up to which it has taken them all. `must`: TimeoutError rather than a
+        return when it could not (a session handed over must hold everything)."""
         routing = self.routing
         deadline = time.monotonic() + timeout
         try:
@@ -218,9 +219,15 @@ class InstanceConsumer:
             else:
                 log.warning("cluster: the consumer did not catch up within %.1f s", timeout,
                             extra={"node": routing.node})
+                if must:
+                    raise TimeoutError("the consumer did not catch up")
+        except TimeoutError:
+            raise
         except Exception as exc:
             log.warning("cluster: could not wait for the consumer: %s", exc,
                         extra={"node": routing.node})
+            if must:
+                raise TimeoutError(f"could not wait for the consumer: {exc}") from exc
         return max(seq, self.high)
 
     # -- taking messages -------------------------------------------------------------------

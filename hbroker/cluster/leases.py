@@ -4,7 +4,7 @@ Every instance keeps a record in the bucket `HBROKER_INSTANCES` (key: its node t
 renews it every `RENEW` seconds by compare-and-swap on the revision it last wrote. The record
 carries what `hbroker cluster status` shows (run, start, clients, sessions, storage).
 
-- **Expiry, judged by the others.** An instance reads every record each `RENEW` seconds and
+- **Expiry, judged by the others.** An instance follows every record (one KV watcher) and
   notes, on its own monotonic clock, when a record's revision last changed; one that has not
   changed for `LEASE` seconds is declared dead by compare-and-swap (`state = "dead"`, `by` the
   declaring instance). Only one survivor wins that swap; it then publishes the dead
@@ -86,6 +86,7 @@ class InstanceLeases:
         self._on_dead = on_dead
         self._on_declared_dead = on_declared_dead
         self._tasks: list[asyncio.Future] = []
+        self._watcher: Any = None
 
     def record(self) -> dict[str, Any]:
         routing = self.routing
@@ -118,8 +119,8 @@ class InstanceLeases:
         self.revision = await routing.retry_jetstream(
             lambda: self.kv.put(self.token, json.dumps(self.record()).encode()))
         self.renewed_at = time.monotonic()
-        await routing.retry_jetstream(lambda: self._look(self.renewed_at))
-        self._tasks = [routing.spawn(self._renewing()), routing.spawn(self._looking())]
+        await routing.retry_jetstream(self._watch)
+        self._tasks += [routing.spawn(self._renewing()), routing.spawn(self._looking())]
         return previous if previous is not None and previous.get("run") != routing.run \
             else None
 
@@ -128,6 +129,11 @@ class InstanceLeases:
         with durable storage is waited for, like a live one, for `LEASE` seconds)."""
         for task in self._tasks:
             task.cancel()
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception as exc:
+                log.debug("cluster: lease watcher not stopped: %s", exc)
         if self.kv is not None and not self.fenced:
             try:
                 await self.kv.update(self.token, json.dumps(
@@ -242,29 +248,68 @@ class InstanceLeases:
 
     def _fence(self, fenced: bool) -> None:
         self.fenced = fenced
+        if not fenced:
+            # What it saw of the others while cut off is old: counted from now again (a
+            # dead one is declared a lease later), never declared dead on a stale view.
+            now = time.monotonic()
+            for seen in self.others.values():
+                seen.changed_at = now
         self._on_fence(fenced)
 
-    async def _look(self, now: float) -> None:
-        """Read every record; declare dead the instances whose record has not changed for
-        `LEASE` seconds; take over the dead instances whose declarer is dead too."""
-        from nats.js.errors import KeyNotFoundError, NoKeysError
+    async def _watch(self) -> None:
+        """Follow the bucket with one watcher (one ordered consumer for the process): the
+        others' records as they change. Returns once the current ones are all read; the
+        updates after them are taken by a task."""
+        watcher = await self.kv.watchall()
+        self._watcher = watcher
+        async for entry in watcher:
+            if entry is None:  # the current records are all in
+                break
+            self._seen_entry(entry)
+        self._tasks.append(self.routing.spawn(self._following(watcher)))
+
+    async def _refresh(self, token: str) -> None:
+        from nats.js.errors import KeyNotFoundError
 
         try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            keys = []
-        current = set()
-        for token in keys:
-            if token == self.token:
-                continue
+            entry = await self.kv.get(token)
+        except KeyNotFoundError:
+            self.others.pop(token, None)
+            return
+        self._seen_entry(entry)
+        log.info("cluster: instance records followed anew", extra={"node": self.routing.node})
+        old, self._watcher = self._watcher, None
+        if old is not None:
             try:
-                entry = await self.kv.get(token)
-            except KeyNotFoundError:
-                continue
-            current.add(token)
-            seen = self.others.get(token)
-            if seen is None or seen.revision != entry.revision:
-                self.others[token] = seen = _Seen(entry.revision, json.loads(entry.value), now)
+                await old.stop()
+            except Exception as exc:
+                log.debug("cluster: lease watcher not stopped: %s", exc)
+        await self._watch()
+
+    async def _following(self, watcher: Any) -> None:
+        async for entry in watcher:
+            if entry is not None:
+                self._seen_entry(entry)
+
+    def _seen_entry(self, entry: Any) -> None:
+        token = entry.key
+        if token == self.token:
+            return
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self.others.pop(token, None)
+            return
+        seen = self.others.get(token)
+        if seen is None or seen.revision != entry.revision:
+            try:
+                record = json.loads(entry.value)
+            except ValueError:
+                return
+            self.others[token] = _Seen(entry.revision, record, time.monotonic())
+
+    async def _look(self, now: float) -> None:
+        """Declare dead the instances whose record has not changed for `LEASE` seconds;
+        take over the dead instances whose declarer is dead too."""
+        for token, seen in list(self.others.items()):
             record = seen.record
             if record.get("state") in ("alive", "stopped"):
                 if now - seen.changed_at >= LEASE:
@@ -273,8 +318,6 @@ class InstanceLeases:
                     record.get("by") != self.token and not self.alive(record.get("by", "")) \
                     and now - seen.changed_at >= LEASE:
                 await self._declare(token, seen, "wills taken over")
-        for token in set(self.others) - current:
-            del self.others[token]
 
     async def _declare(self, token: str, seen: _Seen, what: str) -> None:
         from nats.js.errors import KeyWrongLastSequenceError
@@ -287,7 +330,10 @@ class InstanceLeases:
             revision = await self.kv.update(token, json.dumps(record).encode(),
                                             last=seen.revision)
         except KeyWrongLastSequenceError:
-            return  # renewed meanwhile, or another survivor was first
+            # renewed meanwhile, or another survivor was first; a view that old means the
+            # watcher stopped following (its consumer lost with a NATS node): a new one
+            await self._refresh(token)
+            return
         self.others[token] = _Seen(revision, record, time.monotonic())
         self.declared += 1
         log.warning("cluster: instance %s %s: its lease was not renewed for %.0f s",

@@ -150,6 +150,11 @@ class _Seen:
         self.numbers.add(n)
         return True
 
+    def mark(self, n: int) -> None:
+        """`n` was taken (by an earlier run of this instance, in its stored sessions)."""
+        self.high = max(self.high, n)
+        self.numbers.add(n)
+
 
 class _Outgoing:
     """A message on its way to NATS: stored first when `ack` (QoS 1/2), then live."""
@@ -194,6 +199,7 @@ class ClusterRouting(Hook):
         self.js: Any = None
         self.client: InProcessClient | None = None
         self.connected = False
+        self.joined = False  # the consumer runs, the retained messages are in
         self.leaving = False
         # subject -> [NATS subscription or None while subscribing, sessions holding it,
         # the task subscribing]
@@ -209,6 +215,8 @@ class ClusterRouting(Hook):
         # (topic, payload, QoS, RETAIN, properties, Hb-Id) from NATS, to publish in order
         self._incoming: deque[tuple[str, bytes, int, bool, dict | None, str | None]] = deque()
         self._delivering = False
+        # (topic, Hb-Id or None) of each message the in-process client is publishing, in order
+        self._stamps: deque[tuple[str, str | None]] = deque()
         self._tasks: set[asyncio.Task] = set()
         self._retained_sub: Any = None
         self.forwarded = 0  # messages sent to NATS
@@ -264,6 +272,10 @@ class ClusterRouting(Hook):
         for client_id, session in list(broker.sessions.items()):
             for topic_filter in session.subscriptions:
                 self._subscribed(client_id, topic_filter)
+        recognised = self.recognise_restored()
+        if recognised:
+            log.info("cluster: restored sessions hold messages from the stream", extra={
+                "node": self.node, "messages": recognised})
         # The in-process client first: what the consumer takes goes through it.
         client = InProcessClient(broker, self.client_id)
         await client.connect()
@@ -274,6 +286,7 @@ class ClusterRouting(Hook):
         await self.consumer.start()
         self.groups.start()
         await self._follow_retained(kept.state.messages)
+        self.joined = True
         if broker.config.sys.enabled:
             self.sys = ClusterSysPublisher(broker, self)
             self._spawn(self.sys.publishing())
@@ -402,16 +415,17 @@ class ClusterRouting(Hook):
     async def retry_jetstream(self, call: Any) -> Any:
         """`await call()` until JetStream answers, within JOIN_TIMEOUT: a new NATS cluster
         may need a few seconds to elect the leader of a stream it just made."""
-        from nats.js.errors import ServiceUnavailableError
+        from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
         deadline = time.monotonic() + JOIN_TIMEOUT
         while True:
             try:
                 return await call()
-            except (TimeoutError, ServiceUnavailableError):
+            except (TimeoutError, ServiceUnavailableError, NoStreamResponseError):
                 if time.monotonic() >= deadline:
                     raise
                 log.info("cluster: waiting for JetStream to answer", extra={"node": self.node})
+                await asyncio.sleep(0.1)
 
     async def leave(self) -> None:
         self.leaving = True
@@ -447,8 +461,7 @@ class ClusterRouting(Hook):
                              ack: HeldAck | None) -> int | None:
         topic = msg.topic
         if client is not None and client.client_id == self.client_id:
-            if self.sessions.recording:
-                self.sessions.tag_incoming(msg)
+            self._stamp(msg)
             return None  # a message from NATS goes no further
         if topic.startswith("$"):
             return None  # $SYS stays on its instance
@@ -479,6 +492,7 @@ class ClusterRouting(Hook):
         run, _, number = message_id.rpartition(".")
         if self._seen.setdefault(run, _Seen()).first(int(number)) and not self.client.closed:
             # not seen here yet (its own instance may have sent it before it died)
+            self._stamps.append((msg.topic, message_id))
             await self.client.send(msg.topic, msg.payload, msg.qos, msg.retain,
                                    msg.properties)
         done = asyncio.get_running_loop().create_future()
@@ -729,14 +743,14 @@ class ClusterRouting(Hook):
                                self.config.publish_timeout)
         await self.nc.flush(timeout=self.config.publish_timeout)
 
-    async def let_incoming_in(self, seq: int = 0) -> int:
+    async def let_incoming_in(self, seq: int = 0, must: bool = False) -> int:
         """Return once what NATS sent this instance so far is in the broker (a session
         about to leave has everything that came for it; one moving in, everything the old
         owner did not have), or after `publish_timeout`: every QoS 1/2 message of the
         consumer's filter stored up to stream sequence `seq` (0: so far), and the live
         messages the server has sent. Returns the sequence up to which the broker has
-        them."""
-        seq = await self.consumer.reached(seq, self.config.publish_timeout)
+        them. `must`: TimeoutError when the consumer could not catch up."""
+        seq = await self.consumer.reached(seq, self.config.publish_timeout, must)
         await self.nc.flush(timeout=self.config.publish_timeout)
         deadline = time.monotonic() + self.config.publish_timeout
         while (self._incoming or self._delivering or any(
@@ -778,6 +792,40 @@ class ClusterRouting(Hook):
             log.warning("cluster: message on %r dropped: %s", m.subject, exc)
             return
         self._queue_incoming(topic, m.data, qos, retain, props, message_id, None)
+
+    def _stamp(self, msg: Message) -> None:
+        """The in-process client published `msg`: the oldest message it is publishing with
+        that topic (those before it were refused before routing, e.g. by the ACL). A QoS 1/2
+        message's sender becomes `$cluster/<name>~<Hb-Id>`, which durable storage keeps
+        with each of its deliveries: an instance killed before JetStream had its
+        acknowledgement recognises, when it starts again, the messages its sessions already
+        hold (`recognise_restored`) and does not take them twice."""
+        stamps = self._stamps
+        while stamps:
+            topic, message_id = stamps.popleft()
+            if topic == msg.topic:
+                if message_id is not None:
+                    if msg.qos:
+                        msg.sender = f"{self.client_id}~{message_id}"
+                    if self.sessions.recording:
+                        self.sessions.tag(msg, message_id)
+                return
+
+    def recognise_restored(self) -> int:
+        """The messages from the stream that the sessions restored from storage hold
+        (stamped by `_stamp`): seen, so that their copies delivered again are not taken.
+        Returns how many."""
+        prefix = self.client_id + "~"
+        count = 0
+        for session in self.broker.sessions.values():
+            for delivery in (*session.inflight.values(), *session.queue):
+                sender = delivery.message.sender
+                if isinstance(sender, str) and sender.startswith(prefix):
+                    run, _, number = sender[len(prefix):].rpartition(".")
+                    if number.isdigit():
+                        self._seen.setdefault(run, _Seen()).mark(int(number))
+                        count += 1
+        return count
 
     def take_stored(self, m: Any) -> asyncio.Future | None:
         """A QoS 1/2 message from the instance's consumer of the message stream: into the
@@ -858,8 +906,7 @@ class ClusterRouting(Hook):
             while incoming and client is not None and not client.closed:
                 topic, payload, qos, retain, props, message_id, done = incoming.popleft()
                 self.received += 1
-                if message_id is not None and self.sessions.recording:
-                    self.sessions.expect(topic, message_id)
+                self._stamps.append((topic, message_id))
                 # In arrival order; the broker's Receive Maximum bounds those unacknowledged.
                 try:
                     acknowledged = await client.send(topic, payload, qos, retain, props)

@@ -119,7 +119,6 @@ class ClusterSessions:
         # the copies that reached both instances: counted users, and the map.
         self.recording = 0
         self._tags: dict[Message, str] = {}
-        self._expected: list[tuple[str, str]] = []  # (topic, Hb-Id) sent by the cluster client
         self.taken_over = 0  # sessions this instance took from another one
         self.durable = False  # whether its sessions outlive its process (storage)
         self._checking: list[str] = []  # restored sessions whose records name another
@@ -195,20 +194,6 @@ class ClusterSessions:
     def tag(self, msg: Message, message_id: str) -> None:
         self._tags[msg] = message_id
 
-    def expect(self, topic: str, message_id: str) -> None:
-        """The cluster's in-process client is about to publish this message from NATS."""
-        self._expected.append((topic, message_id))
-
-    def tag_incoming(self, msg: Message) -> None:
-        """The cluster's in-process client published `msg`: the oldest expected message of
-        its topic (those before it were refused before routing, e.g. by the ACL)."""
-        expected = self._expected
-        while expected:
-            topic, message_id = expected.pop(0)
-            if topic == msg.topic:
-                self._tags[msg] = message_id
-                return
-
     def tag_of(self, msg: Message) -> str | None:
         return self._tags.get(msg)
 
@@ -216,7 +201,6 @@ class ClusterSessions:
         self.recording += 1 if on else -1
         if not self.recording:
             self._tags.clear()
-            self._expected.clear()
 
     # -- claims (the CONNECT side) ---------------------------------------------------------
 
@@ -288,8 +272,10 @@ class ClusterSessions:
                     return await self.kv.create(key, value), None
                 return (await self.kv.update(key, value, last=entry.revision),
                         json.loads(entry.value))
-            except KeyWrongLastSequenceError:
-                continue  # another claim swapped first: claim after it
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                # another claim swapped first: claim after it (or the record went between
+                # nats-py's create and its look at the key: again)
+                continue
             except TimeoutError:
                 if not self.routing.connected or time.monotonic() > answer_by:
                     raise
@@ -371,6 +357,7 @@ class ClusterSessions:
                             "does not hand it over (%s)", owner, reply["state"],
                             extra={"node": self.node, "client_id": client_id})
                 return ReasonCode.SERVER_UNAVAILABLE
+            await asyncio.sleep(0.05)  # busy (joining, or an earlier claim): soon again
         if reply.get("state") != "moving" or clean_start:
             return None  # none there, or ended there (expiry 0, or Clean Start)
         now = time.monotonic()
@@ -393,14 +380,20 @@ class ClusterSessions:
         self._record(True)
         try:
             await routing.interest_ready(subscriptions)
-            try:
-                moved = await self._ask(owner, {**ask, "op": "handover"})
-            except (NoRespondersError, TimeoutError) as exc:
-                log.warning("cluster: instance %s did not hand the session over (%s): its "
-                            "subscriptions are kept, its queued messages are not",
-                            owner, type(exc).__name__,
-                            extra={"node": self.node, "client_id": client_id})
-                return None
+            # the owner catches up with the stream first: up to 2 publish_timeouts
+            patience = 3 * routing.config.publish_timeout
+            while True:
+                try:
+                    moved = await self._ask(owner, {**ask, "op": "handover"}, patience)
+                except (NoRespondersError, TimeoutError) as exc:
+                    log.warning("cluster: instance %s did not hand the session over (%s): "
+                                "its subscriptions are kept, its queued messages are not",
+                                owner, type(exc).__name__,
+                                extra={"node": self.node, "client_id": client_id})
+                    return None
+                if moved.get("state") != "busy" or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.05)
             if moved.get("state") == "moved" and broker.sessions.get(client_id) is session:
                 # Everything the old owner had is in what it sent, up to a stream sequence:
                 # what came here up to it is queued (and recognised) before the import.
@@ -427,10 +420,11 @@ class ClusterSessions:
         except Exception as exc:  # claimed again meanwhile: that claim asks this instance
             log.debug("cluster: session record not given back: %s", exc)
 
-    async def _ask(self, owner: str, request: dict[str, Any]) -> dict[str, Any]:
+    async def _ask(self, owner: str, request: dict[str, Any],
+                   timeout: float | None = None) -> dict[str, Any]:
         reply = await self.routing.nc.request(
             self.requests_subject(owner), msgpack.packb(request, use_bin_type=True),
-            timeout=self.routing.config.publish_timeout)
+            timeout=timeout or self.routing.config.publish_timeout)
         return msgpack.unpackb(reply.data, raw=False, strict_map_key=False)
 
     # -- requests (the owner's side) -------------------------------------------------------
@@ -442,8 +436,10 @@ class ClusterSessions:
             settled = await self._settle_before(
                 client_id, request["rev"], None,
                 time.monotonic() + self.routing.config.publish_timeout / 2)
-            if not settled:
-                reply = {"state": "busy"}  # an earlier claim here is still going: ask again
+            if not settled or not self.routing.joined:
+                # an earlier claim here is still going, or the instance is still joining
+                # (its consumer has not taken what the stream holds for its sessions yet)
+                reply = {"state": "busy"}
             elif request["op"] == "prepare":
                 reply = self._prepare(client_id, request["clean"], request["by"])
             else:
@@ -498,11 +494,16 @@ class ClusterSessions:
         broker = self.routing.broker
         if client_id not in self._moving:
             return {"state": "none"}
+        session = broker.sessions.get(client_id)
         try:
-            session = broker.sessions.get(client_id)
             # what NATS brought for its subscriptions is in it first
-            through = await self.routing.let_incoming_in() \
+            through = await self.routing.let_incoming_in(must=True) \
                 if session is not None and session.subscriptions else 0
+        except TimeoutError as exc:
+            log.warning("cluster: session not handed over yet: %s", exc, extra={
+                "node": self.node, "client_id": client_id})
+            return {"state": "busy"}  # asked again; still moving
+        try:
             session = broker.sessions.get(client_id)
             if session is None or session.connection is not None:
                 return {"state": "none"}  # expired meanwhile
