@@ -24,6 +24,8 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from hbroker.text_table import cell, table
+
 DEFAULT_URL = "http://127.0.0.1:9883"
 TIMEOUT = 30.0
 
@@ -91,14 +93,6 @@ def quote_topic(topic: str) -> str:
 
 # -- output -----------------------------------------------------------------------------------
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """Rows as a text table: `columns` are (key, heading)."""
-    cells = [[heading.upper() for _, heading in columns]]
-    cells += [[_cell(row.get(key)) for key, _ in columns] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-                     for line in cells)
-
 
 def fields(data: dict[str, Any], skip: Sequence[str] = ()) -> str:
     """A JSON object as `key: value` lines (nested objects indented)."""
@@ -111,20 +105,8 @@ def fields(data: dict[str, Any], skip: Sequence[str] = ()) -> str:
             lines.append(f"{key}:")
             lines += ["  " + line for line in fields(value).splitlines()]
         else:
-            lines.append(f"{key + ':':<{width + 1}} {_cell(value)}")
+            lines.append(f"{key + ':':<{width + 1}} {cell(value)}")
     return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
 
 
 CLIENT_COLUMNS = (("client_id", "client id"), ("username", "username"),

@@ -38,6 +38,8 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from hbroker.text_table import table
+
 if TYPE_CHECKING:
     from hbroker.config import ClusterConfig
 
@@ -344,24 +346,6 @@ async def gather(config: ClusterConfig) -> dict[str, Any]:
 
 
 # -- rendering --------------------------------------------------------------------------------
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """Rows as a text table: `columns` are (key, heading)."""
-    cells = [[heading.upper() for _, heading in columns]]
-    cells += [[_cell(row.get(key)) for key, _ in columns] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-                     for line in cells)
 
 
 def _duration(seconds: float | None) -> str | None:
