@@ -225,8 +225,10 @@ cdef int _publish(BrokerCore broker, Message msg, double now, object skip) excep
     if entry.shared:
         reached += broker._publish_shared(msg, entry.shared, now, skip)
     broker.stats.publish_routed += 1
-    if not reached and broker.drop_hooks:
-        broker.message_dropped(msg, msg.sender, DROP_NO_SUBSCRIBERS)
+    if not reached:
+        broker.stats.dropped_no_subscribers += 1
+        if broker.drop_hooks:
+            broker.message_dropped(msg, msg.sender, DROP_NO_SUBSCRIBERS)
     return reached
 
 

@@ -31,9 +31,17 @@ cdef _handle_publish(ConnectionCore conn, Publish p):
     cdef HeldAck ack
     cdef str topic
     cdef bint retain
+    cdef Stats stats
     cdef BrokerCore broker = conn.broker
     session = conn.session
-    session.stats.publish_received += 1
+    stats = session.stats
+    stats.publish_received += 1
+    if qos == 0:
+        stats.publish_received_qos0 += 1
+    elif qos == 1:
+        stats.publish_received_qos1 += 1
+    else:  # the framer refuses QoS 3 [MQTT-3.3.1-4]
+        stats.publish_received_qos2 += 1
     if qos > broker.max_qos:
         # [MQTT-3.2.2-11]
         conn.protocol_error(RC_QOS_NOT_SUPPORTED, f"PUBLISH with QoS {qos}")

@@ -200,9 +200,17 @@ cdef object _publish_bytes(ConnectionCore conn, int version, Message msg, int qo
     return data
 
 
-cdef inline void _write_publish(ConnectionCore conn, bytes data, Stats stats) except *:
+cdef inline void _write_publish(ConnectionCore conn, bytes data, int qos,
+                                Stats stats) except *:
+    """Write one PUBLISH to a client and count it, in all and by its QoS."""
     conn._write(data)
     stats.publish_sent += 1
+    if qos == 0:
+        stats.publish_sent_qos0 += 1
+    elif qos == 1:
+        stats.publish_sent_qos1 += 1
+    else:
+        stats.publish_sent_qos2 += 1
 
 
 cdef void _write_qos0(ConnectionCore conn, int version, Delivery delivery, double now,
@@ -210,4 +218,4 @@ cdef void _write_qos0(ConnectionCore conn, int version, Delivery delivery, doubl
     data = _publish_bytes(conn, version, delivery.message, 0, delivery.retain, delivery.sub_ids,
                           0, False, now)
     if data is not None:
-        _write_publish(conn, data, stats)
+        _write_publish(conn, data, 0, stats)

@@ -34,6 +34,14 @@ cdef class Stats:
     cdef public long long bytes_sent
     cdef public long long publish_received
     cdef public long long publish_sent
+    # By QoS: received as the PUBLISH came, sent as each delivery went (re-sends included);
+    # each triple adds up to its total.
+    cdef public long long publish_received_qos0
+    cdef public long long publish_received_qos1
+    cdef public long long publish_received_qos2
+    cdef public long long publish_sent_qos0
+    cdef public long long publish_sent_qos1
+    cdef public long long publish_sent_qos2
     cdef public long long publish_routed
     cdef public long long publish_dropped
     cdef public long long clients_connected
@@ -47,6 +55,7 @@ cdef class Stats:
     cdef public long long dropped_queue_full
     cdef public long long dropped_expired
     cdef public long long dropped_too_large
+    cdef public long long dropped_no_subscribers  # routed messages that reached no one
     cdef public long long protocol_errors
     cdef public long long connections_rate_limited
     cdef public long long publish_rate_limited

@@ -90,7 +90,7 @@ cdef class Session:
         data = _publish_bytes(conn, self.protocol_version, msg, 0, retain, sub_ids, 0, False,
                               now)
         if data is not None:
-            _write_publish(conn, data, self.stats)
+            _write_publish(conn, data, 0, self.stats)
 
     cpdef queue_for_append(self):
         if self.queue is NO_QUEUE:
@@ -146,7 +146,7 @@ cdef class Session:
         delivery.state = S_AWAITING_PUBACK_OR_PUBREC
         self.inflight[pid] = delivery
         self._stored(delivery)
-        _write_publish(conn, data, self.stats)
+        _write_publish(conn, data, delivery.qos, self.stats)
 
     cdef int _allocate_packet_id(self) except -1:
         cdef int pid = self.next_packet_id
@@ -228,7 +228,7 @@ cdef class Session:
             if data is None:
                 self._release(delivery.packet_id, delivery)
             else:
-                _write_publish(conn, data, self.stats)
+                _write_publish(conn, data, delivery.qos, self.stats)
         if not self.resends_pending:
             self.resends = NO_QUEUE
 
