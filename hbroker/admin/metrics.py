@@ -45,10 +45,6 @@ COUNTERS = (
     ("hbroker_packets_sent", "packets_sent", "MQTT packets sent to clients."),
     ("hbroker_bytes_received", "bytes_received", "Bytes received from clients."),
     ("hbroker_bytes_sent", "bytes_sent", "Bytes sent to clients."),
-    ("hbroker_messages_received", "publish_received", "PUBLISH packets received from "
-     "clients (application messages)."),
-    ("hbroker_messages_sent", "publish_sent", "PUBLISH packets sent to clients (re-sends "
-     "included)."),
     ("hbroker_messages_routed", "publish_routed", "Messages routed to the subscriptions "
      "(clients' messages that passed every check, wills and in-process publishes)."),
     ("hbroker_connections_opened", "connections_total", "Network connections accepted."),
@@ -65,6 +61,14 @@ COUNTERS = (
     ("hbroker_protocol_errors", "protocol_errors", "Connections closed for a protocol "
      "error."),
 )
+# Counters of `broker.stats` kept by QoS, exported with a `qos` label ("0", "1", "2"; the sum
+# over the labels is the total): (metric name without `_total`, Stats field prefix, help text).
+BY_QOS = (
+    ("hbroker_messages_received", "publish_received", "PUBLISH packets received from "
+     "clients (application messages), by their QoS."),
+    ("hbroker_messages_sent", "publish_sent", "PUBLISH packets sent to clients (re-sends "
+     "included), by the QoS of the delivery."),
+)
 # Drops by reason, from the counters the hot path keeps. `refused` is every PUBLISH the broker
 # did not route (ACL, invalid topic or payload, storage unavailable, a hook) other than for
 # its publish rate, which is `quota`.
@@ -75,6 +79,7 @@ DROP_REASONS = (
     ("too_large", "deliveries over the subscriber's Maximum Packet Size"),
     ("quota", "PUBLISHes refused for the publisher's rate (quotas.max_publish_*)"),
     ("refused", "PUBLISHes refused: ACL, invalid topic or payload, storage, a hook"),
+    ("no_subscribers", "messages routed that reached no subscription"),
 )
 
 
@@ -86,7 +91,13 @@ def drops_by_reason(stats: Any) -> dict[str, int]:
         "too_large": stats.dropped_too_large,
         "quota": stats.publish_rate_limited,
         "refused": stats.publish_dropped - stats.publish_rate_limited,
+        "no_subscribers": stats.dropped_no_subscribers,
     }
+
+
+def by_qos(stats: Any, field: str) -> dict[str, int]:
+    """A counter kept by QoS (`publish_received`, `publish_sent`), by the QoS label."""
+    return {str(qos): getattr(stats, f"{field}_qos{qos}") for qos in (0, 1, 2)}
 
 
 def storage_pending(journal: Any) -> int:
@@ -128,6 +139,11 @@ class BrokerCollector:
                                 value=max(0.0, _now() - b.started))
         for name, field, doc in COUNTERS:
             yield CounterMetricFamily(name, doc, value=getattr(s, field))
+        for name, field, doc in BY_QOS:
+            counter = CounterMetricFamily(name, doc, labels=["qos"])
+            for qos, value in by_qos(s, field).items():
+                counter.add_metric([qos], value)
+            yield counter
         dropped = CounterMetricFamily("hbroker_messages_dropped", "Messages or deliveries "
                                       "dropped, by reason: " + "; ".join(
                                           f"{r}: {d}" for r, d in DROP_REASONS) + ".",

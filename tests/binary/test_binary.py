@@ -247,7 +247,9 @@ def test_binary_serves_metrics_and_health_on_the_admin_listener(tmp_path: Path) 
                 assert (response.status, response.read()) == (200, b"ok\n")
         with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
             page = response.read().decode()
-        assert re.search(r"^hbroker_messages_received_total [1-9]", page, re.M), page
+        # mosquitto_pub publishes at QoS 0 unless told otherwise
+        assert re.search(r'^hbroker_messages_received_total\{qos="0"\} [1-9]', page,
+                         re.M), page
         assert re.search(r"^process_resident_memory_bytes ", page, re.M), page
         # the web dashboard's files are in the bundle (packaging/hbroker.spec: datas)
         with urllib.request.urlopen(base + "/", timeout=10) as response:

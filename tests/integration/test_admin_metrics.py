@@ -63,16 +63,16 @@ def test_metrics_follow_clients_that_connect_subscribe_and_publish(admin_broker:
         publisher.publish("metrics/state", b"on", qos=1, retain=True)
         for _ in range(11):
             subscriber.expect()
-        during = wait_for_metrics(base, lambda s: value(s, "hbroker_messages_sent_total")
-                                  - value(before, "hbroker_messages_sent_total") >= 11)
+        during = wait_for_metrics(base, lambda s: all_qos(s, "hbroker_messages_sent_total")
+                                  - all_qos(before, "hbroker_messages_sent_total") >= 11)
         assert value(during, "hbroker_clients_connected") == 2
         assert value(during, "hbroker_connections", listener="main", protocol="5.0") == 1
         assert value(during, "hbroker_connections", listener="main", protocol="3.1.1") == 1
         assert value(during, "hbroker_sessions", state="online") == 2
         assert value(during, "hbroker_subscriptions") == 2
         assert value(during, "hbroker_shared_subscription_groups") == 1
-        assert value(during, "hbroker_messages_received_total") \
-            - value(before, "hbroker_messages_received_total") == 11
+        assert all_qos(during, "hbroker_messages_received_total") \
+            - all_qos(before, "hbroker_messages_received_total") == 11
         assert value(during, "hbroker_bytes_received_total") \
             - value(before, "hbroker_bytes_received_total") > 1000
         assert value(during, "hbroker_retained_messages") \
@@ -96,6 +96,48 @@ def test_metrics_follow_clients_that_connect_subscribe_and_publish(admin_broker:
         value(s, "hbroker_connections", listener="main", protocol=version) == 0
         for version in ("3.1.1", "5.0", "connecting")))
     assert value(after, "hbroker_clients_connected_max") >= 2
+
+
+def all_qos(samples: Any, name: str) -> float:
+    """A counter kept by QoS, summed over its `qos` label (what `sum()` gives in PromQL)."""
+    return sum(value(samples, name, qos=qos) for qos in ("0", "1", "2"))
+
+
+def test_messages_are_counted_by_qos_and_drops_for_no_subscribers(admin_broker: Any) -> None:
+    # Without $SYS: its retained updates nobody subscribes to are routed and counted too.
+    broker, base = admin_broker({"sys": {"enabled": False}})
+    subscriber = PahoClient(broker.host, broker.port, "qos-sub", version=5)
+    publisher = PahoClient(broker.host, broker.port, "qos-pub", version=5)
+    try:
+        subscriber.subscribe("qos/#", qos=2)
+        before = scrape(base)
+        sent = {"0": 2, "1": 3, "2": 4}
+        for qos, n in sent.items():
+            for i in range(n):
+                publisher.publish(f"qos/{qos}/{i}", b"m", qos=int(qos))
+        publisher.publish("nobody/listens", b"lost", qos=1)  # acknowledged, routed to no one
+        for _ in range(sum(sent.values())):
+            subscriber.expect()
+
+        def delta(s: Any, name: str, **labels: str) -> float:
+            return value(s, name, **labels) - value(before, name, **labels)
+
+        # QoS 0 is not acknowledged: wait until the broker has taken all of it.
+        during = wait_for_metrics(base, lambda s: delta(
+            s, "hbroker_messages_received_total", qos="0") == sent["0"])
+        received = {qos: n + (qos == "1") for qos, n in sent.items()}
+        assert {qos: delta(during, "hbroker_messages_received_total", qos=qos)
+                for qos in sent} == received
+        assert {qos: delta(during, "hbroker_messages_sent_total", qos=qos)
+                for qos in sent} == sent
+        assert delta(during, "hbroker_messages_dropped_total", reason="no_subscribers") == 1
+        assert delta(during, "hbroker_messages_routed_total") == sum(sent.values()) + 1
+        # Without the qos label a metric of these has no series: they are all split.
+        assert ("hbroker_messages_received_total", ()) not in during
+        assert ("hbroker_messages_sent_total", ()) not in during
+    finally:
+        publisher.client.disconnect()
+        subscriber.client.disconnect()
 
 
 def test_queued_messages_of_an_offline_session_are_counted(admin_broker: Any) -> None:

@@ -139,14 +139,15 @@ def test_prometheus_scrapes_the_broker_and_sees_its_traffic(
             publisher.publish(f"prom/{i}", b"payload", qos=1)
         for _ in range(25):
             subscriber.expect()
-        prometheus.wait_for_value('hbroker_messages_received_total{job="hbroker"}',
+        prometheus.wait_for_value('hbroker_messages_received_total{job="hbroker",qos="1"}',
                                   lambda v: v == 25)
+        assert prometheus.value('sum(hbroker_messages_received_total{job="hbroker"})') == 25
         prometheus.wait_for_value('hbroker_clients_connected{job="hbroker"}',
                                   lambda v: v == 2)
         prometheus.wait_for_value(
             'hbroker_connections{job="hbroker",listener="main",protocol="3.1.1"}',
             lambda v: v == 1)
-        assert prometheus.value('hbroker_messages_sent_total{job="hbroker"}') >= 25
+        assert prometheus.value('sum(hbroker_messages_sent_total{job="hbroker"})') >= 25
         assert prometheus.value('hbroker_subscriptions{job="hbroker"}') == 1
         assert prometheus.value('hbroker_storage_commits_total{job="hbroker"}') > 0
         # The expressions of the Grafana dashboard evaluate on these series.
